@@ -1,0 +1,29 @@
+# Two entry points for a fresh machine:
+#   make demo   install and run the main job on built-in synthetic data
+#   make test   install the test tools and run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: demo test install clean
+
+# torch is installed on its own first: `torch==2.13.0` resolves to the local CPU build,
+# while letting pip resolve a bare `torch` pulls GBs of CUDA packages.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/compembed demo
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from compembed.cli.main import main
+
+sys.exit(main())

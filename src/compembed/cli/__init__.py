@@ -1,0 +1,1 @@
+"""The ``compembed`` command line."""

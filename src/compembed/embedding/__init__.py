@@ -1,0 +1,26 @@
+"""Embedding modules: compositional, path-based, hashing and full tables, and a per-feature collection."""
+from .collection import SCHEMES, EmbeddingCollection, FeatureConfig, FeatureReport, build_embedding_bag, feature_configs
+from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, FullEmbeddingBag, HashEmbeddingBag, combine
+from .init import default_std, factor_std
+from .path import ClassMLP, PathEmbedding, PathEmbeddingBag
+from .pooling import pool_bags
+
+__all__ = [
+    "CompositionalEmbedding",
+    "CompositionalEmbeddingBag",
+    "HashEmbeddingBag",
+    "FullEmbeddingBag",
+    "PathEmbedding",
+    "PathEmbeddingBag",
+    "ClassMLP",
+    "EmbeddingCollection",
+    "FeatureConfig",
+    "FeatureReport",
+    "SCHEMES",
+    "build_embedding_bag",
+    "feature_configs",
+    "combine",
+    "default_std",
+    "factor_std",
+    "pool_bags",
+]

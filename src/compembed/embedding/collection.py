@@ -1,0 +1,260 @@
+"""One embedding per categorical feature, built from plain configs, with memory accounting."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..partitions import (
+    ChineseRemainder,
+    GeneralizedQuotientRemainder,
+    QuotientRemainder,
+    choose_divisors,
+    choose_moduli,
+)
+from .compositional import CompositionalEmbeddingBag, FullEmbeddingBag, HashEmbeddingBag
+from .init import OPERATIONS
+from .path import PathEmbeddingBag
+from .pooling import MODES
+
+__all__ = ["SCHEMES", "FeatureConfig", "FeatureReport", "EmbeddingCollection", "build_embedding_bag", "feature_configs"]
+
+SCHEMES = ("full", "hashing", "qr", "gqr", "crt", "path")
+
+# A bag input for one feature: ids (B, L), or 1-D ids with offsets, optionally with per-sample weights.
+FeatureInput = Tensor | tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]
+
+
+@dataclass
+class FeatureConfig:
+    """How to embed one categorical feature.
+
+    Attributes:
+        name: feature name, used in errors and reports.
+        num_embeddings: cardinality n (ids in ``[0, n)``).
+        embedding_dim: output size D.
+        scheme: ``full``, ``hashing`` (``ceil(n / num_collisions)`` buckets), ``qr`` (remainder
+            modulus ``num_collisions``), ``gqr`` / ``crt`` (``num_partitions`` tables near
+            ``n**(1/k)`` rows, or explicit ``factors``), ``path`` (QR with per-remainder MLPs).
+        operation: how ``qr``/``gqr``/``crt`` combine their rows: ``mult``, ``add`` or ``concat``.
+        num_collisions: ids per shared row for ``hashing``, ``qr`` and ``path``.
+        num_partitions: k for ``gqr`` and ``crt`` when ``factors`` is not given.
+        factors: explicit divisors (``gqr``) or pairwise coprime moduli (``crt``).
+        hidden_dims: hidden layer sizes of the per-class MLPs of ``path``.
+        mode: bag pooling, ``sum``, ``mean`` or ``max``.
+    """
+
+    name: str
+    num_embeddings: int
+    embedding_dim: int = 16
+    scheme: str = "qr"
+    operation: str = "mult"
+    num_collisions: int = 4
+    num_partitions: int = 3
+    factors: tuple[int, ...] | None = None
+    hidden_dims: tuple[int, ...] = (64,)
+    mode: str = "sum"
+
+    def __post_init__(self) -> None:
+        where = f"feature {self.name!r}"
+        if isinstance(self.num_embeddings, bool) or not isinstance(self.num_embeddings, int) or self.num_embeddings < 1:
+            raise ValueError(f"{where}: num_embeddings must be a positive int, got {self.num_embeddings!r}")
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"{where}: scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.operation not in OPERATIONS:
+            raise ValueError(f"{where}: operation must be one of {OPERATIONS}, got {self.operation!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"{where}: mode must be one of {MODES}, got {self.mode!r}")
+        if self.num_collisions < 1:
+            raise ValueError(f"{where}: num_collisions must be >= 1, got {self.num_collisions}")
+        if self.num_partitions < 1:
+            raise ValueError(f"{where}: num_partitions must be >= 1, got {self.num_partitions}")
+        if self.factors is not None:
+            self.factors = tuple(self.factors)
+        self.hidden_dims = tuple(self.hidden_dims)
+
+    def with_threshold(self, threshold: int) -> FeatureConfig:
+        """The paper's threshold rule: only features with more than ``threshold`` categories are compressed."""
+        if self.num_embeddings > threshold or self.scheme == "full":
+            return self
+        return dataclasses.replace(self, scheme="full")
+
+
+def build_embedding_bag(config: FeatureConfig, sparse: bool = False, **factory) -> nn.Module:
+    """The embedding-bag module that ``config`` describes."""
+    n, dim, c = config.num_embeddings, config.embedding_dim, config.num_collisions
+    common = dict(mode=config.mode, sparse=sparse, **factory)
+    try:
+        if config.scheme == "full":
+            return FullEmbeddingBag(n, dim, **common)
+        if config.scheme == "hashing":
+            return HashEmbeddingBag(n, dim, num_buckets=-(-n // c), **common)
+        if config.scheme == "path":
+            return PathEmbeddingBag(n, dim, QuotientRemainder(n, c), hidden_dims=config.hidden_dims, **common)
+        if config.scheme == "qr":
+            partition = QuotientRemainder(n, c)
+        elif config.scheme == "gqr":
+            partition = GeneralizedQuotientRemainder(n, config.factors or choose_divisors(n, config.num_partitions))
+        else:
+            partition = ChineseRemainder(n, config.factors or choose_moduli(n, config.num_partitions))
+        return CompositionalEmbeddingBag(n, dim, partition, operation=config.operation, **common)
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"feature {config.name!r}: {err}") from None
+
+
+@dataclass(frozen=True)
+class FeatureReport:
+    """Memory of one feature's embedding against the full ``n x D`` table."""
+
+    name: str
+    scheme: str
+    num_embeddings: int
+    embedding_dim: int
+    table_sizes: tuple[int, ...]
+    parameters: int
+    bytes: int
+    full_parameters: int
+    full_bytes: int
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.full_parameters / self.parameters
+
+
+class EmbeddingCollection(nn.Module):
+    """One embedding bag per categorical feature.
+
+    Args:
+        features: one config per feature, in input column order.
+        threshold: compress only features with more than ``threshold`` categories; the others get
+            full tables (the paper's threshold rule; 0 compresses every feature as configured).
+        sparse: sparse gradients for every table.
+        output: ``"stack"`` gives ``(B, F, D)`` (all dims equal), ``"cat"`` gives ``(B, sum D)``.
+
+    Shape:
+        ``forward(features)`` with features either ``(B, F)`` integer ids (one id per feature and
+        sample), or a mapping from feature name to ``(B, L)`` ids, ``(values, offsets)`` or
+        ``(values, offsets, per_sample_weights)`` for multi-hot features.
+    """
+
+    def __init__(
+        self,
+        features: Sequence[FeatureConfig],
+        threshold: int = 0,
+        sparse: bool = False,
+        output: str = "stack",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not features:
+            raise ValueError("an EmbeddingCollection needs at least one feature")
+        names = [f.name for f in features]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"feature names must be unique, repeated: {duplicates}")
+        if output not in ("stack", "cat"):
+            raise ValueError(f"output must be 'stack' or 'cat', got {output!r}")
+        if output == "stack" and len({f.embedding_dim for f in features}) > 1:
+            raise ValueError("output='stack' needs one embedding_dim for all features; use output='cat'")
+        self.threshold = threshold
+        self.output = output
+        self.configs = [f.with_threshold(threshold) for f in features]
+        self.embeddings = nn.ModuleDict(
+            (f.name, build_embedding_bag(f, sparse=sparse, device=device, dtype=dtype)) for f in self.configs
+        )
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.configs]
+
+    def forward(self, features: Tensor | Mapping[str, FeatureInput]) -> Tensor:
+        pooled = [self._lookup(j, name, features) for j, name in enumerate(self.embeddings)]
+        return torch.stack(pooled, dim=1) if self.output == "stack" else torch.cat(pooled, dim=1)
+
+    def _lookup(self, column: int, name: str, features: Tensor | Mapping[str, FeatureInput]) -> Tensor:
+        if isinstance(features, Tensor):
+            if features.dim() != 2 or features.shape[1] != len(self.embeddings):
+                raise ValueError(
+                    f"expected ids of shape (B, {len(self.embeddings)}), one column per feature, "
+                    f"got {tuple(features.shape)}"
+                )
+            args: tuple = (features[:, column : column + 1],)
+        else:
+            if name not in features:
+                raise KeyError(f"feature {name!r} is missing from the input (got {sorted(features)})")
+            value = features[name]
+            args = (value,) if isinstance(value, Tensor) else tuple(value)
+        try:
+            return self.embeddings[name](*args)
+        except (IndexError, ValueError, TypeError) as err:
+            raise type(err)(f"feature {name!r} (column {column}): {err}") from None
+
+    def report(self) -> list[FeatureReport]:
+        """Per-feature parameters and bytes, against full tables of the same dtype."""
+        reports = []
+        for config, module in zip(self.configs, self.embeddings.values()):
+            params = list(module.parameters())
+            itemsize = params[0].element_size()
+            sizes = tuple(getattr(getattr(module, "partition", None), "table_sizes", ()))
+            full = config.num_embeddings * config.embedding_dim
+            reports.append(
+                FeatureReport(
+                    name=config.name, scheme=_describe(config), num_embeddings=config.num_embeddings,
+                    embedding_dim=config.embedding_dim, table_sizes=sizes,
+                    parameters=sum(p.numel() for p in params), bytes=sum(p.numel() * p.element_size() for p in params),
+                    full_parameters=full, full_bytes=full * itemsize,
+                )
+            )
+        return reports
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.parameters())
+
+    @property
+    def full_table_parameters(self) -> int:
+        return sum(f.num_embeddings * f.embedding_dim for f in self.configs)
+
+    @property
+    def compression_ratio(self) -> float:
+        """Full-table parameters divided by this collection's parameters."""
+        return self.full_table_parameters / self.num_parameters
+
+    def summary(self) -> str:
+        """A plain-text table of the report, one line per feature plus the total."""
+        rows = [("feature", "scheme", "n", "tables", "params", "MiB", "ratio")]
+        for r in self.report():
+            rows.append((
+                r.name, r.scheme, f"{r.num_embeddings:,}", "+".join(map(str, r.table_sizes)) or "-",
+                f"{r.parameters:,}", f"{r.bytes / 2**20:.2f}", f"{r.compression_ratio:.1f}x",
+            ))
+        rows.append((
+            "total", "", f"{sum(f.num_embeddings for f in self.configs):,}", "", f"{self.num_parameters:,}",
+            f"{self.num_bytes / 2**20:.2f}", f"{self.compression_ratio:.1f}x",
+        ))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        return "\n".join("  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
+
+
+def feature_configs(
+    cardinalities: Sequence[int], names: Sequence[str] | None = None, **options
+) -> list[FeatureConfig]:
+    """Configs for many features that share one scheme: ``feature_configs([1460, 583], scheme="qr")``."""
+    names = list(names) if names is not None else [f"C{j + 1}" for j in range(len(cardinalities))]
+    if len(names) != len(cardinalities):
+        raise ValueError(f"{len(names)} names for {len(cardinalities)} cardinalities")
+    return [FeatureConfig(name=name, num_embeddings=int(n), **options) for name, n in zip(names, cardinalities)]
+
+
+def _describe(config: FeatureConfig) -> str:
+    if config.scheme in ("full", "hashing", "path"):
+        return config.scheme if config.scheme != "path" else f"path{list(config.hidden_dims)}"
+    return f"{config.scheme}-{config.operation}"

@@ -1,0 +1,192 @@
+"""Path-based compositional embeddings: a base vector transformed by per-class MLPs."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..partitions import Partition
+from .init import default_std, uniform_
+from .pooling import MODES, pool_bags
+
+__all__ = ["ClassMLP", "PathEmbedding", "PathEmbeddingBag"]
+
+
+class ClassMLP(nn.Module):
+    """One small MLP per class, applied to each input with the weights of its class.
+
+    Layer ``l`` keeps the weights of all classes as a ``(num_classes, in*out)`` table, so a batch
+    gathers each sample's matrix with one embedding lookup (sparse gradients when ``sparse``) and
+    applies it with one batched matmul: no loop over ids or classes.
+
+    Shape:
+        ``forward(x, classes)``: x ``(N, dims[0])``, classes ``(N,)`` -> ``(N, dims[-1])``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dims: Sequence[int],
+        sparse: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.dims = tuple(dims)
+        self.sparse = sparse
+        factory = {"device": device, "dtype": dtype}
+        pairs = list(zip(self.dims[:-1], self.dims[1:]))
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(num_classes, i * o, **factory)) for i, o in pairs)
+        self.biases = nn.ParameterList(nn.Parameter(torch.empty(num_classes, o, **factory)) for _, o in pairs)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # He init before each ReLU and 1/fan_in on the last layer keep E[|out|^2] = E[|x|^2]
+        # on average, so the composed vector keeps the base table's spread.
+        last = len(self.weights) - 1
+        for l, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            fan_in = self.dims[l]
+            uniform_(weight, math.sqrt((1.0 if l == last else 2.0) / fan_in))
+            nn.init.zeros_(bias)
+
+    def forward(self, x: Tensor, classes: Tensor) -> Tensor:
+        for l, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            matrices = F.embedding(classes, weight, sparse=self.sparse).view(-1, self.dims[l], self.dims[l + 1])
+            x = torch.bmm(x.unsqueeze(1), matrices).squeeze(1) + F.embedding(classes, bias, sparse=self.sparse)
+            if l < len(self.weights) - 1:
+                x = torch.relu(x)
+        return x
+
+
+class PathEmbedding(nn.Module):
+    """Per-id path-based composition, a drop-in for ``nn.Embedding``.
+
+    ``e(x) = M_{k, p_k(x)}( ... M_{2, p_2(x)}( W[p_1(x)] ))``: the first partition's table gives a
+    base vector and each later partition's class picks its own MLP (``hidden_dims`` hidden layers
+    with ReLU) that transforms it. With quotient-remainder, the quotient indexes the base table and
+    each of the ``m`` remainders owns an MLP.
+
+    Shape:
+        input ``(*)`` integer ids -> output ``(*, D)``.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        partition: Partition,
+        hidden_dims: Sequence[int] = (64,),
+        padding_idx: int | None = None,
+        sparse: bool = False,
+        init_std: float | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(partition, Partition):
+            raise TypeError(f"partition must be a compembed.partitions.Partition, got {type(partition).__name__}")
+        if partition.num_embeddings != num_embeddings:
+            raise ValueError(
+                f"partition covers {partition.num_embeddings} ids but num_embeddings is {num_embeddings}"
+            )
+        if partition.num_tables < 2:
+            raise ValueError("path-based composition needs a partition with at least 2 tables")
+        if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be a positive int, got {embedding_dim!r}")
+        hidden_dims = tuple(hidden_dims)
+        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden_dims):
+            raise ValueError(f"hidden_dims must be positive ints, got {list(hidden_dims)}")
+        if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
+            raise ValueError(f"padding_idx must be in [0, {num_embeddings}), got {padding_idx}")
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.partition = partition
+        self.hidden_dims = hidden_dims
+        self.padding_idx = padding_idx
+        self.sparse = sparse
+        self.init_std = default_std(num_embeddings) if init_std is None else float(init_std)
+        factory = {"device": device, "dtype": dtype}
+        sizes = partition.table_sizes
+        self.weight = nn.Parameter(torch.empty(sizes[0], embedding_dim, **factory))
+        dims = (embedding_dim, *hidden_dims, embedding_dim)
+        self.paths = nn.ModuleList(ClassMLP(rows, dims, sparse=sparse, **factory) for rows in sizes[1:])
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        uniform_(self.weight, self.init_std)
+        for path in self.paths:
+            path.reset_parameters()
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def full_table_parameters(self) -> int:
+        return self.num_embeddings * self.embedding_dim
+
+    def embed(self, input: Tensor) -> Tensor:
+        """Composed vectors ``(*, D)`` of ids ``(*)``, before any padding or pooling."""
+        classes = self.partition(input).reshape(-1, self.partition.num_tables)
+        x = F.embedding(classes[:, 0], self.weight, sparse=self.sparse)
+        for j, path in enumerate(self.paths, start=1):
+            x = path(x, classes[:, j])
+        return x.view(*input.shape, self.embedding_dim)
+
+    def forward(self, input: Tensor) -> Tensor:
+        vectors = self.embed(input)
+        if self.padding_idx is not None:
+            vectors = torch.where((input == self.padding_idx).unsqueeze(-1), 0.0, vectors)
+        return vectors
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, partition={self.partition!r}, "
+            f"hidden_dims={list(self.hidden_dims)}" + (", sparse=True" if self.sparse else "")
+        )
+
+
+class PathEmbeddingBag(PathEmbedding):
+    """Path-based composition pooled over bags, with ``nn.EmbeddingBag``'s forward.
+
+    Shape:
+        as ``CompositionalEmbeddingBag``: ``(B, L)`` input, or 1-D input with offsets -> ``(B, D)``.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        partition: Partition,
+        hidden_dims: Sequence[int] = (64,),
+        mode: str = "sum",
+        sparse: bool = False,
+        include_last_offset: bool = False,
+        padding_idx: int | None = None,
+        init_std: float | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        super().__init__(
+            num_embeddings, embedding_dim, partition, hidden_dims=hidden_dims, padding_idx=padding_idx,
+            sparse=sparse, init_std=init_std, device=device, dtype=dtype,
+        )
+        self.mode = mode
+        self.include_last_offset = include_last_offset
+
+    def forward(
+        self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
+    ) -> Tensor:
+        return pool_bags(
+            self.embed(input), input, offsets, per_sample_weights, self.mode,
+            include_last_offset=self.include_last_offset, padding_idx=self.padding_idx,
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", mode={self.mode!r}"

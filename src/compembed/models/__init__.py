@@ -1,0 +1,1 @@
+"""Recommendation models (DLRM, DCN) over an EmbeddingCollection."""

@@ -1,0 +1,19 @@
+"""Partition schemes: map category ids to one class (table row) per partition."""
+from .base import Partition, RadixPartition, check_ids
+from .factors import choose_divisors, choose_moduli, integer_root, is_complementary
+from .schemes import ChineseRemainder, GeneralizedQuotientRemainder, Hashing, Identity, QuotientRemainder
+
+__all__ = [
+    "Partition",
+    "RadixPartition",
+    "check_ids",
+    "QuotientRemainder",
+    "GeneralizedQuotientRemainder",
+    "ChineseRemainder",
+    "Hashing",
+    "Identity",
+    "choose_divisors",
+    "choose_moduli",
+    "integer_root",
+    "is_complementary",
+]
