@@ -15,6 +15,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test]'
+# Optional TorchRec (tests/integrations, tests/distributed). The torchrec wheel names the CUDA
+# `fbgemm-gpu` as a requirement, so it and the CPU fbgemm build go in with --no-deps; its own
+# needs (the `torchrec` extra) go in with torch pinned so pip never replaces the CPU build.
+	echo 'torch==2.13.0' > $(VENV)/torch-pin.txt
+	$(PIP) install -q -c $(VENV)/torch-pin.txt -e '.[torchrec]'
+	$(PIP) install -q --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0
 	touch $@
 
 install: $(VENV)/.installed
