@@ -1,0 +1,113 @@
+"""One place that turns a plain config into a model: swap the collection or the model here."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import nn
+
+from ..embedding import SCHEMES, EmbeddingCollection, feature_configs
+from ..embedding.init import OPERATIONS
+from .dcn import DCN
+from .dlrm import DLRM
+
+__all__ = ["ARCHS", "ModelConfig", "FeatureSpec", "build_collection", "build_model"]
+
+ARCHS = ("dlrm", "dcn")
+
+
+class FeatureSpec(Protocol):
+    """What the model needs to know of a dataset (``compembed.data.DatasetInfo`` has it)."""
+
+    dense_names: Sequence[str]
+    categorical_names: Sequence[str]
+    cardinalities: Sequence[int]
+
+
+@dataclass
+class ModelConfig:
+    """A recommendation model and its embedding scheme (defaults: the paper's Criteo setup).
+
+    Attributes:
+        arch: ``dlrm`` or ``dcn``.
+        embedding_dim: D, the width of every feature's vector.
+        scheme: ``full``, ``hashing``, ``qr``, ``gqr``, ``crt`` or ``path`` (see ``FeatureConfig``).
+        operation: ``mult``, ``add`` or ``concat`` for ``qr``/``gqr``/``crt``.
+        num_collisions: ids per shared row (``hashing``, ``qr``, ``path``).
+        num_partitions: k tables for ``gqr`` and ``crt``.
+        path_hidden: hidden sizes of the per-class MLPs of ``path``.
+        threshold: compress only features with more categories than this (0: all).
+        bottom_mlp: DLRM bottom MLP hidden sizes (output: ``embedding_dim``).
+        top_mlp: DLRM top MLP hidden sizes (output: one logit).
+        cross_layers: DCN cross layers.
+        deep_mlp: DCN deep network layer sizes.
+    """
+
+    arch: str = "dlrm"
+    embedding_dim: int = 16
+    scheme: str = "qr"
+    operation: str = "mult"
+    num_collisions: int = 4
+    num_partitions: int = 3
+    path_hidden: tuple[int, ...] = (64,)
+    threshold: int = 0
+    bottom_mlp: tuple[int, ...] = (512, 256, 64)
+    top_mlp: tuple[int, ...] = (512, 256)
+    cross_layers: int = 6
+    deep_mlp: tuple[int, ...] = (512, 256, 64)
+
+    def __post_init__(self) -> None:
+        for name in ("path_hidden", "bottom_mlp", "top_mlp", "deep_mlp"):
+            setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+        checks = [
+            (self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}"),
+            (self.scheme in SCHEMES, f"scheme must be one of {SCHEMES}, got {self.scheme!r}"),
+            (self.operation in OPERATIONS, f"operation must be one of {OPERATIONS}, got {self.operation!r}"),
+            (self.embedding_dim >= 1, f"embedding_dim must be >= 1, got {self.embedding_dim}"),
+            (self.num_collisions >= 1, f"num_collisions must be >= 1, got {self.num_collisions}"),
+            (self.threshold >= 0, f"threshold must be >= 0, got {self.threshold}"),
+            (self.cross_layers >= 0, f"cross_layers must be >= 0, got {self.cross_layers}"),
+            (len(self.deep_mlp) >= 1, "deep_mlp needs at least one layer"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"model config: {message}")
+
+    def label(self) -> str:
+        """A short name of the embedding scheme, e.g. ``qr-mult/4``."""
+        if self.scheme == "full":
+            return "full"
+        if self.scheme in ("hashing", "qr", "path"):
+            head = {"hashing": "hashing", "qr": f"qr-{self.operation}", "path": f"path{list(self.path_hidden)}"}
+            return f"{head[self.scheme]}/{self.num_collisions}"
+        return f"{self.scheme}-{self.operation}/k{self.num_partitions}"
+
+
+def build_collection(config: ModelConfig, info: FeatureSpec, sparse: bool = False, **factory) -> EmbeddingCollection:
+    """The embedding collection for ``info``'s categorical features under ``config``'s scheme."""
+    configs = feature_configs(
+        info.cardinalities, info.categorical_names, embedding_dim=config.embedding_dim, scheme=config.scheme,
+        operation=config.operation, num_collisions=config.num_collisions, num_partitions=config.num_partitions,
+        hidden_dims=config.path_hidden,
+    )
+    return EmbeddingCollection(configs, threshold=config.threshold, sparse=sparse, **factory)
+
+
+def build_model(config: ModelConfig, info: FeatureSpec, sparse: bool = False) -> nn.Module:
+    """The DLRM or DCN that ``config`` describes, over ``info``'s features.
+
+    ``sparse`` gives the embedding tables sparse gradients (for SGD, Adagrad, sparse Adam/AMSGrad).
+    """
+    embeddings = build_collection(config, info, sparse=sparse)
+    num_dense = len(info.dense_names)
+    if config.arch == "dlrm":
+        return DLRM(embeddings, num_dense, bottom_mlp=config.bottom_mlp, top_mlp=config.top_mlp,
+                    dim=config.embedding_dim)
+    return DCN(embeddings, num_dense, cross_layers=config.cross_layers, deep_mlp=config.deep_mlp)
+
+
+def config_dict(config: ModelConfig) -> dict:
+    """The config as plain TOML/JSON-friendly values."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}

@@ -1,0 +1,183 @@
+"""A training run described by plain dataclasses, read from and written to TOML."""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from ..models import ModelConfig
+
+__all__ = ["OPTIMIZERS", "OptimConfig", "DataConfig", "TrainConfig", "load_config", "save_config", "config_to_dict",
+           "config_from_dict"]
+
+OPTIMIZERS = ("sgd", "adagrad", "adam", "amsgrad")
+EMBEDDING_UPDATES = ("sparse", "dense")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizers: one for the embedding tables, one (same kind) for the dense layers.
+
+    Attributes:
+        name: ``sgd``, ``adagrad``, ``adam`` or ``amsgrad``.
+        lr: learning rate of the dense layers.
+        embedding_lr: learning rate of the embedding tables (default: ``lr``).
+        embedding_update: ``sparse`` updates only the rows a batch touched (sparse gradients; for
+            ``adam``/``amsgrad`` this is the lazy variant, whose moments of an untouched row do not
+            decay); ``dense`` uses dense gradients and the exact torch optimizer (slower for big tables).
+        eps: epsilon of Adagrad/Adam/AMSGrad.
+        beta1, beta2: Adam/AMSGrad moment decay rates.
+    """
+
+    name: str = "adagrad"
+    lr: float = 0.02
+    embedding_lr: float | None = None
+    embedding_update: str = "sparse"
+    eps: float = 1e-8
+    beta1: float = 0.9
+    beta2: float = 0.999
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optim config: name must be one of {OPTIMIZERS}, got {self.name!r}")
+        if self.embedding_update not in EMBEDDING_UPDATES:
+            raise ValueError(f"optim config: embedding_update must be one of {EMBEDDING_UPDATES}, got {self.embedding_update!r}")
+        for key in ("lr", "embedding_lr", "eps"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ValueError(f"optim config: {key} must be > 0, got {value}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"optim config: betas must lie in [0, 1), got {self.beta1}, {self.beta2}")
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from.
+
+    Attributes:
+        source: ``synthetic`` (the built-in Criteo-like generator) or the directory of a dataset
+            prepared by ``compembed prepare``.
+        rows: synthetic rows in all (split into train/val/test by the generator).
+        cardinality_scale: synthetic cardinalities are the Criteo Kaggle ones times this factor.
+        seed: seed of the synthetic generator (the data itself; ``train.seed`` drives the model).
+    """
+
+    source: str = "synthetic"
+    rows: int = 200_000
+    cardinality_scale: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rows < 1:
+            raise ValueError(f"data config: rows must be >= 1, got {self.rows}")
+        if not self.cardinality_scale > 0:
+            raise ValueError(f"data config: cardinality_scale must be > 0, got {self.cardinality_scale}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a run's result (output paths are not part of it).
+
+    Attributes:
+        model, optim, data: see ``ModelConfig``, ``OptimConfig``, ``DataConfig``.
+        batch_size: training mini-batch size.
+        eval_batch_size: batch size for evaluation (no effect on results).
+        epochs: passes over the training split.
+        max_steps: stop after this many steps in all (0: no limit).
+        seed: seed of the model's initialisation and of the shuffling.
+        log_every: steps between training-metric records (and progress updates of the loss).
+        checkpoint_every: steps between checkpoints (0: only at the end of each epoch).
+        eval_splits: splits evaluated after each epoch and at the end.
+        threads: torch CPU threads (0: torch's default).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    batch_size: int = 128
+    eval_batch_size: int = 8192
+    epochs: int = 1
+    max_steps: int = 0
+    seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    eval_splits: tuple[str, ...] = ("val", "test")
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        self.eval_splits = tuple(self.eval_splits)
+        for key in ("batch_size", "eval_batch_size", "epochs", "log_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"train config: {key} must be >= 1, got {getattr(self, key)}")
+        for key in ("max_steps", "checkpoint_every", "threads"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"train config: {key} must be >= 0, got {getattr(self, key)}")
+
+
+_SECTIONS = {"model": ModelConfig, "optim": OptimConfig, "data": DataConfig}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """TOML-ready nested dict: ``[train]``, ``[model]``, ``[optim]``, ``[data]`` (None values left out)."""
+    out: dict[str, Any] = {"train": {}}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name in _SECTIONS:
+            out[f.name] = {k: _plain(v) for k, v in dataclasses.asdict(value).items() if v is not None}
+        else:
+            out["train"][f.name] = _plain(value)
+    return out
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "config") -> TrainConfig:
+    """Build a config from a nested dict, with errors naming the unknown section or key."""
+    unknown = sorted(set(raw) - {"train", *_SECTIONS})
+    if unknown:
+        raise ValueError(f"{where}: unknown section(s) {unknown}; expected [train], [model], [optim], [data]")
+    parts: dict[str, Any] = {}
+    for section, cls in (*_SECTIONS.items(), ("train", None)):
+        values = raw.get(section, {})
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}: [{section}] must be a table")
+        known = {f.name for f in dataclasses.fields(cls or TrainConfig)} - (set(_SECTIONS) if cls is None else set())
+        bad = sorted(set(values) - known)
+        if bad:
+            raise ValueError(f"{where}: unknown key(s) {bad} in [{section}]; known: {sorted(known)}")
+        try:
+            if cls is None:
+                parts.update(values)
+            else:
+                parts[section] = cls(**values)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: [{section}]: {err}") from None
+    try:
+        return TrainConfig(**parts)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: [train]: {err}") from None
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a TOML run config."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from None
+    return config_from_dict(raw, where=str(path))
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write ``config`` as TOML, atomically."""
+    from .checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), tomli_w.dumps(config_to_dict(config)).encode())
