@@ -1,0 +1,190 @@
+"""The on-disk dataset format: a directory of NumPy ``.npy`` arrays plus JSON, written atomically.
+
+Layout of a prepared dataset directory::
+
+    meta.json           format tag, DatasetInfo, row count, splits, provenance (written last)
+    cardinalities.json  {feature: cardinality}
+    vocab.json          {feature: [raw value of id 2, id 3, ...]} (id 0 = missing, id 1 = rare/unseen)
+    dense.npy           float32 (N, num_dense), already transformed
+    sparse.npy          int32 (N, F) ids of the single-valued categorical features
+    labels.npy          uint8 (N,)
+    click_prob.npy      float32 (N,), synthetic data only
+    split.npy           uint8 (N,) split code per row (0 train, 1 val, 2 test), unless meta.json gives ranges
+    mh.<name>.values.npy / mh.<name>.offsets.npy   int32 ids / int64 (N + 1,) CSR bags of a multi-hot feature
+
+The directory is built under a temporary sibling name, every file fsynced, then renamed into place
+with ``os.replace``: a killed run leaves only a ``.partial-*`` directory, never a dataset that opens.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dataset import SPLITS, ArrayDataset, DatasetInfo
+
+__all__ = ["FORMAT", "StoreBuilder", "open_dataset", "write_json_atomic", "DatasetFormatError"]
+
+FORMAT = "compembed-ctr"
+VERSION = 1
+SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
+
+
+class DatasetFormatError(ValueError):
+    """A path that is not a complete prepared dataset."""
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file, fsync and ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class StoreBuilder:
+    """Builds a dataset directory under a temporary name; ``commit`` moves it into place.
+
+    Use as a context manager: leaving the block with an exception removes the temporary directory.
+    """
+
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"{self.path} already exists (pass overwrite=True / --overwrite to replace it)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f"{self.path.name}.partial-{uuid.uuid4().hex[:8]}")
+        self.tmp.mkdir()
+        self.overwrite = overwrite
+        self._arrays: dict[str, np.memmap] = {}
+
+    def __enter__(self) -> "StoreBuilder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def file(self, name: str) -> Path:
+        return self.tmp / name
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.memmap:
+        """A new ``.npy`` memory map ``name`` in the dataset, to be filled by the caller."""
+        arr = np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        self._arrays[name] = arr
+        return arr
+
+    def save(self, name: str, value: np.ndarray) -> None:
+        self.array(name, value.shape, value.dtype)[...] = value
+
+    def json(self, name: str, obj: Any) -> None:
+        write_json_atomic(self.tmp / name, obj)
+
+    def commit(self, info: DatasetInfo, num_rows: int, splits: dict[str, Any], **extra: Any) -> Path:
+        """Flush every array, write ``meta.json`` and move the directory into place; returns the path."""
+        for arr in self._arrays.values():
+            arr.flush()
+        self._arrays.clear()
+        self.json("cardinalities.json", dict(zip(info.categorical_names, map(int, info.cardinalities))))
+        meta = {"format": FORMAT, "version": VERSION, "num_rows": int(num_rows), "info": info.to_dict(),
+                "splits": splits, **extra}
+        self.json("meta.json", meta)
+        for p in self.tmp.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        if self.path.exists():
+            old = self.path.with_name(f"{self.path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(self.path, old)
+            os.replace(self.tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.path)
+        _fsync_dir(self.path.parent)
+        return self.path
+
+    def abort(self) -> None:
+        self._arrays.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not path.is_dir():
+        raise DatasetFormatError(f"{path}: not a directory (prepare one with `compembed prepare` or `compembed synth`)")
+    if not meta_path.exists():
+        raise DatasetFormatError(f"{path}: no meta.json, so not a complete prepared dataset")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f"{meta_path}: invalid JSON ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise DatasetFormatError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("version") != VERSION:
+        raise DatasetFormatError(f"{meta_path}: version {meta.get('version')}, this compembed reads {VERSION}")
+    return meta
+
+
+def open_dataset(path: str | os.PathLike, mmap: bool = True) -> ArrayDataset:
+    """Open a prepared dataset directory (memory-mapped by default) as a ``CTRDataset``.
+
+    Raises ``DatasetFormatError`` naming the problem when ``path`` is not a complete dataset.
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    info = DatasetInfo.from_dict(meta["info"])
+    n = meta["num_rows"]
+
+    def load(name: str, required: bool = True) -> np.ndarray | None:
+        f = path / f"{name}.npy"
+        if not f.exists():
+            if required:
+                raise DatasetFormatError(f"{path}: missing {f.name}")
+            return None
+        try:
+            arr = np.load(f, mmap_mode="r" if mmap else None)
+        except ValueError as e:
+            raise DatasetFormatError(f"{f}: unreadable array ({e})") from None
+        return arr
+
+    dense, sparse, labels = load("dense"), load("sparse"), load("labels")
+    expected = {"dense": (n, len(info.dense_names)), "sparse": (n, len(info.single_names)), "labels": (n,)}
+    for name, arr in (("dense", dense), ("sparse", sparse), ("labels", labels)):
+        if arr.shape != expected[name]:
+            raise DatasetFormatError(f"{path}/{name}.npy: shape {arr.shape}, meta.json says {expected[name]}")
+    multi = {}
+    for name in info.multi_hot_names:
+        values, offsets = load(f"mh.{name}.values"), load(f"mh.{name}.offsets")
+        if offsets.shape != (n + 1,) or int(offsets[-1]) != len(values):
+            raise DatasetFormatError(f"{path}: multi-hot feature {name!r} has inconsistent offsets")
+        multi[name] = (values, offsets)
+    splits: dict[str, np.ndarray | tuple[int, int]] = {}
+    if meta["splits"] == "split.npy":
+        codes = np.asarray(load("split"))
+        for name, code in SPLIT_CODES.items():
+            splits[name] = np.flatnonzero(codes == code)
+    else:
+        for name, (a, b) in meta["splits"].items():
+            splits[name] = (int(a), int(b))
+    return ArrayDataset(info, dense, sparse, labels, splits, multi, load("click_prob", required=False))
