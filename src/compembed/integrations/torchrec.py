@@ -1,0 +1,343 @@
+"""Compositional embeddings in TorchRec's terms, so that its planner and sharding treat them as tables.
+
+A logical table of ``n`` rows compressed by a partition with ``k`` classes sets becomes ``k`` ordinary
+TorchRec tables, ``"<table>__p0" .. "<table>__p{k-1}"``, with ``table_sizes[j]`` rows each. Three
+pieces connect them to TorchRec:
+
+- :class:`PartitionIdTransform` maps a ``KeyedJaggedTensor`` of logical ids (key ``"C3"``) to the
+  KJT of the partition tables (keys ``"C3__p0"``, ``"C3__p1"``), using the partition's own
+  ``(x // stride) % modulus`` arithmetic; lengths and weights are repeated per partition.
+- :func:`partition_table_configs` gives standard ``EmbeddingBagConfig``s with the compressed row
+  counts, which is all the sharding planner sees (its storage estimates are the compressed sizes).
+- :class:`CompositionalEmbeddingBagCollection` has the ``EmbeddingBagCollection`` interface (KJT in,
+  ``KeyedTensor`` out) and combines the looked-up rows. ``add`` and ``concat`` are linear, so each
+  partition table can be pooled first (a TorchRec ``EmbeddingBagCollection``); ``mult`` on multi-hot
+  bags is not, so those tables are looked up unpooled (a TorchRec ``EmbeddingCollection``), combined
+  per id, and pooled afterwards. Declared one-hot features take the cheaper pooled path with ``mult``.
+
+``DistributedModelParallel`` finds the inner TorchRec collections and shards the partition tables like
+any other tables; the wrapper itself holds no parameters and is replicated.
+
+Needs TorchRec (see the Makefile's install recipe): the core package never imports this module.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Collection, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingBagCollectionInterface
+    from torchrec.modules.embedding_modules import EmbeddingCollection as TorchRecEmbeddingCollection
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+except ImportError as err:  # pragma: no cover - exercised only without TorchRec
+    raise ImportError(
+        "compembed.integrations.torchrec needs TorchRec on CPU: "
+        "pip install --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0, then its needs with torch pinned "
+        "(see the Makefile's install recipe)"
+    ) from err
+
+from ..embedding import EmbeddingCollection, combine, default_std, factor_std
+from ..embedding.compositional import CompositionalEmbeddingBag, _table_dims
+from ..embedding.init import OPERATIONS, uniform_
+from ..partitions import Partition
+
+__all__ = [
+    "CompositionalEmbeddingBagCollection",
+    "PartitionIdTransform",
+    "partition_key",
+    "partition_table_configs",
+    "table_wise_constraints",
+]
+
+_MODES = {PoolingType.SUM: "sum", PoolingType.MEAN: "mean"}
+
+
+def partition_key(name: str, j: int) -> str:
+    """Name of partition ``j``'s table or feature for the logical table or feature ``name``."""
+    return f"{name}__p{j}"
+
+
+def partition_table_configs(
+    table: EmbeddingBagConfig, partition: Partition, operation: str = "mult"
+) -> list[EmbeddingBagConfig]:
+    """Standard TorchRec configs of the ``k`` tables that replace the logical ``table``.
+
+    Table ``j`` has ``partition.table_sizes[j]`` rows, feature names ``"<feature>__p{j}"`` and the
+    centred init whose combination has the spread of the full table's init (see ``embedding.init``).
+    """
+    if partition.num_embeddings != table.num_embeddings:
+        raise ValueError(
+            f"table {table.name!r}: partition covers {partition.num_embeddings} ids "
+            f"but the table has {table.num_embeddings}"
+        )
+    if operation not in OPERATIONS:
+        raise ValueError(f"table {table.name!r}: operation must be one of {OPERATIONS}, got {operation!r}")
+    dims = _table_dims(operation, table.embedding_dim, partition.num_tables, None)
+    std = factor_std(default_std(table.num_embeddings), operation, partition.num_tables)
+    return [
+        EmbeddingBagConfig(
+            num_embeddings=rows,
+            embedding_dim=dim,
+            name=partition_key(table.name, j),
+            feature_names=[partition_key(f, j) for f in table.feature_names],
+            pooling=table.pooling,
+            data_type=table.data_type,
+            init_fn=functools.partial(uniform_, std=std),
+        )
+        for j, (rows, dim) in enumerate(zip(partition.table_sizes, dims))
+    ]
+
+
+class PartitionIdTransform:
+    """Maps a KJT of logical features to the KJT of their partition tables.
+
+    Args:
+        partitions: feature name -> partition. Features without one pass through unchanged.
+
+    Shape:
+        ``(features)`` a KJT with keys ``[f, ...]`` and values ``(N,)`` -> a KJT with keys
+        ``[f__p0, .., f__p{k-1}, ...]`` (in input key order), each with ``f``'s lengths and weights and
+        values the class of each id in that partition.
+    """
+
+    def __init__(self, partitions: Mapping[str, Partition]) -> None:
+        self.partitions = dict(partitions)
+
+    def __call__(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        keys: list[str] = []
+        values, lengths, weights = [], [], []
+        has_weights = features.weights_or_none() is not None
+        for name, bags in features.to_dict().items():
+            partition = self.partitions.get(name)
+            k = 1 if partition is None else partition.num_tables
+            if partition is None:
+                keys.append(name)
+                values.append(bags.values())
+            else:
+                try:
+                    classes = partition(bags.values())  # (N, k), validates the ids
+                except (IndexError, TypeError) as err:
+                    raise type(err)(f"feature {name!r}: {err}") from None
+                keys.extend(partition_key(name, j) for j in range(k))
+                values.append(classes.t().reshape(-1))  # partition 0's classes, then partition 1's, ...
+            lengths.append(bags.lengths().repeat(k))
+            if has_weights:
+                weights.append(bags.weights().repeat(k))
+        return KeyedJaggedTensor(
+            keys=keys,
+            values=torch.cat(values),
+            lengths=torch.cat(lengths),
+            weights=torch.cat(weights) if has_weights else None,
+            stride=features.stride(),
+        )
+
+
+class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
+    """A drop-in for TorchRec's ``EmbeddingBagCollection`` whose tables are compositional.
+
+    Args:
+        tables: the logical tables, as one would give ``EmbeddingBagCollection`` (SUM or MEAN pooling).
+        partitions: table name -> partition of its ids; tables without one stay ordinary tables.
+        operation: ``mult``, ``add`` or ``concat``, for all tables or per table name.
+        one_hot: ``True`` or the feature names whose bags hold at most one id. With ``mult`` these
+            pool each partition table first (cheaper, and identical for such bags); other ``mult``
+            features are looked up unpooled and combined per id before pooling. Checked at forward.
+        is_weighted: the input KJT carries per-id weights (sum pooling).
+        device: where the tables live.
+
+    Shape:
+        ``forward(features)``: a KJT with the tables' feature names, batch B -> a ``KeyedTensor``
+        keyed by feature name, values ``(B, sum D)``, as ``EmbeddingBagCollection`` returns.
+    """
+
+    def __init__(
+        self,
+        tables: Sequence[EmbeddingBagConfig],
+        partitions: Mapping[str, Partition],
+        operation: str | Mapping[str, str] = "mult",
+        one_hot: bool | Collection[str] = False,
+        is_weighted: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        names = [t.name for t in tables]
+        if not tables or len(set(names)) != len(names) or any(not n for n in names):
+            raise ValueError(f"tables must be non-empty with unique, non-empty names, got {names}")
+        unknown = sorted(set(partitions) - set(names))
+        if unknown:
+            raise ValueError(f"partitions name tables that do not exist: {unknown}")
+        features = [f for t in tables for f in t.feature_names]
+        if not all(t.feature_names for t in tables) or len(set(features)) != len(features):
+            raise ValueError("every table needs feature names, and each feature may feed only one table")
+        self._tables = list(tables)
+        self._is_weighted = is_weighted
+        self.partitions = dict(partitions)
+        self.operations = {t: operation if isinstance(operation, str) else operation.get(t, "mult") for t in partitions}
+        self.modes: dict[str, str] = {}
+        pooled: list[EmbeddingBagConfig] = []
+        unpooled: list[EmbeddingConfig] = []
+        self.unpooled_tables: set[str] = set()
+        for table in self._tables:
+            if table.pooling not in _MODES:
+                raise ValueError(f"table {table.name!r}: pooling must be SUM or MEAN, got {table.pooling}")
+            self.modes[table.name] = _MODES[table.pooling]
+            partition = self.partitions.get(table.name)
+            if partition is None:
+                pooled.append(table)
+                continue
+            configs = partition_table_configs(table, partition, self.operations[table.name])
+            declared = one_hot if isinstance(one_hot, bool) else all(f in one_hot for f in table.feature_names)
+            if self.operations[table.name] == "mult" and len(configs) > 1 and (is_weighted or not declared):
+                # mult of pooled rows is not the pooled mult (nor, with weights, of one-id bags): look up per id.
+                self.unpooled_tables.add(table.name)
+                unpooled.extend(_unpooled_config(c) for c in configs)
+            else:
+                pooled.extend(configs)
+        self.one_hot_features = sorted(
+            f for t in self._tables if t.name in self.partitions and t.name not in self.unpooled_tables
+            and self.operations[t.name] == "mult" and len(self.partitions[t.name].table_sizes) > 1
+            for f in t.feature_names
+        )
+        self.transform = PartitionIdTransform(
+            {f: self.partitions[t.name] for t in self._tables if t.name in self.partitions for f in t.feature_names}
+        )
+        # TorchRec's sharders find these two by type; the planner sees only the compressed tables.
+        self.pooled = EmbeddingBagCollection(pooled, is_weighted=is_weighted, device=device) if pooled else None
+        if len({c.embedding_dim for c in unpooled}) > 1:
+            raise ValueError("unpooled (multi-hot mult) tables must share one embedding_dim, as TorchRec requires")
+        self.unpooled = TorchRecEmbeddingCollection(unpooled, device=device) if unpooled else None
+        self._embedding_names = features
+        self._lengths_per_embedding = [t.embedding_dim for t in self._tables for _ in t.feature_names]
+        self._device = torch.device(device) if device is not None else torch.device("cpu")
+
+    # EmbeddingBagCollectionInterface
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        """The logical (uncompressed) tables, which is what models such as DLRM read dims and names from."""
+        return self._tables
+
+    def is_weighted(self) -> bool:
+        return self._is_weighted
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def partition_table_configs(self) -> list[EmbeddingBagConfig | EmbeddingConfig]:
+        """The TorchRec configs of every table actually stored (compressed sizes)."""
+        pooled = self.pooled.embedding_bag_configs() if self.pooled is not None else []
+        unpooled = self.unpooled.embedding_configs() if self.unpooled is not None else []
+        return [*pooled, *unpooled]
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        bags = features.to_dict()
+        self._check_one_hot(bags)
+        parts = self.transform(features)
+        pooled = self.pooled(parts).to_dict() if self.pooled is not None else {}
+        per_id = self.unpooled(parts) if self.unpooled is not None else {}
+        outputs = []
+        for table in self._tables:
+            partition = self.partitions.get(table.name)
+            for name in table.feature_names:
+                if partition is None:
+                    outputs.append(pooled[name])
+                    continue
+                keys = [partition_key(name, j) for j in range(partition.num_tables)]
+                operation = self.operations[table.name]
+                if table.name in self.unpooled_tables:
+                    vectors = combine([per_id[key].values() for key in keys], operation)  # (N, D)
+                    outputs.append(self._pool(vectors, bags[name], self.modes[table.name]))
+                else:
+                    outputs.append(combine([pooled[key] for key in keys], operation))
+        return KeyedTensor(
+            keys=self._embedding_names,
+            values=torch.cat(outputs, dim=1),
+            length_per_key=self._lengths_per_embedding,
+        )
+
+    def _pool(self, vectors: Tensor, bags, mode: str) -> Tensor:
+        """Pool per-id vectors ``(N, D)`` into the ``(B, D)`` bags of one feature's jagged input."""
+        positions = torch.arange(vectors.shape[0], device=vectors.device)
+        weights = bags.weights() if self._is_weighted else None
+        return F.embedding_bag(
+            positions, vectors, bags.offsets(), mode=mode, per_sample_weights=weights, include_last_offset=True
+        )
+
+    def _check_one_hot(self, bags: Mapping) -> None:
+        for name in self.one_hot_features:
+            lengths = bags[name].lengths()
+            if lengths.numel() and int(lengths.max()) > 1:
+                raise ValueError(
+                    f"feature {name!r} was declared one-hot but bag {int(lengths.argmax())} holds "
+                    f"{int(lengths.max())} ids; leave it out of one_hot to combine per id"
+                )
+
+    # Weights
+    def partition_weights(self, table: str) -> list[Tensor]:
+        """The ``k`` stored tables of a partitioned logical table (unsharded module only)."""
+        keys = [partition_key(table, j) for j in range(self.partitions[table].num_tables)]
+        if table in self.unpooled_tables:
+            return [self.unpooled.embeddings[key].weight for key in keys]
+        return [self.pooled.embedding_bags[key].weight for key in keys]
+
+    @classmethod
+    def from_collection(
+        cls,
+        collection: EmbeddingCollection,
+        one_hot: bool | Collection[str] = False,
+        is_weighted: bool = False,
+        device: torch.device | str | None = None,
+    ) -> CompositionalEmbeddingBagCollection:
+        """The TorchRec equivalent of a compembed ``EmbeddingCollection``, with a copy of its weights.
+
+        Every feature must be an operation-based bag (full, hashing, qr, gqr, crt) with sum or mean
+        pooling; path-based embeddings have no TorchRec form here.
+        """
+        tables, partitions, operations = [], {}, {}
+        for config, module in zip(collection.configs, collection.embeddings.values()):
+            if not isinstance(module, CompositionalEmbeddingBag) or module.mode not in ("sum", "mean"):
+                raise ValueError(
+                    f"feature {config.name!r}: scheme {config.scheme!r} with mode {config.mode!r} has no "
+                    "TorchRec form here (needs an operation-based scheme with sum or mean pooling)"
+                )
+            if module.padding_idx is not None:
+                raise ValueError(f"feature {config.name!r}: padding_idx has no TorchRec equivalent")
+            tables.append(
+                EmbeddingBagConfig(
+                    num_embeddings=config.num_embeddings, embedding_dim=config.embedding_dim, name=config.name,
+                    feature_names=[config.name], pooling=PoolingType[module.mode.upper()],
+                )
+            )
+            partitions[config.name] = module.partition
+            operations[config.name] = module.operation
+        out = cls(tables, partitions, operations, one_hot=one_hot, is_weighted=is_weighted, device=device)
+        with torch.no_grad():
+            for name, module in collection.embeddings.items():
+                for target, source in zip(out.partition_weights(name), module.weights):
+                    target.copy_(source)
+        return out
+
+
+def table_wise_constraints(module: CompositionalEmbeddingBagCollection) -> dict:
+    """Planner constraints that shard every stored table of ``module`` whole onto one rank.
+
+    Table-wise is the sharding seen to work on CPU with gloo (row-wise was not).
+    """
+    from torchrec.distributed.planner.types import ParameterConstraints
+    from torchrec.distributed.types import ShardingType
+
+    return {
+        config.name: ParameterConstraints(sharding_types=[ShardingType.TABLE_WISE.value])
+        for config in module.partition_table_configs()
+    }
+
+
+def _unpooled_config(config: EmbeddingBagConfig) -> EmbeddingConfig:
+    return EmbeddingConfig(
+        num_embeddings=config.num_embeddings, embedding_dim=config.embedding_dim, name=config.name,
+        feature_names=list(config.feature_names), data_type=config.data_type, init_fn=config.init_fn,
+    )

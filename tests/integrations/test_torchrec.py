@@ -1,0 +1,148 @@
+"""TorchRec form of compositional embeddings: id transform, compressed configs, outputs, DLRM, planner."""
+import pytest
+import torch
+
+pytest.importorskip("torchrec", reason="TorchRec is not installed (optional; the Makefile's install recipe adds it)")
+
+from _torchrec_cases import FEATURES, make_batch, make_collection  # noqa: E402
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType  # noqa: E402
+from torchrec.distributed.planner import Topology  # noqa: E402
+from torchrec.distributed.planner.enumerators import EmbeddingEnumerator  # noqa: E402
+from torchrec.distributed.sharding_plan import get_default_sharders  # noqa: E402
+from torchrec.models.dlrm import DLRM  # noqa: E402
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: E402
+
+from compembed.embedding import EmbeddingCollection, FeatureConfig  # noqa: E402
+from compembed.integrations.torchrec import (  # noqa: E402
+    CompositionalEmbeddingBagCollection,
+    PartitionIdTransform,
+    partition_table_configs,
+)
+from compembed.partitions import ChineseRemainder, QuotientRemainder  # noqa: E402
+
+
+def as_dict(kjt: KeyedJaggedTensor, weighted: bool = False) -> dict:
+    """compembed's multi-hot input for the same bags: name -> (values, offsets[, weights])."""
+    out = {}
+    for name, jt in kjt.to_dict().items():
+        offsets = jt.offsets()[:-1]
+        out[name] = (jt.values(), offsets, jt.weights()) if weighted else (jt.values(), offsets)
+    return out
+
+
+def test_id_transform_uses_partition_arithmetic():
+    qr, crt = QuotientRemainder(100, 4), ChineseRemainder(35, (5, 7))
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=["a", "b", "c"], values=torch.tensor([0, 99, 42, 3, 34, 7]), lengths=torch.tensor([2, 1, 1, 0, 1, 1]),
+    )
+    out = PartitionIdTransform({"a": qr, "c": crt})(kjt)
+    assert out.keys() == ["a__p0", "a__p1", "b", "c__p0", "c__p1"]
+    got = out.to_dict()
+    a_ids = torch.tensor([0, 99, 42])
+    assert got["a__p0"].values().tolist() == qr(a_ids)[:, 0].tolist()
+    assert got["a__p1"].values().tolist() == (a_ids % 4).tolist()
+    assert got["a__p0"].lengths().tolist() == [2, 1] and got["a__p1"].lengths().tolist() == [2, 1]
+    assert got["b"].values().tolist() == [3] and got["b"].lengths().tolist() == [1, 0]
+    assert got["c__p0"].values().tolist() == [34 % 5, 7 % 5] and got["c__p1"].values().tolist() == [34 % 7, 0]
+    assert out.stride() == 2
+
+
+def test_id_transform_names_bad_feature():
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["a"], values=torch.tensor([1, 100]), lengths=torch.tensor([1, 1]))
+    with pytest.raises(IndexError, match="feature 'a'.*id 100"):
+        PartitionIdTransform({"a": QuotientRemainder(100, 4)})(kjt)
+
+
+def test_partition_configs_have_compressed_sizes():
+    table = EmbeddingBagConfig(num_embeddings=1000, embedding_dim=16, name="t", feature_names=["f", "g"])
+    configs = partition_table_configs(table, QuotientRemainder(1000, 4), "concat")
+    assert [(c.name, c.num_embeddings, c.embedding_dim) for c in configs] == [("t__p0", 250, 8), ("t__p1", 4, 8)]
+    assert configs[0].feature_names == ["f__p0", "g__p0"]
+    with pytest.raises(ValueError, match="partition covers 999"):
+        partition_table_configs(table, QuotientRemainder(999, 4))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_outputs_and_gradients_equal_compembed(seed):
+    ours = make_collection()
+    trec = CompositionalEmbeddingBagCollection.from_collection(ours, one_hot=["one_hot"])
+    assert trec.unpooled_tables == {"multi_hot"}  # the multi-hot mult table is combined per id
+    kjt = make_batch(seed=seed, batch_size=16)
+    got, want = trec(kjt), ours(as_dict(kjt))
+    assert got.keys() == [f.name for f in FEATURES]
+    assert got.values().shape == want.shape == (16, 40)
+    torch.testing.assert_close(got.values(), want)
+    # Same function, so same gradients for every partition table.
+    weights = torch.randn(want.shape, generator=torch.Generator().manual_seed(seed))
+    (got.values() * weights).sum().backward()
+    (want * weights).sum().backward()
+    for name, module in ours.embeddings.items():
+        for mine, theirs in zip(trec.partition_weights(name), module.weights):
+            torch.testing.assert_close(mine.grad, theirs.grad)
+
+
+def test_pooled_mult_differs_on_multi_hot_bags():
+    """Why multi-hot mult is looked up unpooled: pooling each table first is a different function."""
+    ours = make_collection()
+    trec = CompositionalEmbeddingBagCollection.from_collection(ours, one_hot=["one_hot"])
+    wrong = CompositionalEmbeddingBagCollection.from_collection(ours, one_hot=True)
+    kjt = make_batch(seed=4, batch_size=16)
+    assert wrong.unpooled_tables == set()
+    with pytest.raises(ValueError, match="'multi_hot' was declared one-hot"):
+        wrong(kjt)
+    wrong.one_hot_features = []  # bypass the check to show the numbers differ
+    assert not torch.allclose(wrong(kjt)["multi_hot"], trec(kjt)["multi_hot"])
+
+
+def test_weighted_bags_equal_compembed():
+    features = [FeatureConfig("m", 300, 4, "qr", operation="mult"), FeatureConfig("a", 300, 4, "qr", operation="add")]
+    torch.manual_seed(0)
+    ours = EmbeddingCollection(features, output="cat")
+    trec = CompositionalEmbeddingBagCollection.from_collection(ours, is_weighted=True)
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=["m", "a"], values=torch.tensor([1, 299, 7, 5, 250, 9]), lengths=torch.tensor([2, 1, 0, 3]),
+        weights=torch.tensor([0.5, 2.0, -1.0, 1.5, 0.25, 3.0]),
+    )
+    torch.testing.assert_close(trec(kjt).values(), ours(as_dict(kjt, weighted=True)))
+
+
+def test_dlrm_uses_module_unchanged():
+    one_dim = EmbeddingCollection([f for f in FEATURES if f.operation != "concat"], output="stack")
+    trec = CompositionalEmbeddingBagCollection.from_collection(one_dim, one_hot=["one_hot"])
+    torch.manual_seed(0)
+    model = DLRM(embedding_bag_collection=trec, dense_in_features=13, dense_arch_layer_sizes=[16, 8],
+                 over_arch_layer_sizes=[16, 1])
+    kjt = make_batch(seed=5, batch_size=6)
+    kjt = KeyedJaggedTensor.from_jt_dict({k: v for k, v in kjt.to_dict().items() if k != "concat"})
+    sparse = model.sparse_arch(kjt)
+    torch.testing.assert_close(sparse, one_dim(as_dict(kjt)))  # (B, F, D) as DLRM sees it
+    logits = model(torch.randn(6, 13), kjt)
+    assert logits.shape == (6, 1)
+    logits.sum().backward()
+    assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in trec.partition_weights("multi_hot"))
+
+
+def test_planner_storage_estimates_are_compressed_sizes():
+    n, dim = 100_000, 16
+    table = EmbeddingBagConfig(num_embeddings=n, embedding_dim=dim, name="t", feature_names=["f"],
+                               pooling=PoolingType.SUM)
+    compressed = CompositionalEmbeddingBagCollection([table], {"t": QuotientRemainder(n, 4)}, one_hot=True)
+    full = EmbeddingBagCollection([table])
+
+    def table_wise_ddr(module):
+        options = EmbeddingEnumerator(Topology(world_size=2, compute_device="cpu"), batch_size=128).enumerate(
+            module, get_default_sharders()
+        )
+        return {
+            o.name: (tuple(o.tensor.shape), o.total_storage.ddr)
+            for o in options if o.sharding_type == "table_wise" and o.compute_kernel == "fused"
+        }
+
+    ours, theirs = table_wise_ddr(compressed), table_wise_ddr(full)
+    assert {name: shape for name, (shape, _) in ours.items()} == {"t__p0": (25_000, dim), "t__p1": (4, dim)}
+    # The planner's estimate is the table bytes plus a per-table overhead that does not depend on rows:
+    # the compressed tables are charged their own rows, not the full table's.
+    overhead = theirs["t"][1] - n * dim * 4
+    for (rows, d), ddr in ours.values():
+        assert ddr == rows * d * 4 + overhead
+    assert sum(ddr for _, ddr in ours.values()) < theirs["t"][1] / 3
