@@ -7,7 +7,7 @@ import sys
 
 # Modules under compembed.cli that each define `register(subparsers)`; a subcommand's parser
 # sets `func` (called with the parsed args, returning an exit code).
-COMMAND_MODULES = ["demo"]
+COMMAND_MODULES = ["demo", "sweep"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # lets a command record how it was called
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -1,0 +1,105 @@
+"""`compembed sweep`: the paper's experiment as one resumable command."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from ..sweep import PRESETS, STUDIES, judge_claims, make_plots, preset, run_sweep, summarize, train_cell, write_report
+from ..sweep.results import load_rows
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v)
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "sweep",
+        help="run the paper's grid (hashing vs compositional embeddings): results table, plots, report",
+        description="Trains every cell of a grid (models x schemes x collisions x thresholds x optimizers x "
+        "seeds), one after another. Finished cells are stored in OUT/cells and never rerun: run the same "
+        "command again to continue an interrupted sweep. Writes OUT/results.csv and .parquet, plots (PNG) "
+        "and OUT/report.md, which states which of the paper's claims held.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small",
+                   help="grid and data: tiny (seconds), small (minutes), paper (the full grid)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/sweep-PRESET)")
+    p.add_argument("--data", default=None,
+                   help="'synthetic' or a folder prepared by `compembed prepare` (default: the preset's synthetic data)")
+    p.add_argument("--rows", type=int, default=None, help="synthetic rows over all splits (default: the preset's)")
+    p.add_argument("--scale", type=float, default=None, help="synthetic cardinality scale vs Criteo Kaggle")
+    p.add_argument("--archs", type=_words, default=None, help="comma-separated models: dlrm,dcn")
+    p.add_argument("--studies", type=_words, default=None, help=f"comma-separated studies from {','.join(STUDIES)}")
+    p.add_argument("--collisions", type=_ints, default=None, help="comma-separated collision counts, e.g. 2,4,60")
+    p.add_argument("--thresholds", type=_ints, default=None, help="comma-separated compression thresholds")
+    p.add_argument("--optimizers", type=_words, default=None, help="comma-separated: adagrad,amsgrad,sgd,adam")
+    p.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (0: torch's default)")
+    p.add_argument("--list", action="store_true", help="print the cells and exit without training")
+    p.add_argument("--report-only", action="store_true", help="rebuild the table, plots and report from finished cells")
+    p.set_defaults(func=run)
+
+
+def build_spec(args: argparse.Namespace):
+    spec = preset(args.preset)
+    base = spec.base
+    data = base.data
+    if args.data is not None:
+        data = dataclasses.replace(data, source=args.data)
+    if args.rows is not None:
+        data = dataclasses.replace(data, rows=args.rows)
+    if args.scale is not None:
+        data = dataclasses.replace(data, cardinality_scale=args.scale)
+    changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("threads", args.threads))
+               if v is not None}
+    base = dataclasses.replace(base, data=data, **changes)
+    grid = {k: getattr(args, k) for k in ("archs", "studies", "collisions", "thresholds", "optimizers", "seeds")
+            if getattr(args, k) is not None}
+    return dataclasses.replace(spec, base=base, **grid)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = build_spec(args)
+    out = args.out or Path("runs") / f"sweep-{args.preset}"
+    cells = spec.cells()
+    if args.list:
+        for c in cells:
+            m = c.config.model
+            print(f"{c.key}  {c.study:12s} {m.arch:5s} {c.label:18s} threshold={m.threshold:<6d} "
+                  f"{c.config.optim.name:8s} seed={c.config.seed}")
+        print(f"{len(cells)} cells")
+        return 0
+    print(f"sweep '{args.preset}': {len(cells)} runs -> {out}", file=sys.stderr)
+    if args.report_only:
+        keys = {c.key for c in cells}
+        rows = [r for r in load_rows(out / "cells") if r["key"] in keys]
+    else:
+        rows = run_sweep(spec, out, train_cell)
+    if not rows:
+        print(f"no finished runs in {out}/cells", file=sys.stderr)
+        return 1
+    summaries = summarize(rows)
+    plots = make_plots(summaries, out, spec.threshold, spec.path_collisions)
+    claims = judge_claims(summaries, spec.threshold, spec.path_collisions)
+    data = spec.base.data
+    source = (f"synthetic Criteo-like data, {data.rows:,} rows, cardinality scale {data.cardinality_scale}"
+              if data.source == "synthetic" else f"data from {data.source}")
+    preamble = (f"Preset `{args.preset}`: {len(rows)} of {len(cells)} runs finished; {source}; "
+                f"batch {spec.base.batch_size}, {spec.base.epochs} epoch(s), seeds {list(spec.seeds)}, "
+                f"optimizers {list(spec.optimizers)}. Command: `compembed {' '.join(args.argv)}`")
+    report = write_report(summaries, claims, plots, out / "report.md", "Compositional embeddings vs the hashing trick",
+                          preamble)
+    verdict = {True: "held", False: "did not hold", None: "not tested"}
+    for c in claims:
+        print(f"[{verdict[c.held]}] {c.claim}")
+    print(f"report: {report}")
+    return 0

@@ -1,0 +1,42 @@
+"""Named sweeps: a tiny one for tests, a small one that finishes in minutes, and the paper's grid."""
+from __future__ import annotations
+
+from ..models import ModelConfig
+from ..training.config import DataConfig, OptimConfig, TrainConfig
+from .grid import SweepSpec
+
+__all__ = ["PRESETS", "preset"]
+
+
+def _tiny() -> SweepSpec:
+    # Seconds: small MLPs and data, one arch, one seed; exercises every study and the report.
+    model = ModelConfig(bottom_mlp=(16,), top_mlp=(16,), deep_mlp=(16,), cross_layers=2)
+    base = TrainConfig(model=model, data=DataConfig(rows=3000, cardinality_scale=0.0005), batch_size=256,
+                       eval_splits=("val", "test"), log_every=1000, checkpoint_every=0)
+    return SweepSpec(base=base, archs=("dlrm",), collisions=(4, 60), operations=("add", "mult"), path_hidden=(8,),
+                     thresholds=(1, 200), optimizers=("adagrad",), seeds=(0,))
+
+
+def _small() -> SweepSpec:
+    # A few minutes on 2 cores: DLRM with the paper's MLPs on 60k synthetic rows.
+    base = TrainConfig(data=DataConfig(rows=60_000, cardinality_scale=0.001), batch_size=256,
+                       optim=OptimConfig(lr=0.02), log_every=1000, checkpoint_every=0)
+    return SweepSpec(base=base, archs=("dlrm",), collisions=(2, 4, 60), path_hidden=(16, 64),
+                     thresholds=(1, 200, 2000), optimizers=("adagrad",), seeds=(0,))
+
+
+def _paper() -> SweepSpec:
+    # The paper's grid (both models, every collision count, threshold and optimizer, 3 seeds)
+    # at a synthetic scale this machine can run; see docs/results/README.md for the choice.
+    base = TrainConfig(data=DataConfig(rows=200_000, cardinality_scale=0.001), batch_size=256,
+                       optim=OptimConfig(lr=0.02), log_every=1000, checkpoint_every=0)
+    return SweepSpec(base=base)
+
+
+PRESETS = {"tiny": _tiny, "small": _small, "paper": _paper}
+
+
+def preset(name: str) -> SweepSpec:
+    if name not in PRESETS:
+        raise ValueError(f"unknown sweep preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name]()

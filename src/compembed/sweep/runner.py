@@ -1,0 +1,98 @@
+"""Run a sweep's cells one after another; finished cells are kept and never rerun."""
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .grid import Cell, SweepSpec
+from .results import load_rows, write_json_atomic, write_table
+
+__all__ = ["run_sweep", "cell_row"]
+
+# Runs one cell in a scratch folder and returns what it measured (the keys of results.COLUMNS).
+RunCell = Callable[[Cell, Path], dict[str, Any]]
+
+
+def cell_row(cell: Cell, measured: dict[str, Any]) -> dict[str, Any]:
+    """The results row of a finished cell: its config columns plus the measurements."""
+    model = cell.config.model
+    return {
+        "key": cell.key, "study": cell.study, "arch": model.arch, "label": model.label(), "scheme": model.scheme,
+        "operation": model.operation if model.scheme in ("qr", "gqr", "crt") else "",
+        "num_collisions": model.num_collisions if model.scheme in ("hashing", "qr", "path") else 0,
+        "num_partitions": model.num_partitions if model.scheme in ("gqr", "crt") else 0,
+        "path_hidden": model.path_hidden[0] if model.scheme == "path" else 0,
+        "threshold": model.threshold, "optimizer": cell.config.optim.name, "seed": cell.config.seed,
+        **measured,
+    }
+
+
+def run_sweep(spec: SweepSpec, out_dir: Path, run_cell: RunCell, progress: bool = True) -> list[dict[str, Any]]:
+    """Run every cell of ``spec`` not yet finished under ``out_dir``; return all rows.
+
+    Each finished cell is written atomically to ``out_dir/cells/<key>.json`` and the tables are
+    rewritten, so an interrupted sweep loses at most the cell in flight, and rerunning the same
+    command continues where it stopped.
+    """
+    cells_dir, scratch = out_dir / "cells", out_dir / "scratch"
+    cells = spec.cells()
+    done = {p.stem for p in cells_dir.glob("*.json")}
+    todo = [c for c in cells if c.key not in done]
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="run", desc="sweep", disable=not progress)
+    for cell in todo:
+        bar.set_postfix_str(f"{cell.config.model.arch} {cell.label} t={cell.config.model.threshold} "
+                            f"{cell.config.optim.name} seed={cell.config.seed}")
+        workdir = scratch / cell.key
+        start = time.perf_counter()
+        measured = run_cell(cell, workdir)
+        measured.setdefault("wall_s", round(time.perf_counter() - start, 2))
+        write_json_atomic(cells_dir / f"{cell.key}.json", cell_row(cell, measured))
+        shutil.rmtree(workdir, ignore_errors=True)
+        write_table(_rows_of(cells, cells_dir), out_dir)
+        bar.update()
+    bar.close()
+    if scratch.exists() and not any(scratch.iterdir()):
+        scratch.rmdir()
+    rows = _rows_of(cells, cells_dir)
+    write_table(rows, out_dir)
+    return rows
+
+
+def _rows_of(cells: list[Cell], cells_dir: Path) -> list[dict[str, Any]]:
+    # Only this spec's cells: an output folder reused with another grid keeps its other rows on disk.
+    keys = {c.key for c in cells}
+    return [r for r in load_rows(cells_dir) if r["key"] in keys]
+
+
+def train_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
+    """Train and evaluate one cell with ``compembed.training`` (resuming its own checkpoint if any)."""
+    from ..training.loop import train
+
+    result = train(cell.config, dataset=_dataset(cell.config), out_dir=workdir, resume=True, progress=False)
+    val, test, memory = result.evals["val"], result.evals["test"], result.memory
+    return {
+        "embedding_parameters": memory.embedding_parameters, "bytes": memory.embedding_bytes,
+        "parameters": memory.embedding_parameters + memory.dense_parameters,
+        "full_embedding_parameters": memory.full_parameters, "compression_ratio": memory.compression_ratio,
+        "val_loss": val.loss, "test_loss": test.loss, "test_accuracy": test.accuracy, "test_auc": test.auc,
+        "bayes_loss": test.bayes_loss, "train_samples": result.samples, "samples_per_s": result.samples_per_s,
+    }
+
+
+_DATASETS: dict[str, Any] = {}
+
+
+def _dataset(config) -> Any:
+    # Cells share their data: open (and, for synthetic data, generate) it once per data config.
+    from ..training.loop import open_data
+
+    key = repr(config.data)
+    if key not in _DATASETS:
+        _DATASETS.clear()
+        _DATASETS[key] = open_data(config.data)
+    return _DATASETS[key]

@@ -1,0 +1,99 @@
+import csv
+import dataclasses
+import json
+
+import pytest
+
+from compembed.cli.main import main
+from compembed.sweep import SweepSpec, judge_claims, preset, run_sweep, summarize
+from compembed.sweep.report import Summary
+
+
+def test_grid_has_each_config_once_and_stable_keys():
+    spec = SweepSpec(archs=("dlrm",), seeds=(0,), optimizers=("adagrad",))
+    cells = spec.cells()
+    keys = [c.key for c in cells]
+    assert len(keys) == len(set(keys))
+    # qr at 4 collisions and threshold 1 belongs to both the collision and the threshold study: once.
+    labels = [(c.label, c.config.model.threshold) for c in cells]
+    assert labels.count(("qr-mult/4", 1)) == 1
+    assert len(cells) == 1 + 7 * 4 + 2 + 4 + 5 * 3 - 3
+    assert [c.key for c in SweepSpec(archs=("dlrm",), seeds=(0,), optimizers=("adagrad",)).cells()] == keys
+    assert len(SweepSpec(archs=("dlrm", "dcn"), seeds=(0, 1), optimizers=("adagrad", "amsgrad")).cells()) == 8 * len(cells)
+
+
+def test_unknown_study_is_rejected():
+    with pytest.raises(ValueError, match="unknown studies"):
+        SweepSpec(studies=("speed",))
+
+
+class Killed(Exception):
+    pass
+
+
+def test_finished_cells_are_not_rerun(tmp_path):
+    spec = dataclasses.replace(preset("tiny"), studies=("collisions",))
+    calls, kill_at = [], [3]
+
+    def fake(cell, workdir):
+        calls.append(cell.key)
+        if len(calls) == kill_at[0]:
+            raise Killed  # the sweep is killed in its third cell
+        return {"embedding_parameters": 10, "parameters": 20, "bytes": 40, "full_embedding_parameters": 30,
+                "compression_ratio": 3.0, "val_loss": 0.5, "test_loss": 0.5, "test_accuracy": 0.7,
+                "test_auc": 0.6, "bayes_loss": 0.4, "train_samples": 100, "samples_per_s": 1000.0}
+
+    with pytest.raises(Killed):
+        run_sweep(spec, tmp_path, fake, progress=False)
+    assert len(list((tmp_path / "cells").glob("*.json"))) == 2
+    first = list(calls)
+    calls.clear()
+    kill_at[0] = None
+    rows = run_sweep(spec, tmp_path, fake, progress=False)
+    assert len(rows) == len(spec.cells())
+    assert not set(calls[1:]) & set(first[:2]), "finished cells ran again"
+    assert calls[0] == first[2]  # the interrupted cell is the first one redone
+
+
+def _summary(label, loss, arch="dlrm", threshold=1, scheme="qr", operation="mult", c=4, params=1000):
+    return Summary(arch=arch, label=label, scheme=scheme, operation=operation, num_collisions=c, path_hidden=0,
+                   threshold=threshold, optimizer="adagrad", seeds=3, parameters=params, embedding_parameters=params,
+                   loss=loss, loss_std=0.001, accuracy=0.78, accuracy_std=0.001, auc=0.8, bayes_loss=None)
+
+
+def test_claims_are_judged_from_the_numbers():
+    summaries = [
+        _summary("full", 0.4500, scheme="full", operation="", c=0, params=10_000),
+        _summary("hashing/4", 0.4560, scheme="hashing", operation=""),
+        _summary("qr-mult/4", 0.4520),
+        _summary("qr-add/4", 0.4540, operation="add"),
+        _summary("qr-concat/4", 0.4510, operation="concat"),
+    ]
+    claims = {c.claim.split(": ", 1)[1]: c for c in judge_claims(summaries, threshold=1)}
+    assert claims["at the same collisions (about the same parameters) QR-mult has a lower test loss than hashing"].held
+    assert claims["element-wise multiplication is the best operation"].held is False  # concat won
+    near_full = claims["QR-mult at 4 collisions is within 0.7% of the full-table test loss"]
+    assert near_full.held and "+0.44%" in near_full.evidence
+
+
+def test_tiny_sweep_end_to_end(tmp_path):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--preset", "tiny", "--out", str(out), "--collisions", "4", "--studies", "collisions,path"]
+    assert main(args) == 0
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["label"] for r in rows) == ["full", "hashing/4", "path[8]/4", "qr-add/4", "qr-mult/4"]
+    for r in rows:
+        assert 0 < float(r["test_loss"]) < 1.5 and 0 <= float(r["test_accuracy"]) <= 1
+        assert float(r["bayes_loss"]) > 0 and int(r["embedding_parameters"]) > 0
+    full = next(r for r in rows if r["label"] == "full")
+    qr = next(r for r in rows if r["label"] == "qr-mult/4")
+    assert int(qr["embedding_parameters"]) < int(full["embedding_parameters"])
+    report = (out / "report.md").read_text()
+    assert "## The paper's claims" in report and "qr-mult/4" in report and "--preset tiny" in report
+    assert (out / "dlrm_loss_accuracy_vs_params.png").stat().st_size > 10_000
+    assert (out / "results.parquet").exists()
+    cells = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    assert main(args) == 0  # rerun: everything is finished, nothing is trained again
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == cells
+    assert json.loads(next((out / "cells").glob("*.json")).read_text())["arch"] == "dlrm"
