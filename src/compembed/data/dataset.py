@@ -211,12 +211,12 @@ class ArrayDataset:
         for name, (values, offsets) in self.multi_hot.items():
             multi[name] = _gather_bags(values, offsets, idx)
         return Batch(
-            dense=torch.from_numpy(np.ascontiguousarray(self.dense[idx], dtype=np.float32)),
-            sparse=torch.from_numpy(np.ascontiguousarray(self.sparse[idx], dtype=np.int64)),
-            labels=torch.from_numpy(np.ascontiguousarray(self.labels[idx], dtype=np.float32)),
+            dense=torch.from_numpy(np.array(self.dense[idx], dtype=np.float32)),
+            sparse=torch.from_numpy(np.array(self.sparse[idx], dtype=np.int64)),
+            labels=torch.from_numpy(np.array(self.labels[idx], dtype=np.float32)),
             multi_hot=multi,
             click_prob=None if self.click_prob is None
-            else torch.from_numpy(np.ascontiguousarray(self.click_prob[idx], dtype=np.float32)),
+            else torch.from_numpy(np.array(self.click_prob[idx], dtype=np.float32)),
         )
 
 

@@ -1,0 +1,325 @@
+"""A vectorised, validating reader of Criteo-format text (plain or gzip), in bounded memory.
+
+A line is ``label \\t I1..I13 \\t C1..C26`` (40 tab-separated fields): the label 0 or 1, the dense
+features integers (possibly negative, at most 18 digits), the categorical features hashes of 1 to 8
+hexadecimal characters; an empty field is a missing value. A line may end in ``\\r\\n`` (the ``\\r`` is
+dropped); a carriage return anywhere else is an error (a mixed CR/LF file that glued records together).
+
+The input is read in blocks of whole lines, and each block is parsed with NumPy (no per-line
+Python), yet every bad line is located by file, line and column. With ``skip_bad_lines`` bad lines
+are skipped and counted in a ``BadLineReport``; otherwise the first one raises ``InputError``.
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .criteo_spec import CATEGORICAL_NAMES, DENSE_NAMES
+from .errors import BadLine, BadLineReport, InputError
+
+__all__ = ["NUM_FIELDS", "CriteoBlock", "read_criteo", "iter_line_blocks", "parse_block"]
+
+NUM_FIELDS = 1 + len(DENSE_NAMES) + len(CATEGORICAL_NAMES)  # 40
+FIELD_NAMES = ["label"] + DENSE_NAMES + CATEGORICAL_NAMES
+MAX_DENSE_DIGITS = 18  # fits int64 with room to spare
+MAX_LINE_BYTES = 1 << 20
+
+_HEX = np.full(256, 255, dtype=np.uint8)
+_DIGIT = np.full(256, 255, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789"):
+    _HEX[_c] = _DIGIT[_c] = _i
+for _i, _c in enumerate(b"abcdef"):
+    _HEX[_c] = _HEX[_c - 32] = 10 + _i
+
+
+@dataclass
+class CriteoBlock:
+    """Parsed valid lines of one block.
+
+    Attributes:
+        labels: uint8 ``(m,)``.
+        dense: int64 ``(m, 13)`` raw integers (0 where missing).
+        dense_missing: bool ``(m, 13)``.
+        cats: uint32 ``(m, 26)`` hash values (0 where missing).
+        cat_missing: bool ``(m, 26)``.
+    """
+
+    labels: np.ndarray
+    dense: np.ndarray
+    dense_missing: np.ndarray
+    cats: np.ndarray
+    cat_missing: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class _Problems:
+    """Bad lines of a block: line index -> (column, kind, message-maker), keeping the first column."""
+
+    def __init__(self) -> None:
+        self.found: dict[int, tuple[int, str, Callable[[], str]]] = {}
+
+    def add(self, lines: np.ndarray, cols: np.ndarray, kind: str, message: Callable[[int, int], str]) -> None:
+        for i, c in zip(lines.tolist(), cols.tolist()):
+            if i not in self.found or c < self.found[i][0]:
+                self.found[i] = (c, kind, (lambda i=i, c=c: message(i, c)))
+
+
+def parse_block(
+    data: bytes, path: str, first_line: int, report: BadLineReport | None = None
+) -> CriteoBlock:
+    """Parse ``data`` (whole lines, each ending in ``\\n``) whose first line is line ``first_line`` of ``path``.
+
+    Raises ``InputError`` at the first bad line, or with ``report`` skips and records bad lines.
+    """
+    pad = 24  # leading bytes so that fixed-width windows ending at any field end stay in range
+    b = np.frombuffer(b"0" * pad + data, dtype=np.uint8)
+    nl = np.flatnonzero(b == 10)
+    n = len(nl)
+    starts = np.empty(n, dtype=np.int64)
+    starts[:1] = pad
+    starts[1:] = nl[:-1] + 1
+    ends = nl.astype(np.int64)
+    ends -= (ends > starts) & (b[ends - 1] == 13)  # drop a CR before the LF
+    tabs = np.flatnonzero(b == 9)
+    problems = _Problems()
+
+    def text(i: int, lo: int | None = None, hi: int | None = None) -> str:
+        s = bytes(b[starts[i] if lo is None else lo : ends[i] if hi is None else hi])
+        s = s.decode("utf-8", errors="replace")
+        return repr(s if len(s) <= 40 else s[:37] + "...")
+
+    per_line = NUM_FIELDS - 1
+    fast = len(tabs) == per_line * n
+    if fast:  # every line has exactly 39 tabs iff each line's 39-tab group lies inside it
+        grouped = tabs.reshape(n, per_line)
+        fast = bool((grouped[:, 0] >= starts).all() and (grouped[:, -1] < ends).all())
+    if fast:
+        good = np.ones(n, dtype=bool)
+        tabs_good = grouped
+    else:
+        tab_line = np.searchsorted(nl, tabs)
+        ntabs = np.bincount(tab_line, minlength=n)
+        bad_count = np.flatnonzero(ntabs != per_line)
+        problems.add(
+            bad_count, np.where(ntabs[bad_count] < per_line, ntabs[bad_count] + 2, NUM_FIELDS + 1),
+            "field_count",
+            lambda i, c: f"expected {NUM_FIELDS} tab-separated fields, found {ntabs[i] + 1}"
+            + (" (empty line)" if ends[i] == starts[i] else ""),
+        )
+        good = ntabs == per_line
+        tabs_good = tabs[good[tab_line]].reshape(-1, per_line)
+    crs = np.flatnonzero(b == 13)
+    if len(crs):
+        stray = crs[~np.isin(crs, ends)]
+        if len(stray):
+            cr_line = np.searchsorted(nl, stray)
+            col = np.searchsorted(tabs, stray) - np.searchsorted(tabs, starts[cr_line]) + 1
+            problems.add(cr_line, col, "carriage_return",
+                         lambda i, c: "stray carriage return (CR) inside the line: mixed CR/LF line endings?")
+    gi = np.flatnonzero(good)  # block line index of each row
+    fs = np.concatenate([starts[gi, None], tabs_good + 1], axis=1)
+    fe = np.concatenate([tabs_good, ends[gi, None]], axis=1)
+    flen = fe - fs
+
+    # label
+    lab = b[fs[:, 0]]
+    bad = (flen[:, 0] != 1) | ((lab != 48) & (lab != 49))
+    problems.add(gi[bad], np.ones(bad.sum(), dtype=np.int64), "bad_label",
+                 lambda i, c: f"label must be 0 or 1, got {text(i, starts[i], _field_end(b, starts[i], ends[i]))}")
+    labels = (lab == 49).astype(np.uint8)
+
+    # dense: optional '-' then 1..18 digits, read as right-aligned windows of `width` bytes
+    ds, de, dl = fs[:, 1:14], fe[:, 1:14], flen[:, 1:14]
+    dense_missing = dl == 0
+    neg = (dl > 0) & (b[ds] == 45)
+    ndig = dl - neg
+    bad_dense = (dl > 0) & (ndig == 0)
+    too_long = ndig > MAX_DENSE_DIGITS
+    width = int(min(ndig.max(initial=0), MAX_DENSE_DIGITS))
+    dense = np.zeros(ds.shape, dtype=np.int64)
+    if width:
+        digits = _DIGIT[np.lib.stride_tricks.sliding_window_view(b, width)[de - width]]  # (m, 13, width)
+        used = np.arange(width) >= (width - np.minimum(ndig, width))[..., None]
+        bad_dense |= ((digits == 255) & used).any(-1) & ~too_long
+        digits[~used | (digits == 255)] = 0
+        dense = digits.astype(np.int64) @ (10 ** np.arange(width - 1, -1, -1, dtype=np.int64))
+        dense[neg] *= -1
+    if too_long.any():  # overflow if all digits, else not an integer (rare: checked per field)
+        for r, c in zip(*np.nonzero(too_long)):
+            if bytes(b[ds[r, c] + neg[r, c] : de[r, c]]).isdigit():
+                problems.add(gi[r : r + 1], np.array([c + 2]), "dense_overflow",
+                             lambda i, col: f"dense value {text(i, *_field(b, starts[i], ends[i], col))} "
+                             f"overflows (more than {MAX_DENSE_DIGITS} digits)")
+            else:
+                bad_dense[r, c] = True
+    rows, cols = np.nonzero(bad_dense)
+    problems.add(gi[rows], cols + 2, "bad_dense",
+                 lambda i, col: f"dense value {text(i, *_field(b, starts[i], ends[i], col))} is not an integer")
+
+    # categorical: 1..8 hex characters, read as right-aligned 8-byte windows
+    ce, cl = fe[:, 14:], flen[:, 14:]
+    cat_missing = cl == 0
+    nib = _HEX[np.lib.stride_tricks.sliding_window_view(b, 8)[ce - 8]]  # (m, 26, 8)
+    used = np.arange(8) >= (8 - np.minimum(cl, 8))[..., None]
+    bad_cat = (cl > 8) | ((nib == 255) & used).any(-1)
+    nib[~used | (nib == 255)] = 0
+    cats = ((nib[..., 0::2] << 4) | nib[..., 1::2]).view(">u4")[..., 0].astype(np.uint32)
+    rows, cols = np.nonzero(bad_cat)
+    problems.add(gi[rows], cols + 15, "bad_category",
+                 lambda i, col: f"category {text(i, *_field(b, starts[i], ends[i], col))} is not "
+                 "1 to 8 hexadecimal characters")
+
+    keep = slice(None)
+    if problems.found:
+        for i in sorted(problems.found):
+            col, kind, message = problems.found[i]
+            feature = FIELD_NAMES[col - 1] if 1 <= col <= NUM_FIELDS else None
+            if report is None:
+                raise InputError(path, first_line + i, col, kind, message(), feature)
+            report.add(BadLine(path, first_line + i, col, kind,
+                               (f"{feature}: " if feature else "") + message()
+                               if len(report.examples) < report.keep else ""))
+        keep = ~np.isin(gi, np.fromiter(problems.found, dtype=np.int64))
+    return CriteoBlock(labels[keep], dense[keep], dense_missing[keep], cats[keep], cat_missing[keep])
+
+
+def _field_end(b: np.ndarray, lo: int, hi: int) -> int:
+    row = b[lo:hi]
+    t = np.flatnonzero(row == 9)
+    return lo + int(t[0]) if len(t) else hi
+
+
+def _field(b: np.ndarray, lo: int, hi: int, col: int) -> tuple[int, int]:
+    """Byte range of 1-based column ``col`` of the line ``b[lo:hi]``."""
+    t = lo + np.flatnonzero(b[lo:hi] == 9)
+    bounds = np.concatenate([[lo - 1], t, [hi]])
+    return int(bounds[col - 1] + 1), int(bounds[col])
+
+
+def _open_bytes(path: Path, raw_chunk: int, on_progress) -> Iterator[bytes]:
+    """Decompressed bytes of ``path`` (gzip detected by its magic bytes, multi-member allowed).
+
+    A truncated or corrupt gzip stream raises ``_StreamError`` after yielding everything before it.
+    """
+    with open(path, "rb") as f:
+        head = f.read(2)
+        f.seek(0)
+        if head != b"\x1f\x8b":
+            while chunk := f.read(raw_chunk):
+                on_progress(len(chunk))
+                yield chunk
+            return
+        d = zlib.decompressobj(wbits=31)
+        while True:
+            chunk = f.read(raw_chunk)
+            on_progress(len(chunk))
+            if not chunk:
+                if not d.eof:
+                    raise _StreamError("truncated_gzip", "gzip stream ends early (truncated file)")
+                return
+            while chunk:
+                try:
+                    out = d.decompress(chunk, raw_chunk * 8)
+                except zlib.error as e:
+                    raise _StreamError("corrupt_gzip", f"corrupt gzip data ({e})") from None
+                if out:
+                    yield out
+                if d.eof:  # a member ended: the rest may be another member (or trailing junk)
+                    rest = d.unused_data
+                    if rest and rest.strip(b"\x00"):
+                        d = zlib.decompressobj(wbits=31)
+                        chunk = rest
+                        continue
+                    chunk = b""
+                else:
+                    chunk = d.unconsumed_tail
+
+
+class _StreamError(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+
+def iter_line_blocks(
+    path: str | os.PathLike, block_bytes: int = 8 << 20, report: BadLineReport | None = None,
+    on_progress: Callable[[int], None] = lambda n: None,
+) -> Iterator[tuple[bytes, int]]:
+    """``(data, first_line)`` blocks of whole lines of ``path`` (each ending in ``\\n``), ``first_line`` 1-based.
+
+    A missing final newline is supplied. A truncated/corrupt gzip stream or a line over 1 MiB raises
+    ``InputError``, or with ``report`` is recorded (the partial last line is the bad one) and reading
+    of this file stops (truncation) or skips the line (too long).
+    """
+    path = str(path)
+    line = 1
+    pending = b""
+    skipping = False  # inside an over-long line
+    stream = _open_bytes(Path(path), max(1 << 16, block_bytes // 4), on_progress)
+    try:
+        for chunk in stream:
+            if skipping:
+                cut = chunk.find(b"\n")
+                if cut < 0:
+                    continue
+                chunk, skipping = chunk[cut + 1 :], False
+                line += 1
+            pending += chunk
+            cut = pending.rfind(b"\n")
+            if cut < 0:
+                if len(pending) > MAX_LINE_BYTES:
+                    _bad(report, path, line, "line_too_long", f"line longer than {MAX_LINE_BYTES} bytes")
+                    pending, skipping = b"", True
+                continue
+            if cut + 1 >= block_bytes or len(pending) >= block_bytes:
+                data, pending = pending[: cut + 1], pending[cut + 1 :]
+                yield data, line
+                line += data.count(b"\n")
+    except _StreamError as e:
+        if pending:
+            yield from _flush(pending, line)
+            line += pending.count(b"\n")
+        partial = pending[pending.rfind(b"\n") + 1 :] if pending else b""
+        # The partial last line (if any) is lost with the stream: it is the bad line.
+        _bad(report, path, line, e.kind, e.message + (f"; incomplete line dropped" if partial else ""))
+        return
+    if skipping:
+        return
+    if pending:
+        if not pending.endswith(b"\n"):
+            pending += b"\n"
+        yield pending, line
+        line += pending.count(b"\n")
+    if line == 1 and not skipping:
+        _bad(report, path, 0, "empty_file", "file is empty")
+
+
+def _flush(pending: bytes, line: int) -> Iterator[tuple[bytes, int]]:
+    cut = pending.rfind(b"\n")
+    if cut >= 0:
+        yield pending[: cut + 1], line
+
+
+def _bad(report: BadLineReport | None, path: str, line: int, kind: str, message: str) -> None:
+    if report is None:
+        raise InputError(path, line, 0, kind, message)
+    report.add(BadLine(path, line, 0, kind, message))
+
+
+def read_criteo(
+    paths: list[str | os.PathLike], block_bytes: int = 8 << 20, report: BadLineReport | None = None,
+    on_progress: Callable[[int], None] = lambda n: None,
+) -> Iterator[CriteoBlock]:
+    """Parsed blocks of valid lines of the Criteo-format files ``paths``, in order."""
+    for path in paths:
+        for data, first_line in iter_line_blocks(path, block_bytes, report, on_progress):
+            block = parse_block(data, str(path), first_line, report)
+            if len(block):
+                yield block

@@ -1,0 +1,63 @@
+"""Bad-input errors and the report of skipped lines."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["InputError", "BadLine", "BadLineReport"]
+
+
+class InputError(ValueError):
+    """Malformed input, located by file, line and column (1-based; 0 when not applicable)."""
+
+    def __init__(self, path: str, line: int, column: int, kind: str, message: str, feature: str | None = None):
+        self.path, self.line, self.column, self.kind, self.feature = str(path), line, column, kind, feature
+        self.message = message
+        where = f"{path}:{line}" if line else str(path)
+        if column:
+            where += f": column {column}" + (f" ({feature})" if feature else "")
+        hint = "" if kind in ("empty_dataset",) else " (use --skip-bad-lines to skip and count bad lines)"
+        super().__init__(f"{where}: {message}{hint}")
+
+
+@dataclass
+class BadLine:
+    path: str
+    line: int
+    column: int
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        col = f": column {self.column}" if self.column else ""
+        return f"{self.path}:{self.line}{col}: [{self.kind}] {self.message}"
+
+
+@dataclass
+class BadLineReport:
+    """Counts of skipped lines by kind, with the first ``keep`` examples."""
+
+    keep: int = 20
+    counts: Counter = field(default_factory=Counter)
+    examples: list[BadLine] = field(default_factory=list)
+
+    def add(self, bad: BadLine) -> None:
+        self.counts[bad.kind] += 1
+        if len(self.examples) < self.keep:
+            self.examples.append(bad)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_dict(self) -> dict:
+        return {"skipped": self.total, "by_kind": dict(self.counts), "examples": [str(b) for b in self.examples]}
+
+    def summary(self) -> str:
+        if not self.total:
+            return "no bad lines"
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(self.counts.items()))
+        lines = [f"skipped {self.total} bad line(s) ({kinds})"] + [f"  {b}" for b in self.examples]
+        if self.total > len(self.examples):
+            lines.append(f"  ... and {self.total - len(self.examples)} more")
+        return "\n".join(lines)

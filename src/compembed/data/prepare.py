@@ -1,0 +1,235 @@
+"""``prepare_criteo``: Criteo-format text files -> a prepared dataset directory (see ``store``).
+
+Two passes, memory bounded by the vocabularies rather than the input:
+
+1. Parse the text in blocks (``criteo.read_criteo``), write labels, transformed dense features
+   (negatives clipped to 0, then ``log(1 + x)``, missing as 0) and raw 32-bit hashes to scratch files
+   inside the temporary output directory, and count every feature's values (``ValueCounter``).
+2. Build each feature's vocabulary (values seen at least ``min_freq`` times; id 0 = missing, 1 = rare),
+   map the hashes to ids block by block into ``sparse.npy``, assign splits, write JSON, commit.
+
+Splits: ``days`` cuts the rows into ``days`` equal consecutive parts (``divmod``: the first parts one
+row longer), the first ``days - 1`` train, the last halved into test (first half, one row longer when
+odd) and validation (second half), as DLRM does for the Kaggle file; ``random`` draws each row's
+split with ``val_fraction``/``test_fraction`` from ``seed``; ``none`` puts every row in train.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .criteo import read_criteo
+from .criteo_spec import CATEGORICAL_NAMES, DENSE_NAMES
+from .dataset import DatasetInfo
+from .errors import BadLineReport, InputError
+from .store import SPLIT_CODES, StoreBuilder
+from .vocab import ValueCounter, Vocabulary
+
+__all__ = ["CriteoPrepareConfig", "PrepareResult", "prepare_criteo", "day_split", "random_split_codes",
+           "write_hex_vocab_json"]
+
+_ROWS_PER_STEP = 1 << 20
+_HEX_CHARS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+@dataclass
+class CriteoPrepareConfig:
+    """Options of ``prepare_criteo`` (see the module doc for the split rules)."""
+
+    split: str = "days"
+    days: int = 7
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    min_freq: int = 1
+    skip_bad_lines: bool = False
+    max_bad_lines: int | None = None
+    block_bytes: int = 8 << 20
+    write_vocab: bool = True
+
+    def __post_init__(self) -> None:
+        if self.split not in ("days", "random", "none"):
+            raise ValueError(f"split must be days, random or none, got {self.split!r}")
+        if self.days < 2:
+            raise ValueError(f"days must be >= 2, got {self.days}")
+        if self.min_freq < 1:
+            raise ValueError(f"min_freq must be >= 1, got {self.min_freq}")
+        if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
+            raise ValueError("need val_fraction, test_fraction >= 0 with a sum below 1")
+
+
+@dataclass
+class PrepareResult:
+    path: Path
+    num_rows: int
+    info: DatasetInfo
+    report: BadLineReport
+    seconds: float
+    input_bytes: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.num_rows / max(self.seconds, 1e-9)
+
+
+def day_split(num_rows: int, days: int = 7) -> dict[str, tuple[int, int]]:
+    """Row ranges of the day split (see the module doc)."""
+    q, r = divmod(num_rows, days)
+    sizes = [q + (d < r) for d in range(days)]
+    train = sum(sizes[:-1])
+    last = sizes[-1]
+    test = (last + 1) // 2
+    return {"train": (0, train), "val": (train + test, num_rows), "test": (train, train + test)}
+
+
+def random_split_codes(lo: int, hi: int, seed: int, val_fraction: float, test_fraction: float) -> np.ndarray:
+    """uint8 split codes of rows ``[lo, hi)``; row ``i``'s code depends only on ``(seed, i)``."""
+    out = np.empty(hi - lo, dtype=np.uint8)
+    step = _ROWS_PER_STEP
+    for c in range(lo // step, (hi - 1) // step + 1 if hi > lo else lo // step):
+        u = np.random.default_rng([seed, 0x5917, c]).random(step)
+        a, b = max(lo, c * step), min(hi, (c + 1) * step)
+        uc = u[a - c * step : b - c * step]
+        codes = np.full(len(uc), SPLIT_CODES["train"], dtype=np.uint8)
+        codes[uc < val_fraction] = SPLIT_CODES["val"]
+        codes[(uc >= val_fraction) & (uc < val_fraction + test_fraction)] = SPLIT_CODES["test"]
+        out[a - lo : b - lo] = codes
+    return out
+
+
+def write_hex_vocab_json(path: Path, names: list[str], vocabs: list[Vocabulary]) -> None:
+    """``{feature: ["8-hex-digit value of id 2", ...]}`` streamed without building Python strings."""
+    shifts = np.arange(28, -1, -4, dtype=np.uint32)
+    with open(path, "wb") as f:
+        f.write(b"{")
+        for j, (name, vocab) in enumerate(zip(names, vocabs)):
+            f.write(b'%s"%s": [' % (b", " if j else b"", name.encode()))
+            v = vocab.values.astype(np.uint32)
+            for a in range(0, len(v), _ROWS_PER_STEP):
+                part = v[a : a + _ROWS_PER_STEP]
+                rows = np.empty((len(part), 11), dtype=np.uint8)
+                rows[:, 0] = rows[:, 9] = ord('"')
+                rows[:, 10] = ord(",")
+                rows[:, 1:9] = _HEX_CHARS[(part[:, None] >> shifts) & 15]
+                data = rows.tobytes()
+                f.write(data[:-1] if a + _ROWS_PER_STEP >= len(v) else data)
+            f.write(b"]")
+        f.write(b"}\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def prepare_criteo(
+    inputs: list[str | os.PathLike], out: str | os.PathLike, config: CriteoPrepareConfig | None = None,
+    overwrite: bool = False, progress: bool = True,
+) -> PrepareResult:
+    """Preprocess Criteo-format files ``inputs`` (plain or gzip, in order) into the dataset ``out``.
+
+    Raises ``InputError`` on the first bad line (or, with ``skip_bad_lines``, when more than
+    ``max_bad_lines`` lines are bad or no valid line is left); ``FileExistsError`` if ``out`` exists and
+    not ``overwrite``. The output appears atomically when everything is written.
+    """
+    cfg = config or CriteoPrepareConfig()
+    inputs = [Path(p) for p in inputs]
+    if not inputs:
+        raise ValueError("no input files")
+    for p in inputs:
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such file")
+    t0 = time.perf_counter()
+    report = BadLineReport()
+    total_bytes = sum(p.stat().st_size for p in inputs)
+    nf, nd = len(CATEGORICAL_NAMES), len(DENSE_NAMES)
+    with StoreBuilder(out, overwrite=overwrite) as store:
+        # ---- pass 1: parse, transform dense, stash hashes, count values
+        counters = [ValueCounter() for _ in range(nf)]
+        missing_counts = np.zeros(nf + nd, dtype=np.int64)
+        n = 0
+        scratch = {k: open(store.file(f"{k}.scratch"), "wb") for k in ("labels", "dense", "cats", "catmiss")}
+        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="parse", disable=not progress)
+        try:
+            for block in read_criteo(inputs, cfg.block_bytes, report if cfg.skip_bad_lines else None,
+                                     on_progress=bar.update):
+                if cfg.max_bad_lines is not None and report.total > cfg.max_bad_lines:
+                    break
+                m = len(block)
+                scratch["labels"].write(block.labels.tobytes())
+                dense = np.log1p(np.maximum(block.dense, 0).astype(np.float64)).astype(np.float32)
+                scratch["dense"].write(dense.tobytes())
+                scratch["cats"].write(block.cats.tobytes())
+                scratch["catmiss"].write(np.packbits(block.cat_missing, axis=1).tobytes())
+                for f in range(nf):
+                    counters[f].add(block.cats[~block.cat_missing[:, f], f])
+                missing_counts[:nf] += block.cat_missing.sum(0)
+                missing_counts[nf:] += block.dense_missing.sum(0)
+                n += m
+                bar.set_postfix(rows=n, bad=report.total, refresh=False)
+        finally:
+            bar.close()
+            for fh in scratch.values():
+                fh.close()
+        if cfg.max_bad_lines is not None and report.total > cfg.max_bad_lines:
+            raise InputError(str(inputs[0]), 0, 0, "too_many_bad_lines",
+                             f"more than {cfg.max_bad_lines} bad lines:\n{report.summary()}")
+        if n == 0:
+            raise InputError(", ".join(map(str, inputs)), 0, 0, "empty_dataset",
+                             "no valid lines" + (f"\n{report.summary()}" if report.total else ""))
+
+        # ---- pass 2: vocabularies, ids, splits
+        distinct, vocabs = [], []
+        for f in range(nf):
+            values, counts = counters[f].result()
+            distinct.append(len(values))
+            vocabs.append(Vocabulary.from_counts(values, counts, cfg.min_freq))
+            counters[f] = None  # free the counts as we go
+        cats = np.memmap(store.file("cats.scratch"), dtype=np.uint32, mode="r", shape=(n, nf))
+        miss = np.memmap(store.file("catmiss.scratch"), dtype=np.uint8, mode="r", shape=(n, (nf + 7) // 8))
+        dense_in = np.memmap(store.file("dense.scratch"), dtype=np.float32, mode="r", shape=(n, nd))
+        sparse = store.array("sparse", (n, nf), np.int32)
+        dense = store.array("dense", (n, nd), np.float32)
+        store.save("labels", np.fromfile(store.file("labels.scratch"), dtype=np.uint8))
+        for a in tqdm(range(0, n, _ROWS_PER_STEP), desc="map ids", unit="Mrows", disable=not progress):
+            b = min(n, a + _ROWS_PER_STEP)
+            c = np.asarray(cats[a:b])
+            mm = np.unpackbits(np.asarray(miss[a:b]), axis=1, count=nf).astype(bool)
+            for f in range(nf):
+                sparse[a:b, f] = vocabs[f].lookup(c[:, f], mm[:, f])
+            dense[a:b] = dense_in[a:b]
+        del cats, miss, dense_in
+        for k in ("labels", "dense", "cats", "catmiss"):
+            store.file(f"{k}.scratch").unlink()
+        if cfg.split == "days":
+            splits: dict | str = {k: list(v) for k, v in day_split(n, cfg.days).items()}
+            sizes = {k: b - a for k, (a, b) in splits.items()}
+        elif cfg.split == "random":
+            codes = store.array("split", (n,), np.uint8)
+            for a in range(0, n, _ROWS_PER_STEP):
+                b = min(n, a + _ROWS_PER_STEP)
+                codes[a:b] = random_split_codes(a, b, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+            counts = np.bincount(np.asarray(codes), minlength=3)
+            sizes = {name: int(counts[code]) for name, code in SPLIT_CODES.items()}
+            splits = "split.npy"
+        else:
+            splits = {"train": [0, n], "val": [n, n], "test": [n, n]}
+            sizes = {"train": n, "val": 0, "test": 0}
+        info = DatasetInfo(dense_names=list(DENSE_NAMES), categorical_names=list(CATEGORICAL_NAMES),
+                           cardinalities=[v.cardinality for v in vocabs], split_sizes=sizes)
+        if cfg.write_vocab:
+            write_hex_vocab_json(store.file("vocab.json"), CATEGORICAL_NAMES, vocabs)
+        extra = {
+            "source": {"kind": "criteo", "files": [str(p) for p in inputs], "bytes": total_bytes},
+            "preprocessing": {**asdict(cfg), "dense": "log1p(max(x, 0)), missing -> 0",
+                              "ids": "0 = missing, 1 = rare/unseen, 2.. = kept values in ascending hash order"},
+            "distinct_values": dict(zip(CATEGORICAL_NAMES, distinct)),
+            "missing_counts": dict(zip(CATEGORICAL_NAMES + DENSE_NAMES, map(int, missing_counts))),
+            "bad_lines": report.to_dict(),
+        }
+        path = store.commit(info, n, splits, **extra)
+    seconds = time.perf_counter() - t0
+    return PrepareResult(path, n, info, report, seconds, total_bytes, extra)
