@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["COLUMNS", "write_json_atomic", "load_rows", "write_table"]
+from ..io import atomic_replace, write_json_atomic
+
+__all__ = ["COLUMNS", "load_rows", "write_table"]
 
 # Config columns first, then what the run measured.
 COLUMNS = [
@@ -20,21 +20,6 @@ COLUMNS = [
     "compression_ratio", "val_loss", "test_loss", "test_accuracy", "test_auc", "bayes_loss", "train_samples",
     "samples_per_s", "wall_s",
 ]
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON so that a reader sees the old file or the complete new one, never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_rows(cells_dir: Path) -> list[dict[str, Any]]:
@@ -47,14 +32,14 @@ def write_table(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
     """``results.csv`` and ``results.parquet`` (each written atomically)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, parquet_path = out_dir / "results.csv", out_dir / "results.parquet"
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, csv_path)
-    columns = {c: [r.get(c) for r in rows] for c in COLUMNS}
-    tmp = parquet_path.with_suffix(".parquet.tmp")
-    pq.write_table(pa.table(columns), tmp)
-    os.replace(tmp, parquet_path)
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_replace(write_csv, csv_path)
+    table = pa.table({c: [r.get(c) for r in rows] for c in COLUMNS})
+    atomic_replace(lambda tmp: pq.write_table(table, tmp), parquet_path)
     return csv_path, parquet_path

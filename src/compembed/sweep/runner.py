@@ -10,7 +10,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .grid import Cell, SweepSpec
-from .results import load_rows, write_json_atomic, write_table
+from ..io import write_json_atomic
+from .results import load_rows, write_table
 
 __all__ = ["run_sweep", "cell_row"]
 
