@@ -42,7 +42,6 @@ class _Group:
     operation: str
     widths: tuple[int, ...]
     features: tuple[int, ...]  # feature indices (= input columns), in slot order
-    starts: tuple[int, ...]  # per table j: first slot of this group's table j in weight ``widths[j]``
 
 
 class FusedEmbeddingCollection(EmbeddingCollection):
@@ -102,11 +101,11 @@ class FusedEmbeddingCollection(EmbeddingCollection):
         slots: dict[int, list[tuple[int, int]]] = {}  # width -> [(feature, table)]
         self.groups: list[_Group] = []
         for (op, widths), members in keys.items():
-            starts = []
             for t, w in enumerate(widths):
-                starts.append(len(slots.setdefault(w, [])))
-                slots[w].extend((f, t) for f in members)
-            self.groups.append(_Group(op, widths, tuple(members), tuple(starts)))
+                slots.setdefault(w, []).extend((f, t) for f in members)
+            self.groups.append(_Group(op, widths, tuple(members)))
+        # The runs of slots of each weight, one per (group, table) in that order.
+        self._run_lengths = {w: [len(g.features) for g in self.groups for d in g.widths if d == w] for w in slots}
         self._rows: dict[int, int] = {}
         self._offsets: dict[tuple[int, int], int] = {}  # (feature, table) -> first row in its weight
         for w, entries in slots.items():
@@ -136,8 +135,10 @@ class FusedEmbeddingCollection(EmbeddingCollection):
             dims = [self.configs[f].embedding_dim for f in order]
             starts = [sum(dims[:i]) for i in range(len(dims))]
             columns = [c for i in inverse for c in range(starts[i], starts[i] + dims[i])]
-            self.register_buffer("_feature_perm", torch.tensor(inverse, dtype=torch.int64), persistent=False)
-            self.register_buffer("_column_perm", torch.tensor(columns, dtype=torch.int64), persistent=False)
+            for name, perm in (("feature", inverse), ("column", columns)):
+                perm = torch.tensor(perm, dtype=torch.int64)
+                self.register_buffer(f"_{name}_perm", perm, persistent=False)
+                self.register_buffer(f"_{name}_unperm", torch.argsort(perm), persistent=False)
 
     def _reset_feature(self, feature: int, module: CompositionalEmbeddingBag) -> None:
         std = factor_std(module.init_std, module.operation, len(module.weights))
@@ -173,10 +174,10 @@ class FusedEmbeddingCollection(EmbeddingCollection):
             w: F.embedding(self._rows_of(features, w), weight, sparse=self.sparse)  # (B, T_w, w)
             for w, weight in ((int(k), v) for k, v in self.weights.items())
         }
-        blocks = [
-            combine([gathered[w][:, s : s + len(g.features)] for w, s in zip(g.widths, g.starts)], g.operation)
-            for g in self.groups
-        ]  # each (B, F_g, D_g)
+        # Split each gather into its (group, table) runs with one op: its backward is one cat,
+        # where separate slices would each zero-fill a gradient of the whole gather.
+        runs = {w: iter(torch.split(gathered[w], self._run_lengths[w], dim=1)) for w in gathered}
+        blocks = [combine([next(runs[w]) for w in g.widths], g.operation) for g in self.groups]  # (B, F_g, D_g)
         blocks += [
             self.embeddings[name](features[:, j : j + 1]).unsqueeze(1)
             for j, name in enumerate(self.feature_names) if not self._fused[j]
@@ -192,9 +193,9 @@ class FusedEmbeddingCollection(EmbeddingCollection):
     def _assemble(self, blocks: list[Tensor]) -> Tensor:
         if self.output == "stack":
             out = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
-            return out if self._inverse is None else out.index_select(1, self._feature_perm)
+            return out if self._inverse is None else _Permute.apply(out, self._feature_perm, self._feature_unperm)
         out = torch.cat([b.flatten(1) for b in blocks], dim=1)
-        return out if self._inverse is None else out.index_select(1, self._column_perm)
+        return out if self._inverse is None else _Permute.apply(out, self._column_perm, self._column_unperm)
 
     def _check_ids(self, ids: Tensor) -> None:
         if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.shape[1] != len(self.configs):
@@ -202,9 +203,11 @@ class FusedEmbeddingCollection(EmbeddingCollection):
             raise ValueError(f"expected ids of shape (B, {len(self.configs)}), one column per feature, got {shape}")
         if ids.dtype != torch.int64:
             raise TypeError(f"ids must be an int64 tensor, got dtype {ids.dtype}")
-        bad = (ids < 0) | (ids >= self._cardinalities)
-        if bad.any():
-            row, col = (int(i) for i in bad.nonzero()[0])
+        if ids.numel() == 0:
+            return
+        low, high = torch.aminmax(ids, dim=0)  # per column: two small reductions, one pass
+        if bool((low < 0).any() | (high >= self._cardinalities).any()):
+            row, col = (int(i) for i in ((ids < 0) | (ids >= self._cardinalities)).nonzero()[0])
             config = self.configs[col]
             raise IndexError(
                 f"feature {config.name!r} (column {col}): id {int(ids[row, col])} at row {row} is out of "
@@ -243,9 +246,11 @@ class FusedEmbeddingCollection(EmbeddingCollection):
         module = self._layout[self.configs[feature].name]
         check_ids(input, module.num_embeddings)
         classes = module.partition.classes(input.long())
+        # Gather from the whole fused weight at the table's row offset: a sparse gradient cannot
+        # flow back through a slice of the weight.
         rows = [
-            F.embedding(classes[..., t], self._table(feature, t, module), sparse=self.sparse)
-            for t in range(len(module.weights))
+            F.embedding(classes[..., t] + self._offsets[feature, t], self.weights[str(width)], sparse=self.sparse)
+            for t, width in enumerate(module.table_dims)
         ]
         return pool_bags(combine(rows, module.operation), input, offsets, per_sample_weights, module.mode)
 
@@ -282,6 +287,21 @@ class FusedEmbeddingCollection(EmbeddingCollection):
                     device=param.device, dtype=param.dtype)
         fused.load_collection_state_dict(collection.state_dict())
         return fused
+
+
+class _Permute(torch.autograd.Function):
+    """``x.index_select(1, perm)`` for a permutation: its gradient is a gather by the inverse
+    permutation, not ``index_select``'s zero-fill and scatter-add."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, perm: Tensor, unperm: Tensor) -> Tensor:
+        ctx.save_for_backward(unperm)
+        return x.index_select(1, perm)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (unperm,) = ctx.saved_tensors
+        return grad.index_select(1, unperm), None, None
 
 
 def _is_sparse(collection: EmbeddingCollection) -> bool:

@@ -1,0 +1,131 @@
+"""Sparse optimizers equal torch.optim on the same gradients and touch only the rows in the batch."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compembed.optim import RowWiseAdagrad, SparseAdagrad, SparseSGD
+
+
+def _embedding_grad(weight: torch.Tensor, ids: torch.Tensor, upstream: torch.Tensor, sparse: bool) -> None:
+    F.embedding(ids, weight, sparse=sparse).backward(upstream)
+
+
+def _run(optimizer_cls, kwargs, sparse: bool, steps: int = 4, rows: int = 50, dim: int = 6) -> torch.Tensor:
+    torch.manual_seed(3)
+    weight = torch.nn.Parameter(torch.randn(rows, dim))
+    opt = optimizer_cls([weight], **kwargs)
+    for _ in range(steps):
+        ids = torch.randint(0, rows, (40,))  # with duplicates: rows appear several times
+        opt.zero_grad()
+        _embedding_grad(weight, ids, torch.randn(40, dim), sparse)
+        opt.step()
+    return weight.detach()
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("lr", [0.1, 0.01])
+def test_sgd_equals_torch(sparse, lr):
+    ours = _run(SparseSGD, dict(lr=lr), sparse)
+    ref = _run(torch.optim.SGD, dict(lr=lr), sparse)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("kwargs", [dict(lr=0.1), dict(lr=0.05, lr_decay=0.1, initial_accumulator_value=0.2, eps=1e-6)])
+def test_adagrad_equals_torch(sparse, kwargs):
+    ours = _run(SparseAdagrad, kwargs, sparse)
+    ref = _run(torch.optim.Adagrad, kwargs, sparse)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def _rowwise_reference(rows=50, dim=6, steps=4, lr=0.1, eps=1e-8):
+    """Row-wise Adagrad written densely: s_i += mean(G_i^2) over the row, W_i -= lr G_i / (sqrt(s_i) + eps)."""
+    torch.manual_seed(3)
+    weight = torch.randn(rows, dim)
+    state = torch.zeros(rows)
+    for _ in range(steps):
+        ids = torch.randint(0, rows, (40,))
+        grad = torch.zeros(rows, dim).index_add_(0, ids, torch.randn(40, dim))
+        touched = torch.zeros(rows, dtype=torch.bool)
+        touched[ids] = True
+        state = torch.where(touched, state + grad.pow(2).mean(1), state)
+        weight = weight - lr * grad / (state.sqrt() + eps).unsqueeze(1)
+    return weight, state
+
+
+def test_rowwise_adagrad_matches_its_definition():
+    expected, expected_state = _rowwise_reference()
+    torch.manual_seed(3)
+    weight = torch.nn.Parameter(torch.randn(50, 6))
+    opt = RowWiseAdagrad([weight], lr=0.1)
+    for _ in range(4):
+        ids = torch.randint(0, 50, (40,))
+        opt.zero_grad()
+        _embedding_grad(weight, ids, torch.randn(40, 6), sparse=True)
+        opt.step()
+    torch.testing.assert_close(weight.detach(), expected, rtol=1e-5, atol=1e-6)
+    state = opt.state[weight]["sum"]
+    assert state.shape == (50,)  # one accumulator per row
+    torch.testing.assert_close(state, expected_state)
+
+
+def test_rowwise_adagrad_dense_and_sparse_agree():
+    # Rows outside the batch have zero gradient: the dense step adds 0 to their accumulator and
+    # moves them by 0, the sparse step skips them. Same result.
+    torch.testing.assert_close(_run(RowWiseAdagrad, dict(lr=0.1), True), _run(RowWiseAdagrad, dict(lr=0.1), False))
+
+
+@pytest.mark.parametrize("cls", [SparseSGD, SparseAdagrad, RowWiseAdagrad])
+def test_only_batch_rows_change(cls):
+    weight = torch.nn.Parameter(torch.randn(1000, 4))
+    before = weight.detach().clone()
+    opt = cls([weight], lr=0.5)
+    ids = torch.tensor([3, 7, 7, 999])
+    _embedding_grad(weight, ids, torch.ones(4, 4), sparse=True)
+    opt.step()
+    changed = (weight.detach() != before).any(1).nonzero().flatten().tolist()
+    assert changed == [3, 7, 999]
+
+
+def test_biases_and_mixed_params():
+    # One optimizer for an embedding (sparse) and a linear layer (dense, with a 1-D bias).
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(20, 3, sparse=True)
+    lin = torch.nn.Linear(3, 1)
+    params = list(emb.parameters()) + list(lin.parameters())
+    opt = RowWiseAdagrad(params, lr=0.1)
+    out = lin(emb(torch.tensor([1, 2, 2]))).sum()
+    out.backward()
+    opt.step()
+    assert opt.state[lin.bias]["sum"].shape == (1,)
+    assert opt.state[lin.weight]["sum"].shape == (1,)
+    assert opt.state[emb.weight]["sum"].shape == (20,)
+
+
+def test_invalid_arguments():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(ValueError, match="learning rate"):
+        SparseSGD(p, lr=-1)
+    with pytest.raises(ValueError, match="eps"):
+        SparseAdagrad(p, eps=-1)
+    with pytest.raises(ValueError, match="lr_decay"):
+        RowWiseAdagrad(p, lr_decay=-1)
+
+
+def test_closure_and_state_dict_roundtrip():
+    weight = torch.nn.Parameter(torch.randn(10, 2))
+    opt = SparseAdagrad([weight], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.embedding(torch.tensor([1, 4]), weight, sparse=True).sum()
+        loss.backward()
+        return loss
+
+    assert opt.step(closure) is not None
+    restored = SparseAdagrad([weight], lr=0.1)
+    restored.load_state_dict(opt.state_dict())
+    torch.testing.assert_close(restored.state[weight]["sum"], opt.state[weight]["sum"])
+    assert restored.state[weight]["step"] == 1
