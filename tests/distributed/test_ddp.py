@@ -1,0 +1,44 @@
+"""2 processes on 127.0.0.1 (gloo) with DDP + sparse-gradient sync train the same model as one
+process on the same global batches (the last one split unevenly: 17 rows as 8 + 9)."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+WORKER = Path(__file__).with_name("_ddp_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args: list[str], nproc: int) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    prefix = [sys.executable]
+    if nproc > 1:
+        prefix += ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                   "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+    result = subprocess.run(prefix + [str(WORKER), *args], capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad"])
+def test_two_process_ddp_equals_one_process(tmp_path, optimizer):
+    run([str(tmp_path / "one.st"), "--global-batch", "64", "--optimizer", optimizer], nproc=1)
+    run([str(tmp_path / "two.st"), "--global-batch", "64", "--optimizer", optimizer], nproc=2)
+    one, two = load_file(tmp_path / "one.st"), load_file(tmp_path / "two.st")
+    assert one.keys() == two.keys()
+    assert len(one["losses"]) == 6  # 337 train rows: 5 full global batches and one of 17
+    torch.testing.assert_close(two["losses"], one["losses"], rtol=1e-5, atol=1e-6)
+    tables = [k for k in one if "embeddings" in k]
+    assert tables, "the model has embedding tables"
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=f"parameter {key} differs")
