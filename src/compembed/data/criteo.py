@@ -273,12 +273,14 @@ def iter_line_blocks(
                 line += 1
             pending += chunk
             cut = pending.rfind(b"\n")
-            if cut < 0:
-                if len(pending) > MAX_LINE_BYTES:
-                    _bad(report, path, line, "line_too_long", f"line longer than {MAX_LINE_BYTES} bytes")
-                    pending, skipping = b"", True
+            if len(pending) - (cut + 1) > MAX_LINE_BYTES:  # the unfinished last line is too long
+                if cut >= 0:
+                    yield pending[: cut + 1], line
+                    line += pending.count(b"\n", 0, cut + 1)
+                _bad(report, path, line, "line_too_long", f"line longer than {MAX_LINE_BYTES} bytes")
+                pending, skipping = b"", True
                 continue
-            if cut + 1 >= block_bytes or len(pending) >= block_bytes:
+            if cut >= 0 and len(pending) >= block_bytes:
                 data, pending = pending[: cut + 1], pending[cut + 1 :]
                 yield data, line
                 line += data.count(b"\n")

@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from .synthetic import CHUNK_ROWS, SyntheticCTR
+from ..io import atomic_replace
 from .store import StoreBuilder
+from .synthetic import CHUNK_ROWS, SyntheticCTR
 
 __all__ = ["save_synthetic", "write_criteo_text", "id_hashes"]
 
@@ -61,9 +62,9 @@ def write_criteo_text(
     path = Path(path)
     n = ds.config.num_rows if num_lines is None else num_lines
     compress = path.suffix == ".gz" if compress is None else compress
-    tmp = path.with_name(f".{path.name}.partial")
     opener = (lambda p: gzip.open(p, "wb", compresslevel=1)) if compress else (lambda p: open(p, "wb"))
-    try:
+
+    def write(tmp: Path) -> None:
         with opener(tmp) as out:
             for a in tqdm(range(0, n, CHUNK_ROWS), desc="write", unit="chunk", disable=not progress):
                 rows = ds.rows(a, min(n, a + CHUNK_ROWS))
@@ -78,8 +79,6 @@ def write_criteo_text(
                 lines = pc.binary_join_element_wise(*cols, "\t")
                 offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
                 out.write(memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]])
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_replace(write, path)
     return path

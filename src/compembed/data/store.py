@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from ..io import _fsync_dir, write_json_atomic
 from .dataset import SPLITS, ArrayDataset, DatasetInfo
 
-__all__ = ["FORMAT", "StoreBuilder", "open_dataset", "write_json_atomic", "DatasetFormatError"]
+__all__ = ["FORMAT", "StoreBuilder", "open_dataset", "read_meta", "DatasetFormatError"]
 
 FORMAT = "compembed-ctr"
 VERSION = 1
@@ -37,17 +38,6 @@ SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
 
 class DatasetFormatError(ValueError):
     """A path that is not a complete prepared dataset."""
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file, fsync and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class StoreBuilder:
@@ -113,19 +103,6 @@ class StoreBuilder:
     def abort(self) -> None:
         self._arrays.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_meta(path: str | os.PathLike) -> dict:

@@ -1,0 +1,333 @@
+"""Criteo-format ingestion: the real 8,000-line sample, and every kind of malformed input."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compembed.data import DatasetFormatError, SyntheticConfig, SyntheticCTR, open_dataset
+from compembed.data.criteo import parse_block, read_criteo
+from compembed.data.errors import BadLineReport, InputError
+from compembed.data.export import write_criteo_text
+from compembed.data.prepare import CriteoPrepareConfig, day_split, prepare_criteo
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
+SAMPLE = SHARED / "data" / "criteo" / "criteo_kaggle_head8000.tsv.gz"
+needs_sample = pytest.mark.skipif(not SAMPLE.exists(), reason="../shared data not present (criteo sample)")
+
+README_DISTINCT = [157, 370, 4524, 3369, 53, 7, 2817, 82, 3, 2584, 1904, 4337, 1591, 22, 1833, 3905, 9, 1055,
+                   480, 3, 4140, 7, 12, 2152, 37, 1635]
+
+
+def _prep(inputs, out, **kw) -> "object":
+    return prepare_criteo([str(p) for p in inputs], out, CriteoPrepareConfig(**kw), progress=False)
+
+
+# --------------------------------------------------------------------------- the real sample
+@needs_sample
+def test_kaggle_sample_counts_cardinalities_and_splits(tmp_path: Path) -> None:
+    result = _prep([SAMPLE], tmp_path / "ds")
+    assert result.num_rows == 8000 and result.report.total == 0
+    assert list(result.extra["distinct_values"].values()) == README_DISTINCT
+    # ids: 0 missing, 1 rare, then every distinct value (min_freq 1)
+    assert result.info.cardinalities == [d + 2 for d in README_DISTINCT]
+    # the paper's split: 7 days of divmod(8000, 7) = (1142, 6) rows; day 7 halved into test and val
+    assert result.info.split_sizes == {"train": 6 * 1143, "val": 571, "test": 571}
+    assert result.extra["missing_counts"]["C22"] == 6538
+
+    ds = open_dataset(tmp_path / "ds")
+    assert ds.info.split_sizes == result.info.split_sizes and not ds.info.bayes_known
+    labels = np.asarray(ds.labels)
+    assert labels.mean() == pytest.approx(0.216)
+    sparse = np.asarray(ds.sparse)
+    assert (sparse[:, 21] == 0).sum() == 6538  # missing C22 -> id 0
+    assert ((sparse >= 0) & (sparse < np.array(ds.info.cardinalities))).all()
+    assert (sparse != 1).all()  # no rare id with min_freq 1
+
+    # compare with a plain Python reading of the text
+    lines = gzip.open(SAMPLE, "rt").read().splitlines()
+    vocab = json.loads((tmp_path / "ds" / "vocab.json").read_text())
+    assert [len(vocab[f"C{j}"]) for j in range(1, 27)] == README_DISTINCT
+    dense = np.asarray(ds.dense)
+    for i in (0, 1, 2, 777, 7999):
+        fields = lines[i].split("\t")
+        assert labels[i] == int(fields[0])
+        for j, v in enumerate(fields[1:14]):
+            expect = 0.0 if v == "" else np.log1p(max(int(v), 0))
+            assert dense[i, j] == pytest.approx(expect, rel=1e-6)
+        for j, v in enumerate(fields[14:]):
+            expect = 0 if v == "" else vocab[f"C{j + 1}"].index(v) + 2
+            assert sparse[i, j] == expect
+    assert (dense[:, 1] >= 0).all() and any(int(l.split("\t")[2] or 0) < 0 for l in lines)  # I2 negatives clipped
+
+    # splits are consecutive: train = first 6858 rows, then test, then val
+    first_test = next(iter(ds.loader("test", 3)))
+    np.testing.assert_array_equal(first_test.sparse.numpy(), sparse[6858:6861])
+    last_val = list(ds.loader("val", 100))[-1]
+    np.testing.assert_array_equal(last_val.sparse.numpy(), sparse[8000 - 71 : 8000])  # 571 = 5 * 100 + 71
+
+
+@needs_sample
+def test_kaggle_sample_random_split_and_min_freq(tmp_path: Path) -> None:
+    result = _prep([SAMPLE], tmp_path / "ds", split="random", min_freq=5, seed=1)
+    sizes = result.info.split_sizes
+    assert sum(sizes.values()) == 8000 and 600 < sizes["val"] < 1000 and 600 < sizes["test"] < 1000
+    ds = open_dataset(tmp_path / "ds")
+    sparse = np.asarray(ds.sparse)
+    for j in range(26):
+        kept = result.info.cardinalities[j] - 2
+        counts = np.bincount(sparse[:, j], minlength=kept + 2)
+        assert (counts[2:] >= 5).all()  # every kept value was seen at least min_freq times
+    assert (sparse == 1).any()  # rare values share id 1
+    # every row is in exactly one split
+    rows = np.concatenate([ds.splits[s] for s in ("train", "val", "test")])
+    np.testing.assert_array_equal(np.sort(rows), np.arange(8000))
+
+
+def test_day_split_of_the_full_kaggle_file() -> None:
+    s = day_split(45_840_617)
+    assert s["train"] == (0, 39_291_958)
+    assert s["test"][1] - s["test"][0] == 3_274_330 and s["val"][1] - s["val"][0] == 3_274_329
+    assert s["val"][1] == 45_840_617
+
+
+# --------------------------------------------------------------------------- malformed input
+VALID = [
+    "0\t1\t5\t\t-1\t1382\t4\t15\t2\t181\t1\t2\t\t2\t68fd1e64\t80e26c9b\tfb936136\t7b4723c4\t25c83c98\t7e0ccccf"
+    "\tde7995b8\t1f89b562\ta73ee510\ta8cd5504\tb2cb9c98\t37c9c164\t2824a5f6\t1adce6ef\t8ba8b39a\t891b62e7"
+    "\te5ba7672\tf54016b9\t21ddcdc9\tb1252a9d\t07b5194c\t\t3a171ecb\tc5c50484\te8b83407\t9727dd16",
+    "1\t\t0\t1\t\t\t\t0\t\t\t\t\t\t\t05db9164\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t",
+    "0\t2\t0\t44\t1\t102\t8\t2\t2\t4\t1\t1\t\t4\t68fd1e64\tf0cf0024\t6f67f7e5\t41274cd7\t25c83c98\tfe6b92e5"
+    "\t922afcc0\t0b153874\ta73ee510\t2b53e5fb\t4f1b46f3\t623049e6\td7020589\tb28479f6\te6c5b5cd\tc92f3b61"
+    "\t07c540c4\tb04e4670\t21ddcdc9\t5840adea\t60f6221e\t\t3a171ecb\t43f13e8b\te8b83407\t731c3655",
+    "1\t999999999999999999\t\t\t\t\t\t\t\t\t\t\t\t\t1\tABCDEF12\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t",
+]
+
+
+def _cats(line: str, j: int) -> str:
+    return line.split("\t")[14 + j]
+
+
+def _replace(line: str, col: int, value: str) -> str:  # col is 1-based
+    f = line.split("\t")
+    f[col - 1] = value
+    return "\t".join(f)
+
+
+BAD = {
+    # kind: (bad line text, expected column)
+    "field_count": ("\t".join(VALID[0].split("\t")[:30]), 31),
+    "field_count_extra": (VALID[0] + "\tdeadbeef", 41),
+    "field_count_empty": ("", 2),
+    "bad_category": (_replace(VALID[0], 17, "zz12ab34"), 17),
+    "bad_category_long": (_replace(VALID[0], 20, "123456789"), 20),
+    "bad_dense": (_replace(VALID[0], 5, "3.5"), 5),
+    "bad_dense_sign": (_replace(VALID[0], 3, "-"), 3),
+    "dense_overflow": (_replace(VALID[0], 9, "99999999999999999999999"), 9),
+    "bad_label": (_replace(VALID[0], 1, "2"), 1),
+    "carriage_return": (VALID[0][:100] + "\r" + VALID[2][100:], None),
+    "binary_junk": ("\x00\x01\xff\xfe\x7f" * 20, 2),
+}
+KIND = {"field_count_extra": "field_count", "field_count_empty": "field_count", "bad_category_long": "bad_category",
+        "bad_dense_sign": "bad_dense", "binary_junk": "field_count"}
+
+
+def _write(path: Path, lines: list[str], ending: str = "\n", gz: bool = False) -> Path:
+    data = "".join(l + ending for l in lines).encode("latin-1")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def _dataset_arrays(path: Path) -> dict[str, np.ndarray]:
+    ds = open_dataset(path)
+    return {"dense": np.asarray(ds.dense), "sparse": np.asarray(ds.sparse), "labels": np.asarray(ds.labels)}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_line_is_reported_with_file_line_and_column(tmp_path: Path, case: str) -> None:
+    bad, col = BAD[case]
+    src = _write(tmp_path / "in.tsv", [VALID[0], VALID[1], bad, VALID[2]])
+    with pytest.raises(InputError) as err:
+        _prep([src], tmp_path / "out")
+    e = err.value
+    assert e.kind == KIND.get(case, case) and e.path == str(src) and e.line == 3
+    if col is not None:
+        assert e.column == col
+    assert f"{src}:3" in str(e) and "--skip-bad-lines" in str(e)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.partial-*"))
+
+
+def test_bad_line_messages_name_the_feature(tmp_path: Path) -> None:
+    src = _write(tmp_path / "in.tsv", [VALID[0], _replace(VALID[0], 17, "zz12ab34")])
+    with pytest.raises(InputError, match=r"in.tsv:2: column 17 \(C3\): category 'zz12ab34' is not"):
+        _prep([src], tmp_path / "out")
+    src = _write(tmp_path / "in.tsv", [_replace(VALID[0], 9, "99999999999999999999999")])
+    with pytest.raises(InputError, match=r"column 9 \(I8\): dense value '9+' overflows"):
+        _prep([src], tmp_path / "out")
+
+
+def test_skip_bad_lines_keeps_every_valid_line_unchanged(tmp_path: Path) -> None:
+    good = VALID * 5
+    clean = _write(tmp_path / "clean.tsv", good)
+    _prep([clean], tmp_path / "clean_ds", split="none")
+    mixed, expected_bad = [], {}
+    cases = sorted(BAD)
+    for i, line in enumerate(good):
+        mixed.append(line)
+        if i < len(cases):
+            mixed.append(BAD[cases[i]][0])
+            expected_bad[len(mixed)] = KIND.get(cases[i], cases[i])
+    # the CR case glues two records: count it as one bad line
+    src = _write(tmp_path / "mixed.tsv", mixed)
+    result = _prep([src], tmp_path / "mixed_ds", split="none", skip_bad_lines=True)
+    assert result.num_rows == len(good)
+    assert result.report.total == len(cases)
+    assert {b.line: b.kind for b in result.report.examples} == expected_bad
+    a, b = _dataset_arrays(tmp_path / "clean_ds"), _dataset_arrays(tmp_path / "mixed_ds")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    meta = json.loads((tmp_path / "mixed_ds" / "meta.json").read_text())
+    assert meta["bad_lines"]["skipped"] == len(cases)
+
+
+def test_max_bad_lines_stops_the_run(tmp_path: Path) -> None:
+    src = _write(tmp_path / "in.tsv", [VALID[0], "junk", "junk", VALID[1]])
+    with pytest.raises(InputError, match="more than 1 bad lines"):
+        _prep([src], tmp_path / "out", skip_bad_lines=True, max_bad_lines=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_crlf_line_endings_are_valid_and_identical(tmp_path: Path) -> None:
+    lf = _write(tmp_path / "lf.tsv", VALID)
+    mixed = tmp_path / "mixed.tsv"
+    mixed.write_bytes(b"".join(l.encode() + (b"\r\n" if i % 2 else b"\n") for i, l in enumerate(VALID)))
+    _prep([lf], tmp_path / "a", split="none")
+    _prep([mixed], tmp_path / "b", split="none")
+    a, b = _dataset_arrays(tmp_path / "a"), _dataset_arrays(tmp_path / "b")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert len(a["labels"]) == 4
+
+
+def test_uppercase_and_short_hex_and_missing_final_newline(tmp_path: Path) -> None:
+    src = tmp_path / "in.tsv"
+    src.write_bytes(("\n".join(VALID)).encode())  # no final newline
+    _prep([src], tmp_path / "ds", split="none")
+    ds = open_dataset(tmp_path / "ds")
+    assert len(ds.labels) == 4
+    block = parse_block(("\n".join(VALID) + "\n").encode(), "x", 1)
+    assert block.cats[3, 0] == 1 and block.cats[3, 1] == 0xABCDEF12
+    assert block.dense[3, 0] == 999999999999999999 and block.dense[0, 3] == -1
+    assert block.dense_missing[1].sum() == 10 and block.cat_missing[1].sum() == 25
+
+
+def test_truncated_gzip(tmp_path: Path) -> None:
+    lines = VALID * 300
+    full = gzip.compress("".join(l + "\n" for l in lines).encode())
+    src = tmp_path / "cut.tsv.gz"
+    src.write_bytes(full[: len(full) * 2 // 3])
+    with pytest.raises(InputError) as err:
+        _prep([src], tmp_path / "out")
+    assert err.value.kind == "truncated_gzip" and err.value.line > 1 and "truncated" in str(err.value)
+    result = _prep([src], tmp_path / "out", skip_bad_lines=True, split="none")
+    assert result.report.counts["truncated_gzip"] == 1
+    n = result.num_rows
+    assert 0 < n < len(lines) and err.value.line == n + 1  # every complete line before the cut is kept
+    ref = _write(tmp_path / "ref.tsv", lines[:n])
+    _prep([ref], tmp_path / "ref", split="none")
+    a, b = _dataset_arrays(tmp_path / "ref"), _dataset_arrays(tmp_path / "out")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_corrupt_gzip(tmp_path: Path) -> None:
+    data = bytearray(gzip.compress(("\n".join(VALID * 50) + "\n").encode()))
+    data[40:60] = b"\xff" * 20
+    src = tmp_path / "bad.gz"
+    src.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="gzip"):
+        _prep([src], tmp_path / "out")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.tsv"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match="empty.tsv: file is empty"):
+        _prep([empty], tmp_path / "out")
+    # skipped among other files, it is counted; alone it leaves no valid line
+    other = _write(tmp_path / "ok.tsv", VALID)
+    result = _prep([empty, other], tmp_path / "out", skip_bad_lines=True, split="none")
+    assert result.num_rows == 4 and result.report.counts["empty_file"] == 1
+    with pytest.raises(InputError, match="no valid lines"):
+        _prep([empty], tmp_path / "out2", skip_bad_lines=True)
+    gz_empty = tmp_path / "empty.gz"
+    gz_empty.write_bytes(gzip.compress(b""))
+    with pytest.raises(InputError, match="file is empty"):
+        _prep([gz_empty], tmp_path / "out3")
+
+
+def test_binary_junk_file(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(bytes(range(256)) * 50 + b"\x00" * (2 << 20))  # also a line over 1 MiB
+    with pytest.raises(InputError):
+        _prep([junk], tmp_path / "out")
+    report = BadLineReport()
+    assert list(read_criteo([junk], report=report)) == []
+    assert report.total >= 2 and "line_too_long" in report.counts
+
+
+def test_several_files_and_gzip_concatenate_in_order(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.tsv", VALID[:2])
+    b = _write(tmp_path / "b.tsv.gz", VALID[2:], gz=True)
+    both = _write(tmp_path / "all.tsv", VALID)
+    _prep([a, b], tmp_path / "ab", split="none")
+    _prep([both], tmp_path / "all", split="none")
+    x, y = _dataset_arrays(tmp_path / "ab"), _dataset_arrays(tmp_path / "all")
+    for k in x:
+        np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_line_numbers_across_blocks(tmp_path: Path) -> None:
+    lines = VALID * 2000  # ~1.3 MB: several 64 KiB blocks
+    lines[6543] = "1\tbad"
+    src = _write(tmp_path / "in.tsv", lines)
+    with pytest.raises(InputError) as err:
+        list(read_criteo([src], block_bytes=1 << 16))
+    assert err.value.line == 6544
+
+
+def test_output_is_atomic(tmp_path: Path) -> None:
+    src = _write(tmp_path / "in.tsv", VALID)
+    _prep([src], tmp_path / "ds", split="none")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        _prep([src], tmp_path / "ds")
+    # a failing run leaves the old dataset as it was, and no partial directory
+    bad = _write(tmp_path / "bad.tsv", VALID + ["x"])
+    with pytest.raises(InputError):
+        prepare_criteo([bad], tmp_path / "ds", overwrite=True, progress=False)
+    assert len(open_dataset(tmp_path / "ds").labels) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tsv", "ds", "in.tsv"]
+    # a directory without meta.json (what a killed run leaves) does not open
+    (tmp_path / "half").mkdir()
+    np.save(tmp_path / "half" / "dense.npy", np.zeros((2, 13), np.float32))
+    with pytest.raises(DatasetFormatError, match="meta.json"):
+        open_dataset(tmp_path / "half")
+
+
+def test_synthetic_text_round_trip(tmp_path: Path) -> None:
+    syn = SyntheticCTR(SyntheticConfig(num_rows=3000, cardinality_scale=0.001, seed=2))
+    path = write_criteo_text(syn, tmp_path / "s.tsv.gz", progress=False)
+    result = _prep([path], tmp_path / "ds", split="none")
+    rows = syn.rows(0, 3000)
+    ds = _dataset_arrays(tmp_path / "ds")
+    np.testing.assert_array_equal(ds["labels"], rows["labels"])
+    np.testing.assert_allclose(ds["dense"], rows["dense"], rtol=1e-6)
+    # ids are renumbered, but missing stays 0 and equal ids stay equal
+    np.testing.assert_array_equal(ds["sparse"] == 0, rows["sparse"] == 0)
+    for j in range(26):
+        pairs = np.unique(np.stack([ds["sparse"][:, j], rows["sparse"][:, j]]), axis=1)
+        assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+    assert result.report.total == 0
