@@ -96,6 +96,7 @@ class _Source:
     def __init__(self, path: Path, spec: TableSpec, report: BadLineReport | None) -> None:
         self.path, self.spec, self.report = path, spec, report
         self.skipped_lines: list[int] = []  # physical lines dropped by the CSV reader (sorted)
+        self.error: InputError | None = None
 
     def schema_names(self) -> list[str]:
         if _is_parquet(self.path):
@@ -108,9 +109,10 @@ class _Source:
 
         def on_invalid(row) -> str:
             msg = f"expected {row.expected_columns} fields, found {row.actual_columns}"
-            if self.report is None:
-                raise InputError(str(self.path), row.number or 0, min(row.actual_columns, row.expected_columns) + 1,
-                                 "field_count", msg)
+            if self.report is None:  # pyarrow turns an exception here into its own error: keep ours
+                self.error = InputError(str(self.path), row.number or 0,
+                                        min(row.actual_columns, row.expected_columns) + 1, "field_count", msg)
+                return "error"
             self.report.add(BadLine(str(self.path), row.number or 0, 0, "field_count", msg))
             self.skipped_lines.append(row.number or 0)
             return "skip"
@@ -125,7 +127,7 @@ class _Source:
                     strings_can_be_null=False, quoted_strings_can_be_null=False),
             )
         except pa.ArrowInvalid as e:
-            raise InputError(str(self.path), 0, 0, "unreadable", f"cannot read as a table ({e})") from None
+            raise self.error or InputError(str(self.path), 0, 0, "unreadable", f"cannot read as a table ({e})") from None
 
     def batches(self) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
         """``(batch, lines)``: the named columns as strings (lists for Parquet lists), 1-based lines/rows."""
@@ -148,7 +150,7 @@ class _Source:
             except StopIteration:
                 return
             except pa.ArrowInvalid as e:
-                raise InputError(str(self.path), 0, 0, "unreadable", str(e)) from None
+                raise self.error or InputError(str(self.path), 0, 0, "unreadable", str(e)) from None
             # valid row k sits on line k + 2 (header is line 1), shifted past every skipped line
             lines = np.arange(row + 2, row + 2 + batch.num_rows)
             for s in self.skipped_lines:

@@ -1,0 +1,65 @@
+"""`compembed prepare criteo|table` and `compembed synth` end to end."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compembed.cli.main import main
+from compembed.data import open_dataset
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
+SAMPLE = SHARED / "data" / "criteo" / "criteo_kaggle_head8000.tsv.gz"
+MOVIELENS = SHARED / "data" / "movielens" / "ml100k_ctr.tsv.gz"
+needs_shared = pytest.mark.skipif(not SAMPLE.exists() or not MOVIELENS.exists(), reason="../shared data not present")
+
+
+@pytest.mark.parametrize("argv", [["prepare", "criteo", "--help"], ["prepare", "table", "--help"], ["synth", "--help"]])
+def test_help(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "example" in out and "--out" in out
+
+
+def test_synth_dataset_and_text(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["synth", "--out", str(tmp_path / "s"), "--rows", "5000", "--quiet"]) == 0
+    assert "Bayes-optimal test loss" in capsys.readouterr().out
+    ds = open_dataset(tmp_path / "s")
+    assert ds.info.bayes_known and ds.info.split_sizes == {"train": 4000, "val": 500, "test": 500}
+    assert next(iter(ds.loader("test", 8))).click_prob is not None
+    assert main(["synth", "--out", str(tmp_path / "s"), "--rows", "10", "--quiet"]) == 1  # exists
+    assert "already exists" in capsys.readouterr().err
+
+    text = tmp_path / "s.tsv.gz"
+    assert main(["synth", "--out", str(text), "--rows", "3000", "--format", "criteo", "--quiet"]) == 0
+    assert len(gzip.open(text, "rt").read().splitlines()) == 3000
+    assert main(["prepare", "criteo", str(text), "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    assert open_dataset(tmp_path / "p").info.split_sizes["train"] == 4 * 429 + 2 * 428  # divmod(3000, 7) = (428, 4)
+
+
+def test_prepare_criteo_error_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("1\t2\n")
+    assert main(["prepare", "criteo", str(bad), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.tsv:1: column 3" in err and "Traceback" not in err
+    assert main(["prepare", "criteo", str(bad), "--out", str(tmp_path / "o"), "--quiet", "--skip-bad-lines"]) == 1
+    assert "no valid lines" in capsys.readouterr().err
+
+
+@needs_shared
+def test_prepare_real_samples(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["prepare", "criteo", str(SAMPLE), "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "8,000 rows" in out and "train 6,858, val 571, test 571" in out
+    assert main(["prepare", "table", str(MOVIELENS), "--out", str(tmp_path / "m"), "--quiet", "--label", "label",
+                 "--categorical", "user_id,item_id,gender", "--multi-hot", "genres", "--split", "sequential"]) == 0
+    out = capsys.readouterr().out
+    assert "100,000 rows" in out and "ignored columns (not features): rating" in out
+    ds = open_dataset(tmp_path / "m")
+    assert ds.info.cardinalities == [945, 1684, 4, 21]
+    assert np.asarray(ds.labels).sum() > 0
