@@ -9,6 +9,7 @@ from typing import Any
 
 import tomli_w
 
+from ..io import atomic_write_bytes
 from ..models import ModelConfig
 
 __all__ = ["OPTIMIZERS", "OptimConfig", "DataConfig", "TrainConfig", "load_config", "save_config", "config_to_dict",
@@ -178,6 +179,4 @@ def load_config(path: str | Path) -> TrainConfig:
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write ``config`` as TOML, atomically."""
-    from .checkpoint import atomic_write_bytes
-
     atomic_write_bytes(Path(path), tomli_w.dumps(config_to_dict(config)).encode())

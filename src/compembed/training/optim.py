@@ -1,0 +1,115 @@
+"""Optimizers: a sparse (row-wise) one for the embedding tables, a dense one for the layers.
+
+| name      | embedding tables (``embedding_update="sparse"``) | dense layers            |
+|-----------|---------------------------------------------------|-------------------------|
+| sgd       | ``torch.optim.SGD`` on sparse gradients            | ``torch.optim.SGD``     |
+| adagrad   | ``torch.optim.Adagrad`` on sparse gradients        | ``torch.optim.Adagrad`` |
+| adam      | ``torch.optim.SparseAdam`` (lazy Adam)             | ``torch.optim.Adam``    |
+| amsgrad   | ``SparseAMSGrad`` below (lazy AMSGrad)             | ``Adam(amsgrad=True)``  |
+
+torch has no sparse AMSGrad (``SparseAdam`` has no ``amsgrad``), so ``SparseAMSGrad`` provides the
+lazy variant: rows a batch does not touch keep their moments unchanged instead of decaying them.
+With ``embedding_update="dense"`` the tables get dense gradients and the dense optimizer's exact
+update instead (every row's moments decay each step; costs time proportional to the table size).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from .config import OptimConfig
+
+__all__ = ["SparseAMSGrad", "build_optimizers", "uses_sparse_gradients", "split_parameters"]
+
+
+class SparseAMSGrad(Optimizer):
+    """AMSGrad that updates only the rows present in a sparse gradient (lazy, like ``SparseAdam``).
+
+    For a dense gradient it is exactly ``torch.optim.Adam(amsgrad=True)``. State per parameter:
+    ``step`` (shared by all rows, for bias correction, as in ``SparseAdam``), ``exp_avg``,
+    ``exp_avg_sq`` and ``max_exp_avg_sq``.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        if not lr > 0 or not eps > 0:
+            raise ValueError(f"lr and eps must be > 0, got lr={lr}, eps={eps}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None if closure is None else closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                        state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                step = state["step"].item()
+                grad = p.grad
+                if grad.is_sparse:
+                    grad = grad.coalesce()
+                    rows, values = grad.indices()[0], grad.values()
+                else:
+                    rows, values = None, grad
+                pick = (lambda t: t[rows]) if rows is not None else (lambda t: t)
+                exp_avg = pick(state["exp_avg"]).lerp_(values, 1 - beta1)
+                exp_avg_sq = pick(state["exp_avg_sq"]).mul_(beta2).addcmul_(values, values, value=1 - beta2)
+                max_sq = torch.maximum(pick(state["max_exp_avg_sq"]), exp_avg_sq)
+                denom = (max_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(group["eps"])
+                update = exp_avg / denom * (-group["lr"] / (1 - beta1**step))
+                if rows is None:
+                    state["exp_avg"].copy_(exp_avg)
+                    state["exp_avg_sq"].copy_(exp_avg_sq)
+                    state["max_exp_avg_sq"].copy_(max_sq)
+                    p.add_(update)
+                else:
+                    state["exp_avg"][rows] = exp_avg
+                    state["exp_avg_sq"][rows] = exp_avg_sq
+                    state["max_exp_avg_sq"][rows] = max_sq
+                    p.index_add_(0, rows, update)
+        return loss
+
+
+def uses_sparse_gradients(config: OptimConfig) -> bool:
+    """Whether the embedding tables should produce sparse gradients."""
+    return config.embedding_update == "sparse"
+
+
+def split_parameters(model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+    """``(embedding table parameters, all other parameters)``; the model keeps its tables in ``.embeddings``."""
+    table_ids = {id(p) for p in model.embeddings.parameters()}
+    tables = [p for p in model.embeddings.parameters() if p.requires_grad]
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in table_ids]
+    return tables, dense
+
+
+def _dense_optimizer(config: OptimConfig, params: list[Tensor], lr: float) -> Optimizer:
+    betas = (config.beta1, config.beta2)
+    if config.name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if config.name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, eps=config.eps)
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=config.eps, amsgrad=config.name == "amsgrad")
+
+
+def build_optimizers(model: nn.Module, config: OptimConfig) -> list[Optimizer]:
+    """``[embedding optimizer, dense optimizer]`` (either left out when it has no parameters)."""
+    tables, dense = split_parameters(model)
+    table_lr = config.embedding_lr or config.lr
+    optimizers: list[Optimizer] = []
+    if tables:
+        if not uses_sparse_gradients(config) or config.name in ("sgd", "adagrad"):
+            optimizers.append(_dense_optimizer(config, tables, table_lr))
+        elif config.name == "adam":
+            optimizers.append(torch.optim.SparseAdam(tables, lr=table_lr, betas=(config.beta1, config.beta2), eps=config.eps))
+        else:
+            optimizers.append(SparseAMSGrad(tables, lr=table_lr, betas=(config.beta1, config.beta2), eps=config.eps))
+    if dense:
+        optimizers.append(_dense_optimizer(config, dense, config.lr))
+    return optimizers
