@@ -12,11 +12,18 @@ Typical use inside a training loop::
 """
 from .context import DistContext, barrier, init_from_env, shutdown
 from .ddp import (
-    all_reduce_sums, broadcast_object, global_batch_loss, sparse_parameters, sync_sparse_gradients, unwrap_model,
+    all_reduce_sums,
+    broadcast_object,
+    global_batch_loss,
+    global_count,
+    sparse_parameters,
+    sync_sparse_gradients,
+    unwrap_model,
     wrap_model,
 )
 
 __all__ = [
-    "DistContext", "all_reduce_sums", "barrier", "broadcast_object", "global_batch_loss", "init_from_env",
+    "DistContext", "all_reduce_sums", "barrier", "broadcast_object", "global_batch_loss", "global_count",
+    "init_from_env",
     "shutdown", "sparse_parameters", "sync_sparse_gradients", "unwrap_model", "wrap_model",
 ]

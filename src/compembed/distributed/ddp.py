@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .context import DistContext
 
 __all__ = [
-    "wrap_model", "unwrap_model", "sparse_parameters", "sync_sparse_gradients", "global_batch_loss",
+    "wrap_model", "unwrap_model", "sparse_parameters", "sync_sparse_gradients", "global_batch_loss", "global_count",
     "all_reduce_sums", "broadcast_object",
 ]
 
@@ -141,6 +141,15 @@ def global_batch_loss(local_mean: Tensor, local_count: int, ctx: DistContext) ->
     # DDP divides the summed gradients by world_size: weight this rank by world_size * n_r / N.
     scale = ctx.world_size * local_count / count if count else 0.0
     return local_mean * scale, total / count if count else float("nan"), count
+
+
+def global_count(local_count: int, ctx: DistContext) -> int:
+    """Samples of the global batch: the sum of every rank's ``local_count``."""
+    if not ctx.distributed:
+        return local_count
+    count = torch.tensor([local_count], dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(count)
+    return int(count.item())
 
 
 def all_reduce_sums(values: Mapping[str, float], ctx: DistContext) -> dict[str, float]:
