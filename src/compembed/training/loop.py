@@ -17,6 +17,9 @@ from tqdm.auto import tqdm
 
 from ..data.batch import Batch
 from ..data.dataset import CTRDataset
+from ..distributed import (
+    DistContext, global_batch_loss, global_count, init_from_env, shutdown, sync_sparse_gradients, wrap_model,
+)
 from ..models import build_model
 from ..io import atomic_write_bytes
 from .checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
@@ -75,15 +78,25 @@ def open_data(config: DataConfig) -> CTRDataset:
     return open_dataset(config.source)
 
 
-def train_step(model: nn.Module, optimizers: list[Optimizer], batch: Batch, names: list[str]) -> float:
-    """One SGD step on ``batch``; returns the batch's mean BCE. Raises before updating if it is not finite."""
+def train_step(model: nn.Module, optimizers: list[Optimizer], batch: Batch, names: list[str],
+               ctx: DistContext | None = None) -> float:
+    """One SGD step on ``batch``; returns the batch's mean BCE. Raises before updating if it is not finite.
+
+    With a multi-process ``ctx`` (``model`` wrapped by ``distributed.wrap_model``), ``batch`` is this
+    rank's shard: the step equals one on the whole global batch and the returned loss is its mean.
+    """
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     loss = F.binary_cross_entropy_with_logits(model(batch.dense, batch.features(names)), batch.labels)
-    value = loss.item()
+    if ctx is not None and ctx.distributed:
+        loss, value, _ = global_batch_loss(loss, len(batch), ctx)
+    else:
+        value = loss.item()
     if not math.isfinite(value):
         raise NonFiniteLossError(f"training loss is {value}")
     loss.backward()
+    if ctx is not None:
+        sync_sparse_gradients(model, ctx)
     for optimizer in optimizers:
         optimizer.step()
     return value
@@ -156,19 +169,21 @@ def train(
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
+    ctx = init_from_env()  # torchrun's environment: one rank of a data-parallel job; else one process
     try:
-        return _train(config, dataset, out_dir, resume, progress, on_step)
+        return _train(config, dataset, out_dir, resume, progress, on_step, ctx)
     finally:
         torch.set_num_threads(threads)
+        shutdown(ctx)
 
 
 def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None, resume: bool, progress: bool,
-           on_step: Callable[[dict[str, Any]], None] | None) -> RunResult:
+           on_step: Callable[[dict[str, Any]], None] | None, ctx: DistContext = DistContext()) -> RunResult:
     torch.manual_seed(config.seed)
     model = build_model(config.model, dataset.info, sparse=uses_sparse_gradients(config.optim))
     optimizers = build_optimizers(model, config.optim)
     names = list(dataset.info.categorical_names)
-    state = _fresh_state()
+    state = {**_fresh_state(), "world_size": ctx.world_size}
 
     out = Path(out_dir) if out_dir is not None else None
     ckpt = out / CHECKPOINT if out is not None else None
@@ -180,33 +195,38 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
             stored = read_checkpoint_state(ckpt)
             _check_resumable(stored["config"], config, ckpt)
             state = load_checkpoint(ckpt, model, optimizers)["loop"]
+            if state.get("world_size", 1) != ctx.world_size:
+                raise ValueError(f"cannot resume from {ckpt}: it was written by {state.get('world_size', 1)} "
+                                 f"process(es), now {ctx.world_size}; resume with the same torchrun --nproc-per-node")
         out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / CONFIG)
-    log = _MetricsLog(out / METRICS if out is not None else None, state)
+        if ctx.is_main:  # only rank 0 writes
+            save_config(config, out / CONFIG)
+    log = _MetricsLog(out / METRICS if out is not None and ctx.is_main else None, state)
 
     def checkpoint() -> None:
-        if ckpt is not None:
+        if ckpt is not None and ctx.is_main:
             save_checkpoint(ckpt, model, optimizers, {"loop": state, "config": config_to_dict(config)})
 
     def limit_reached() -> bool:
         return config.max_steps > 0 and state["step"] >= config.max_steps
 
     splits = [s for s in config.eval_splits if dataset.info.split_sizes.get(s, 0) > 0]
+    net = wrap_model(model, ctx)  # DDP over the ranks (the model itself in one process)
     model.train()
     while not state["done"] and state["epoch"] < config.epochs and not limit_reached():
         epoch = state["epoch"]
-        total = dataset.num_batches("train", config.batch_size)
+        total = dataset.num_batches("train", config.batch_size, world_size=ctx.world_size)
         if config.max_steps:
             total = min(total, state["batch"] + config.max_steps - state["step"])
         bar = tqdm(total=total, initial=state["batch"], unit="batch", desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=not progress, dynamic_ncols=True, leave=False)
+                   disable=not progress or not ctx.is_main, dynamic_ncols=True, leave=False)
         loader = dataset.loader("train", config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
-                                start_batch=state["batch"])
+                                start_batch=state["batch"], rank=ctx.rank, world_size=ctx.world_size)
         interval_start, interval_samples = time.perf_counter(), 0
         for batch in loader:
             started = time.perf_counter()
             try:
-                loss = train_step(model, optimizers, batch, names)
+                loss = train_step(net, optimizers, batch, names, ctx)
             except NonFiniteLossError as err:
                 bar.close()
                 where = f"epoch {epoch + 1}, batch {state['batch']} (step {state['step'] + 1})"
@@ -216,12 +236,13 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
             state["train_seconds"] += time.perf_counter() - started
             state["batch"] += 1
             state["step"] += 1
-            state["samples"] += len(batch)
-            state["loss_sum"] += loss * len(batch)
-            state["loss_count"] += len(batch)
-            state["interval_loss_sum"] += loss * len(batch)
-            state["interval_count"] += len(batch)
-            interval_samples += len(batch)
+            rows = global_count(len(batch), ctx)  # all ranks' rows of this global batch
+            state["samples"] += rows
+            state["loss_sum"] += loss * rows
+            state["loss_count"] += rows
+            state["interval_loss_sum"] += loss * rows
+            state["interval_count"] += rows
+            interval_samples += rows
             bar.update(1)
             if state["step"] % config.log_every == 0:
                 elapsed = time.perf_counter() - interval_start
@@ -239,7 +260,8 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
             if limit_reached():
                 break
         bar.close()
-        if limit_reached() and state["batch"] < dataset.num_batches("train", config.batch_size):
+        if limit_reached() and state["batch"] < dataset.num_batches("train", config.batch_size,
+                                                                    world_size=ctx.world_size):
             break  # stopped mid-epoch by max_steps: the final evaluation follows
         state["epoch"] += 1
         state["batch"] = 0
@@ -260,6 +282,6 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
         train_loss=state["loss_sum"] / state["loss_count"] if state["loss_count"] else None,
         train_seconds=state["train_seconds"], model=model,
     )
-    if out is not None:
+    if out is not None and ctx.is_main:
         atomic_write_bytes(out / SUMMARY, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
     return result
