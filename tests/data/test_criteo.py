@@ -331,3 +331,45 @@ def test_synthetic_text_round_trip(tmp_path: Path) -> None:
         pairs = np.unique(np.stack([ds["sparse"][:, j], rows["sparse"][:, j]]), axis=1)
         assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
     assert result.report.total == 0
+
+
+# --------------------------------------------------------------------------- parser properties
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_hex = st.text("0123456789abcdefABCDEF", min_size=0, max_size=8)
+_int = st.one_of(st.just(""), st.integers(-10**18 + 1, 10**18 - 1).map(str))
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from("01"), st.lists(_int, min_size=13, max_size=13),
+                               st.lists(_hex, min_size=26, max_size=26)), min_size=1, max_size=20))
+def test_parser_agrees_with_python_on_valid_lines(rows) -> None:
+    text = "".join("\t".join([lab, *dense, *cats]) + "\n" for lab, dense, cats in rows)
+    block = parse_block(text.encode(), "x", 1)
+    assert len(block) == len(rows)
+    for i, (lab, dense, cats) in enumerate(rows):
+        assert block.labels[i] == int(lab)
+        assert block.dense[i].tolist() == [int(v) if v else 0 for v in dense]
+        assert block.dense_missing[i].tolist() == [v == "" for v in dense]
+        assert block.cats[i].tolist() == [int(v, 16) if v else 0 for v in cats]
+        assert block.cat_missing[i].tolist() == [v == "" for v in cats]
+
+
+@settings(max_examples=80, deadline=None)
+@given(col=st.integers(2, 40), value=st.binary(min_size=1, max_size=12).filter(lambda v: b"\t" not in v
+                                                                                and b"\n" not in v and b"\r" not in v))
+def test_parser_rejects_exactly_the_invalid_fields(col: int, value: bytes) -> None:
+    fields = VALID[0].encode().split(b"\t")
+    fields[col - 1] = value
+    line = b"\t".join(fields) + b"\n"
+    if col <= 14:
+        s = value[1:] if value[:1] == b"-" else value
+        valid = 0 < len(s) <= 18 and s.isdigit() and all(48 <= c <= 57 for c in s)
+    else:
+        valid = len(value) <= 8 and all(c in b"0123456789abcdefABCDEF" for c in value)
+    report = BadLineReport()
+    block = parse_block(line, "x", 1, report)
+    assert len(block) == int(valid) and report.total == int(not valid)
+    if not valid:
+        assert report.examples[0].column == col

@@ -135,42 +135,40 @@ def parse_block(
                  lambda i, c: f"label must be 0 or 1, got {text(i, starts[i], _field_end(b, starts[i], ends[i]))}")
     labels = (lab == 49).astype(np.uint8)
 
-    # dense: optional '-' then 1..18 digits, read as right-aligned windows of `width` bytes
+    words = _words(b)  # words[p] = the 8 bytes b[p:p+8] as one little-endian uint64
+
+    # dense: optional '-' then 1..18 digits; up to 8 digits decoded 8 bytes at a time (SWAR)
     ds, de, dl = fs[:, 1:14], fe[:, 1:14], flen[:, 1:14]
     dense_missing = dl == 0
     neg = (dl > 0) & (b[ds] == 45)
     ndig = dl - neg
-    bad_dense = (dl > 0) & (ndig == 0)
-    too_long = ndig > MAX_DENSE_DIGITS
-    width = int(min(ndig.max(initial=0), MAX_DENSE_DIGITS))
-    dense = np.zeros(ds.shape, dtype=np.int64)
-    if width:
-        digits = _DIGIT[np.lib.stride_tricks.sliding_window_view(b, width)[de - width]]  # (m, 13, width)
-        used = np.arange(width) >= (width - np.minimum(ndig, width))[..., None]
-        bad_dense |= ((digits == 255) & used).any(-1) & ~too_long
-        digits[~used | (digits == 255)] = 0
-        dense = digits.astype(np.int64) @ (10 ** np.arange(width - 1, -1, -1, dtype=np.int64))
-        dense[neg] *= -1
-    if too_long.any():  # overflow if all digits, else not an integer (rare: checked per field)
-        for r, c in zip(*np.nonzero(too_long)):
-            if bytes(b[ds[r, c] + neg[r, c] : de[r, c]]).isdigit():
-                problems.add(gi[r : r + 1], np.array([c + 2]), "dense_overflow",
-                             lambda i, col: f"dense value {text(i, *_field(b, starts[i], ends[i], col))} "
-                             f"overflows (more than {MAX_DENSE_DIGITS} digits)")
-            else:
-                bad_dense[r, c] = True
+    x = words[de - 8] & _KEEP_LAST[np.minimum(ndig, 8)]  # right-aligned: the digits, '-' and earlier bytes zeroed
+    bad_dense = ((dl > 0) & (ndig == 0)) | (_byte_ok(x, _is_digit(x), ndig) == 0)
+    dense = _decimal8(x).astype(np.int64)
+    long = np.nonzero(ndig > 8)
+    for r, c in zip(*long):  # rare (counts above 99,999,999): checked and parsed one by one
+        digits = bytes(b[ds[r, c] + neg[r, c] : de[r, c]])
+        if not digits.isdigit():
+            bad_dense[r, c] = True
+        elif len(digits) > MAX_DENSE_DIGITS:
+            bad_dense[r, c] = False
+            problems.add(gi[r : r + 1], np.array([c + 2]), "dense_overflow",
+                         lambda i, col: f"dense value {text(i, *_field(b, starts[i], ends[i], col))} "
+                         f"overflows (more than {MAX_DENSE_DIGITS} digits)")
+        else:
+            bad_dense[r, c] = False
+            dense[r, c] = int(digits)
+    dense[neg] *= -1
     rows, cols = np.nonzero(bad_dense)
     problems.add(gi[rows], cols + 2, "bad_dense",
                  lambda i, col: f"dense value {text(i, *_field(b, starts[i], ends[i], col))} is not an integer")
 
-    # categorical: 1..8 hex characters, read as right-aligned 8-byte windows
+    # categorical: 1..8 hex characters, right-aligned in one 8-byte word
     ce, cl = fe[:, 14:], flen[:, 14:]
     cat_missing = cl == 0
-    nib = _HEX[np.lib.stride_tricks.sliding_window_view(b, 8)[ce - 8]]  # (m, 26, 8)
-    used = np.arange(8) >= (8 - np.minimum(cl, 8))[..., None]
-    bad_cat = (cl > 8) | ((nib == 255) & used).any(-1)
-    nib[~used | (nib == 255)] = 0
-    cats = ((nib[..., 0::2] << 4) | nib[..., 1::2]).view(">u4")[..., 0].astype(np.uint32)
+    x = words[ce - 8] & _KEEP_LAST[np.minimum(cl, 8)]
+    bad_cat = (cl > 8) | (_byte_ok(x, _is_hex(x), cl) == 0)
+    cats = _hex8(x).astype(np.uint32)
     rows, cols = np.nonzero(bad_cat)
     problems.add(gi[rows], cols + 15, "bad_category",
                  lambda i, col: f"category {text(i, *_field(b, starts[i], ends[i], col))} is not "
@@ -188,6 +186,54 @@ def parse_block(
                                if len(report.examples) < report.keep else ""))
         keep = ~np.isin(gi, np.fromiter(problems.found, dtype=np.int64))
     return CriteoBlock(labels[keep], dense[keep], dense_missing[keep], cats[keep], cat_missing[keep])
+
+
+# ---- SWAR ("SIMD within a register") decoding of 8 ASCII bytes packed in a little-endian uint64.
+# The field's last byte is the word's most significant byte; unused leading bytes are zeroed.
+_U = np.uint64
+_LO7 = _U(0x7F7F7F7F7F7F7F7F)
+_HI = _U(0x8080808080808080)
+_KEEP_LAST = np.array([0] + [((1 << (8 * k)) - 1) << (8 * (8 - k)) for k in range(1, 9)], dtype=np.uint64)
+
+
+def _words(b: np.ndarray) -> np.ndarray:
+    """Unaligned uint64 view: ``words[p]`` holds bytes ``b[p : p + 8]``."""
+    return np.ndarray((len(b) - 7,), dtype="<u8", buffer=b, strides=(1,))
+
+
+def _ge(x: np.ndarray, lo: int) -> np.ndarray:
+    """High bit of each byte set where the (7-bit) byte is >= lo."""
+    return ((x & _LO7) + _U(0x0101010101010101 * (0x80 - lo))) & _HI
+
+
+def _is_digit(x: np.ndarray) -> np.ndarray:
+    return _ge(x, 0x30) & ~_ge(x, 0x3A) & ~x & _HI
+
+
+def _is_hex(x: np.ndarray) -> np.ndarray:
+    ok = (_ge(x, 0x30) & ~_ge(x, 0x3A)) | (_ge(x, 0x41) & ~_ge(x, 0x47)) | (_ge(x, 0x61) & ~_ge(x, 0x67))
+    return ok & ~x & _HI
+
+
+def _byte_ok(x: np.ndarray, ok: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Nonzero where every used byte (the last ``length``, at most 8) passed ``ok``; fields over 8 pass."""
+    return ((ok | ~_KEEP_LAST[np.minimum(length, 8)]) & _HI) == _HI
+
+
+def _decimal8(x: np.ndarray) -> np.ndarray:
+    """The value of up to 8 decimal digits (first byte most significant)."""
+    d = x & _U(0x0F0F0F0F0F0F0F0F)
+    d = (d & _U(0x000F000F000F000F)) * _U(10) + ((d >> _U(8)) & _U(0x000F000F000F000F))
+    d = (d & _U(0x0000007F0000007F)) * _U(100) + ((d >> _U(16)) & _U(0x0000007F0000007F))
+    return (d & _U(0x3FFF)) * _U(10000) + ((d >> _U(32)) & _U(0x3FFF))
+
+
+def _hex8(x: np.ndarray) -> np.ndarray:
+    """The value of up to 8 hex digits (first byte most significant)."""
+    d = (x & _U(0x0F0F0F0F0F0F0F0F)) + ((x >> _U(6)) & _U(0x0101010101010101)) * _U(9)
+    d = ((d & _U(0x000F000F000F000F)) << _U(4)) | ((d >> _U(8)) & _U(0x000F000F000F000F))
+    d = ((d & _U(0x000000FF000000FF)) << _U(8)) | ((d >> _U(16)) & _U(0x000000FF000000FF))
+    return ((d & _U(0xFFFF)) << _U(16)) | ((d >> _U(32)) & _U(0xFFFF))
 
 
 def _field_end(b: np.ndarray, lo: int, hi: int) -> int:

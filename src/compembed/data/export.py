@@ -23,16 +23,15 @@ def save_synthetic(ds: SyntheticCTR, out: str | os.PathLike, overwrite: bool = F
     """Write every row of ``ds`` (with ``click_prob``) as a prepared dataset directory, chunk by chunk."""
     n, nf, nd = ds.config.num_rows, len(ds.info.categorical_names), len(ds.info.dense_names)
     with StoreBuilder(out, overwrite=overwrite) as store:
-        arrays = {
-            "sparse": store.array("sparse", (n, nf), np.int32),
-            "dense": store.array("dense", (n, nd), np.float32),
-            "labels": store.array("labels", (n,), np.uint8),
-            "click_prob": store.array("click_prob", (n,), np.float32),
-        }
+        names = {"sparse": ((n, nf), np.int32), "dense": ((n, nd), np.float32), "labels": ((n,), np.uint8),
+                 "click_prob": ((n,), np.float32)}
+        writers = {k: store.writer(k, shape, dtype) for k, (shape, dtype) in names.items()}
         for a in tqdm(range(0, n, CHUNK_ROWS), desc="synth", unit="chunk", disable=not progress):
             rows = ds.rows(a, min(n, a + CHUNK_ROWS))
-            for k, arr in arrays.items():
-                arr[a : a + len(rows[k])] = rows[k]
+            for k, w in writers.items():
+                w.write(rows[k])
+        for w in writers.values():
+            w.close()
         splits = {k: list(v) for k, v in ds.split_ranges.items()}
         return store.commit(ds.info, n, splits, source={"kind": "synthetic", "config": ds.to_dict()})
 

@@ -188,31 +188,36 @@ def prepare_criteo(
             distinct.append(len(values))
             vocabs.append(Vocabulary.from_counts(values, counts, cfg.min_freq))
             counters[f] = None  # free the counts as we go
-        cats = np.memmap(store.file("cats.scratch"), dtype=np.uint32, mode="r", shape=(n, nf))
-        miss = np.memmap(store.file("catmiss.scratch"), dtype=np.uint8, mode="r", shape=(n, (nf + 7) // 8))
-        dense_in = np.memmap(store.file("dense.scratch"), dtype=np.float32, mode="r", shape=(n, nd))
-        sparse = store.array("sparse", (n, nf), np.int32)
-        dense = store.array("dense", (n, nd), np.float32)
-        store.save("labels", np.fromfile(store.file("labels.scratch"), dtype=np.uint8))
-        for a in tqdm(range(0, n, _ROWS_PER_STEP), desc="map ids", unit="Mrows", disable=not progress):
-            b = min(n, a + _ROWS_PER_STEP)
-            c = np.asarray(cats[a:b])
-            mm = np.unpackbits(np.asarray(miss[a:b]), axis=1, count=nf).astype(bool)
-            for f in range(nf):
-                sparse[a:b, f] = vocabs[f].lookup(c[:, f], mm[:, f])
-            dense[a:b] = dense_in[a:b]
-        del cats, miss, dense_in
+        scratch = {k: open(store.file(f"{k}.scratch"), "rb") for k in ("labels", "dense", "cats", "catmiss")}
+        nbytes_miss = (nf + 7) // 8
+        with store.writer("sparse", (n, nf), np.int32) as sparse, store.writer("dense", (n, nd), np.float32) as dense, \
+                store.writer("labels", (n,), np.uint8) as labels:
+            for a in tqdm(range(0, n, _ROWS_PER_STEP), desc="map ids", unit="Mrows", disable=not progress):
+                m = min(n, a + _ROWS_PER_STEP) - a
+                c = np.fromfile(scratch["cats"], dtype=np.uint32, count=m * nf).reshape(m, nf)
+                mm = np.unpackbits(np.fromfile(scratch["catmiss"], dtype=np.uint8, count=m * nbytes_miss)
+                                   .reshape(m, nbytes_miss), axis=1, count=nf).astype(bool)
+                ids = np.empty((m, nf), dtype=np.int32)
+                for f in range(nf):
+                    ids[:, f] = vocabs[f].lookup(c[:, f], mm[:, f])
+                sparse.write(ids)
+                dense.write(np.fromfile(scratch["dense"], dtype=np.float32, count=m * nd).reshape(m, nd))
+                labels.write(np.fromfile(scratch["labels"], dtype=np.uint8, count=m))
+        for fh in scratch.values():
+            fh.close()
         for k in ("labels", "dense", "cats", "catmiss"):
             store.file(f"{k}.scratch").unlink()
         if cfg.split == "days":
             splits: dict | str = {k: list(v) for k, v in day_split(n, cfg.days).items()}
             sizes = {k: b - a for k, (a, b) in splits.items()}
         elif cfg.split == "random":
-            codes = store.array("split", (n,), np.uint8)
-            for a in range(0, n, _ROWS_PER_STEP):
-                b = min(n, a + _ROWS_PER_STEP)
-                codes[a:b] = random_split_codes(a, b, cfg.seed, cfg.val_fraction, cfg.test_fraction)
-            counts = np.bincount(np.asarray(codes), minlength=3)
+            counts = np.zeros(3, dtype=np.int64)
+            with store.writer("split", (n,), np.uint8) as codes:
+                for a in range(0, n, _ROWS_PER_STEP):
+                    part = random_split_codes(a, min(n, a + _ROWS_PER_STEP), cfg.seed, cfg.val_fraction,
+                                              cfg.test_fraction)
+                    codes.write(part)
+                    counts += np.bincount(part, minlength=3)
             sizes = {name: int(counts[code]) for name, code in SPLIT_CODES.items()}
             splits = "split.npy"
         else:

@@ -72,6 +72,10 @@ class StoreBuilder:
         self._arrays[name] = arr
         return arr
 
+    def writer(self, name: str, shape: tuple[int, ...], dtype: Any) -> "NpyWriter":
+        """A new ``.npy`` array ``name`` filled by sequential appends (its pages do not stay in RSS)."""
+        return NpyWriter(self.tmp / f"{name}.npy", shape, dtype)
+
     def save(self, name: str, value: np.ndarray) -> None:
         self.array(name, value.shape, value.dtype)[...] = value
 
@@ -103,6 +107,38 @@ class StoreBuilder:
     def abort(self) -> None:
         self._arrays.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class NpyWriter:
+    """Writes a ``.npy`` file of known shape by appending row chunks in order (a context manager)."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any) -> None:
+        self.path, self.shape, self.dtype = Path(path), tuple(int(s) for s in shape), np.dtype(dtype)
+        self.rows = 0
+        self._f = open(self.path, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_2_0(self._f, header)
+
+    def write(self, chunk: np.ndarray) -> None:
+        chunk = np.ascontiguousarray(chunk, dtype=self.dtype)
+        if chunk.shape[1:] != self.shape[1:] or self.rows + len(chunk) > self.shape[0]:
+            raise ValueError(f"{self.path.name}: chunk {chunk.shape} does not fit {self.shape} after {self.rows} rows")
+        self._f.write(memoryview(chunk).cast("B"))
+        self.rows += len(chunk)
+
+    def close(self) -> None:
+        self._f.close()
+        if self.rows != self.shape[0]:
+            raise ValueError(f"{self.path.name}: wrote {self.rows} of {self.shape[0]} rows")
+
+    def __enter__(self) -> "NpyWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._f.close()
 
 
 def read_meta(path: str | os.PathLike) -> dict:

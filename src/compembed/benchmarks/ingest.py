@@ -1,0 +1,169 @@
+"""Ingestion benchmark: preprocess a generated Criteo-format file, report rows/s and peak RSS.
+
+Run ``python -m compembed.benchmarks.ingest [--lines 5000000]``. Steps:
+
+1. Generate two Criteo-format text files with the synthetic generator at ``--scale`` (1.0 = the
+   Kaggle cardinalities): the first ``lines/5`` lines and all ``--lines`` lines (not timed).
+2. Preprocess each with ``prepare_criteo`` in a fresh process (so its peak RSS is its own) and
+   record rows/s, peak RSS and the distinct values seen.
+3. Extrapolate to the 45,840,617-line Kaggle file: time = lines / rows-per-second of the large run
+   (parsing is linear in lines); memory = a straight line through the two runs' peak RSS against
+   distinct values (the only state that grows with the input is the value counts and vocabularies),
+   evaluated at the Kaggle file's 33,762,577 distinct values.
+4. Baselines measured in the same run: plain per-line Python parsing (``str.split``, ``int``,
+   ``int(x, 16)``) of the first 200,000 lines, and the batch loader on the prepared output beside a
+   DLRM training step (full tables, batch 128) on the same batches.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..data.criteo_spec import KAGGLE_CARDINALITIES, KAGGLE_LINES
+
+KAGGLE_DISTINCT = sum(KAGGLE_CARDINALITIES)
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from ..data.prepare import CriteoPrepareConfig, prepare_criteo
+
+    base = _peak_rss()
+    r = prepare_criteo([args.input], args.out, CriteoPrepareConfig(write_vocab=True), overwrite=True,
+                       progress=False)
+    print(json.dumps({"rows": r.num_rows, "seconds": r.seconds, "peak_rss": _peak_rss(), "start_rss": base,
+                      "distinct": sum(r.extra["distinct_values"].values()), "bytes": r.input_bytes}))
+    return 0
+
+
+def _python_baseline(path: Path, lines: int) -> float:
+    """Rows/s of a plain per-line Python parser (the same transforms, no validation beyond int())."""
+    t = time.perf_counter()
+    with open(path) as f:
+        for i, line in enumerate(f):
+            if i == lines:
+                break
+            fields = line.rstrip("\n").split("\t")
+            int(fields[0])
+            [math.log1p(max(int(x), 0)) if x else 0.0 for x in fields[1:14]]
+            [int(x, 16) if x else -1 for x in fields[14:]]
+    return min(lines, i + 1) / (time.perf_counter() - t)
+
+
+def _loader_vs_training(path: Path, batches: int) -> dict:
+    import torch
+
+    from ..data import open_dataset
+
+    ds = open_dataset(path)
+    out = {}
+    for bs in (128, 2048):
+        t = time.perf_counter()
+        n = sum(len(b) for _, b in zip(range(batches), ds.loader("train", bs, shuffle=True, seed=0)))
+        out[f"loader_rows_per_s_b{bs}"] = n / (time.perf_counter() - t)
+    try:
+        from ..models.factory import ModelConfig, build_model
+    except ImportError as e:  # the models layer is optional for this benchmark
+        out["training"] = f"unavailable ({e})"
+        return out
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(scheme="full"), ds.info)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch_list = [b for _, b in zip(range(batches // 4 + 2), ds.loader("train", 128, shuffle=True, seed=1))]
+    step = lambda b: (opt.zero_grad(), torch.nn.functional.binary_cross_entropy_with_logits(  # noqa: E731
+        model(b.dense, b.features(ds.info.categorical_names)), b.labels).backward(), opt.step())
+    step(batch_list[0])
+    t = time.perf_counter()
+    for b in batch_list[1:]:
+        step(b)
+    out["dlrm_full_train_rows_per_s_b128"] = 128 * (len(batch_list) - 1) / (time.perf_counter() - t)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m compembed.benchmarks.ingest", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lines", type=int, default=5_000_000, help="lines of the large generated file (default: 5M)")
+    p.add_argument("--scale", type=float, default=1.0, help="synthetic cardinality scale (default: 1.0 = Kaggle)")
+    p.add_argument("--workdir", default="runs/bench_ingest", help="where files are generated (default: %(default)s)")
+    p.add_argument("--keep", action="store_true", help="keep the generated files")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--input", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        return _worker(args)
+
+    from ..data.export import write_criteo_text
+    from ..data.synthetic import SyntheticConfig, SyntheticCTR
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    small_lines = max(1000, args.lines // 5)
+    syn = SyntheticCTR(SyntheticConfig(num_rows=args.lines, cardinality_scale=args.scale, seed=0), cache_rows=0)
+    runs = {}
+    for name, lines in (("small", small_lines), ("large", args.lines)):
+        text = work / f"criteo_{lines}.tsv"
+        t = time.perf_counter()
+        if not text.exists():
+            write_criteo_text(syn, text, num_lines=lines, compress=False, progress=False)
+        print(f"generated {text} ({lines:,} lines, {text.stat().st_size / 2**20:,.0f} MiB) "
+              f"in {time.perf_counter() - t:.0f}s", flush=True)
+        proc = subprocess.run([sys.executable, "-m", "compembed.benchmarks.ingest", "--worker", "--input", str(text),
+                               "--out", str(work / f"prepared_{name}")], capture_output=True, text=True)
+        if proc.returncode:
+            print(proc.stderr, file=sys.stderr)
+            return 1
+        runs[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = runs[name]
+        print(f"  prepare: {r['rows']:,} rows in {r['seconds']:.1f}s = {r['rows'] / r['seconds']:,.0f} rows/s "
+              f"({r['bytes'] / r['seconds'] / 2**20:.1f} MiB/s), peak RSS {r['peak_rss'] / 2**30:.2f} GiB, "
+              f"{r['distinct']:,} distinct values", flush=True)
+    small, large = runs["small"], runs["large"]
+    rate = large["rows"] / large["seconds"]
+    slope = (large["peak_rss"] - small["peak_rss"]) / max(1, large["distinct"] - small["distinct"])
+    rss_full = large["peak_rss"] + max(0.0, slope) * max(0, KAGGLE_DISTINCT - large["distinct"])
+    py_rate = _python_baseline(work / f"criteo_{args.lines}.tsv", min(200_000, args.lines))
+    loader = _loader_vs_training(work / "prepared_large", batches=400)
+    result = {
+        "lines": args.lines, "scale": args.scale, "runs": runs, "rows_per_s": rate,
+        "python_per_line_rows_per_s": py_rate, "speedup_vs_python": rate / py_rate,
+        "rss_bytes_per_distinct_value": slope,
+        "extrapolated_kaggle": {"lines": KAGGLE_LINES, "distinct": KAGGLE_DISTINCT, "minutes": KAGGLE_LINES / rate / 60,
+                                "peak_rss_gib": rss_full / 2**30},
+        **loader,
+    }
+    print(f"\nbaseline: per-line Python parsing {py_rate:,.0f} rows/s; vectorised prepare {rate:,.0f} rows/s "
+          f"({rate / py_rate:.1f}x, and the Python figure excludes vocabularies and writing)")
+    print(f"memory: {slope:.0f} bytes of peak RSS per distinct value between the two runs")
+    print(f"extrapolated to the Kaggle file ({KAGGLE_LINES:,} lines, {KAGGLE_DISTINCT:,} distinct values): "
+          f"{KAGGLE_LINES / rate / 60:.0f} min, peak RSS {rss_full / 2**30:.1f} GiB")
+    for k, v in loader.items():
+        print(f"{k}: {v:,.0f}" if isinstance(v, float) else f"{k}: {v}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if not args.keep:
+        import shutil
+
+        for lines in (small_lines, args.lines):
+            (work / f"criteo_{lines}.tsv").unlink(missing_ok=True)
+        for name in runs:
+            shutil.rmtree(work / f"prepared_{name}", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
