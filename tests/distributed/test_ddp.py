@@ -19,14 +19,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(args: list[str], nproc: int) -> None:
+def run(args: list[str], nproc: int, worker: str | None = None) -> None:
+    """Run a worker script here in one plain process, or under torchrun with ``nproc`` ranks."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     prefix = [sys.executable]
     if nproc > 1:
         prefix += ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                    "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
-    result = subprocess.run(prefix + [str(WORKER), *args], capture_output=True, text=True, timeout=240, env=env)
+    script = WORKER if worker is None else WORKER.with_name(worker)
+    result = subprocess.run(prefix + [str(script), *args], capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
 
 

@@ -1,0 +1,56 @@
+"""compembed's trainer under torchrun: 2 processes on 127.0.0.1 (gloo), interrupted and resumed,
+end with the model, optimizer state and metrics of one process on the same global batches."""
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from compembed.training import train
+from compembed.training.loop import CHECKPOINT, CONFIG, METRICS, SUMMARY
+
+from _train_worker import make_config
+from test_ddp import run  # the launcher: torchrun on 127.0.0.1, or one plain process
+
+WORKER = "_train_worker.py"
+
+
+def train_records(path):
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in records:
+        r.pop("samples_per_s", None)
+    return records
+
+
+def test_torchrun_training_resumes_and_equals_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    run([str(one), "--batch-size", "64"], nproc=1, worker=WORKER)
+    # 337 train rows, 6 global batches an epoch; checkpoints every 2 steps: stop at 7, resume from 6.
+    run([str(two), "--batch-size", "32", "--stop-after", "7"], nproc=2, worker=WORKER)
+    assert not (two / SUMMARY).exists()
+    interrupted = load_file(two / CHECKPOINT)
+    # A checkpoint written by 2 ranks cannot be continued by 1 (the data shards would differ).
+    copy = tmp_path / "copy"
+    shutil.copytree(two, copy)
+    with pytest.raises(ValueError, match="written by 2 process"):
+        train(make_config(batch_size=32), out_dir=copy, resume=True, progress=False)
+    run([str(two), "--batch-size", "32", "--resume"], nproc=2, worker=WORKER)
+
+    a, b = load_file(one / CHECKPOINT), load_file(two / CHECKPOINT)
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(interrupted[k], b[k]) for k in b), "the resumed run trained further"
+    for key in a:
+        # Adagrad normalises each step (about lr * sign(g) at first), so float noise in tiny gradients
+        # reaches ~1e-5; a lost shard or a wrong scale moves parameters by ~lr = 0.05.
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-4, msg=f"{key} differs")
+    # Rank 0 alone wrote the logs: no doubled records, global sample counts, the same losses.
+    ra, rb = train_records(one / METRICS), train_records(two / METRICS)
+    assert [(r["kind"], r["step"], r.get("samples")) for r in rb] == [(r["kind"], r["step"], r.get("samples")) for r in ra]
+    for x, y in zip(ra, rb):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
+    sa, sb = json.loads((one / SUMMARY).read_text()), json.loads((two / SUMMARY).read_text())
+    assert sb["samples"] == sa["samples"] == 2 * 337 and sb["steps"] == sa["steps"] == 12
+    assert sb["evals"]["test"]["loss"] == pytest.approx(sa["evals"]["test"]["loss"], rel=1e-5)
+    assert sorted(p.name for p in two.iterdir()) == sorted([CHECKPOINT, CONFIG, METRICS, SUMMARY])
+
