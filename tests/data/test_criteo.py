@@ -373,3 +373,22 @@ def test_parser_rejects_exactly_the_invalid_fields(col: int, value: bytes) -> No
     assert len(block) == int(valid) and report.total == int(not valid)
     if not valid:
         assert report.examples[0].column == col
+
+
+def test_parallel_parsing_gives_the_same_dataset_and_report(tmp_path: Path) -> None:
+    lines = VALID * 3000
+    for i in (5, 4000, 11999):
+        lines[i] = _replace(VALID[0], 20, "nothex!!")
+    src = _write(tmp_path / "in.tsv", lines)
+    results = {}
+    for w in (1, 2):
+        cfg = CriteoPrepareConfig(split="none", skip_bad_lines=True, workers=w, block_bytes=1 << 18)
+        results[w] = prepare_criteo([src], tmp_path / f"w{w}", cfg, progress=False)
+    assert results[1].num_rows == results[2].num_rows == len(lines) - 3
+    assert [b.line for b in results[2].report.examples] == [6, 4001, 12000]
+    a, b = _dataset_arrays(tmp_path / "w1"), _dataset_arrays(tmp_path / "w2")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    with pytest.raises(InputError) as err:  # the first bad line is reported, from a worker process
+        prepare_criteo([src], tmp_path / "w3", CriteoPrepareConfig(workers=2, block_bytes=1 << 18), progress=False)
+    assert err.value.line == 6 and err.value.column == 20 and err.value.feature == "C6"

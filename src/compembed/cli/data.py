@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--min-freq", type=int, default=1,
                    help="values seen fewer times share the rare id 1 (default: 1, keep all)")
     c.add_argument("--no-vocab", action="store_true", help="do not write vocab.json (large for the full data)")
+    c.add_argument("--workers", type=int, default=1,
+                   help="processes that parse blocks in parallel (default: 1; try the number of free cores)")
     _bad_line_options(c)
     c.add_argument("--max-bad-lines", type=int, default=None,
                    help="with --skip-bad-lines, fail once more lines than this are bad (default: no limit)")
@@ -150,7 +152,7 @@ def run_prepare_criteo(args: argparse.Namespace) -> int:
         cfg = CriteoPrepareConfig(
             split=args.split, days=args.days, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
             seed=args.seed, min_freq=args.min_freq, skip_bad_lines=args.skip_bad_lines,
-            max_bad_lines=args.max_bad_lines, write_vocab=not args.no_vocab,
+            max_bad_lines=args.max_bad_lines, write_vocab=not args.no_vocab, workers=args.workers,
         )
         result = prepare_criteo(args.inputs, args.out, cfg, overwrite=args.overwrite, progress=not args.quiet)
     except (InputError, FileExistsError, FileNotFoundError, ValueError) as e:

@@ -11,8 +11,10 @@ are skipped and counted in a ``BadLineReport``; otherwise the first one raises `
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import zlib
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -363,11 +365,43 @@ def _bad(report: BadLineReport | None, path: str, line: int, kind: str, message:
 
 def read_criteo(
     paths: list[str | os.PathLike], block_bytes: int = 8 << 20, report: BadLineReport | None = None,
-    on_progress: Callable[[int], None] = lambda n: None,
+    on_progress: Callable[[int], None] = lambda n: None, workers: int = 1,
 ) -> Iterator[CriteoBlock]:
-    """Parsed blocks of valid lines of the Criteo-format files ``paths``, in order."""
-    for path in paths:
-        for data, first_line in iter_line_blocks(path, block_bytes, report, on_progress):
-            block = parse_block(data, str(path), first_line, report)
+    """Parsed blocks of valid lines of the Criteo-format files ``paths``, in order.
+
+    ``workers > 1`` parses blocks in that many processes (reading stays in this one); at most
+    ``2 * workers`` blocks are in flight, so memory stays bounded.
+    """
+    if workers <= 1:
+        for path in paths:
+            for data, first_line in iter_line_blocks(path, block_bytes, report, on_progress):
+                block = parse_block(data, str(path), first_line, report)
+                if len(block):
+                    yield block
+        return
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers) as pool:
+        pending: deque = deque()
+
+        def finish() -> CriteoBlock:
+            block, part = pending.popleft().get()
+            if report is not None:
+                report.merge(part)
+            return block
+
+        for path in paths:
+            for data, first_line in iter_line_blocks(path, block_bytes, report, on_progress):
+                pending.append(pool.apply_async(_parse_task, (data, str(path), first_line, report is not None)))
+                if len(pending) >= 2 * workers:
+                    block = finish()
+                    if len(block):
+                        yield block
+        while pending:
+            block = finish()
             if len(block):
                 yield block
+
+
+def _parse_task(data: bytes, path: str, first_line: int, skip: bool) -> tuple[CriteoBlock, BadLineReport | None]:
+    report = BadLineReport() if skip else None
+    return parse_block(data, path, first_line, report), report

@@ -19,6 +19,9 @@ class InputError(ValueError):
         hint = "" if kind in ("empty_dataset",) else " (use --skip-bad-lines to skip and count bad lines)"
         super().__init__(f"{where}: {message}{hint}")
 
+    def __reduce__(self):  # picklable across worker processes
+        return (type(self), (self.path, self.line, self.column, self.kind, self.message, self.feature))
+
 
 @dataclass
 class BadLine:
@@ -45,6 +48,13 @@ class BadLineReport:
         self.counts[bad.kind] += 1
         if len(self.examples) < self.keep:
             self.examples.append(bad)
+
+    def merge(self, other: "BadLineReport | None") -> None:
+        """Add the counts and (up to ``keep``) the examples of ``other``."""
+        if other is None:
+            return
+        self.counts.update(other.counts)
+        self.examples.extend(other.examples[: max(0, self.keep - len(self.examples))])
 
     @property
     def total(self) -> int:

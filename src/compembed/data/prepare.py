@@ -51,6 +51,7 @@ class CriteoPrepareConfig:
     max_bad_lines: int | None = None
     block_bytes: int = 8 << 20
     write_vocab: bool = True
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.split not in ("days", "random", "none"):
@@ -155,7 +156,7 @@ def prepare_criteo(
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="parse", disable=not progress)
         try:
             for block in read_criteo(inputs, cfg.block_bytes, report if cfg.skip_bad_lines else None,
-                                     on_progress=bar.update):
+                                     on_progress=bar.update, workers=cfg.workers):
                 if cfg.max_bad_lines is not None and report.total > cfg.max_bad_lines:
                     break
                 m = len(block)
