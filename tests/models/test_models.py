@@ -14,7 +14,7 @@ from .toy import toy_dataset
 
 SCHEMES = [("full", "mult"), ("hashing", "mult"), ("qr", "concat"), ("qr", "add"), ("qr", "mult"),
            ("gqr", "mult"), ("crt", "mult"), ("path", "mult")]
-SMALL = dict(embedding_dim=8, bottom_mlp=(32,), top_mlp=(32,), deep_mlp=(32, 16), cross_layers=2, num_collisions=4,
+SMALL = dict(threshold=0, embedding_dim=8, bottom_mlp=(32,), top_mlp=(32,), deep_mlp=(32, 16), cross_layers=2, num_collisions=4,
              num_partitions=2, path_hidden=(8,))
 
 

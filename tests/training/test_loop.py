@@ -14,7 +14,7 @@ from compembed.training.loop import CHECKPOINT, METRICS, SUMMARY
 
 from models.toy import toy_dataset
 
-SMALL = dict(embedding_dim=8, bottom_mlp=(16,), top_mlp=(16,), deep_mlp=(16,), cross_layers=2)
+SMALL = dict(threshold=0, embedding_dim=8, bottom_mlp=(16,), top_mlp=(16,), deep_mlp=(16,), cross_layers=2)
 
 
 def config(**overrides) -> TrainConfig:

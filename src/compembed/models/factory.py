@@ -38,7 +38,7 @@ class ModelConfig:
         num_collisions: ids per shared row (``hashing``, ``qr``, ``path``).
         num_partitions: k tables for ``gqr`` and ``crt``.
         path_hidden: hidden sizes of the per-class MLPs of ``path``.
-        threshold: compress only features with more categories than this (0: all).
+        threshold: compress only features with more categories than this (0: all; 200 is DLRM's default).
         bottom_mlp: DLRM bottom MLP hidden sizes (output: ``embedding_dim``).
         top_mlp: DLRM top MLP hidden sizes (output: one logit).
         cross_layers: DCN cross layers.
@@ -52,7 +52,7 @@ class ModelConfig:
     num_collisions: int = 4
     num_partitions: int = 3
     path_hidden: tuple[int, ...] = (64,)
-    threshold: int = 0
+    threshold: int = 200
     bottom_mlp: tuple[int, ...] = (512, 256, 64)
     top_mlp: tuple[int, ...] = (512, 256)
     cross_layers: int = 6

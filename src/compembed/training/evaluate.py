@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.classification import binary_auroc
 
 from ..data.dataset import CTRDataset
 
@@ -53,7 +52,11 @@ def evaluate(model: nn.Module, dataset: CTRDataset, split: str, batch_size: int 
     loss = F.binary_cross_entropy_with_logits(z, y).item()
     accuracy = ((z > 0).double() == y).double().mean().item()
     both_classes = 0 < y.sum().item() < y.numel()
-    auc = binary_auroc(z.float(), y.long()).item() if both_classes else None
+    auc = None
+    if both_classes:
+        from torchmetrics.functional.classification import binary_auroc  # slow to import: only when needed
+
+        auc = binary_auroc(z.float(), y.long()).item()
     bayes = None
     if len(probs) == len(labels):
         p = torch.cat(probs).double().clamp(1e-7, 1 - 1e-7)

@@ -180,6 +180,8 @@ def train(
 def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None, resume: bool, progress: bool,
            on_step: Callable[[dict[str, Any]], None] | None, ctx: DistContext = DistContext()) -> RunResult:
     torch.manual_seed(config.seed)
+    # Sparse gradients are built by torch's own ops; say so explicitly, which also silences its warning.
+    torch.sparse.check_sparse_tensor_invariants.disable()
     model = build_model(config.model, dataset.info, sparse=uses_sparse_gradients(config.optim))
     optimizers = build_optimizers(model, config.optim)
     names = list(dataset.info.categorical_names)

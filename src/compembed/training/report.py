@@ -52,18 +52,29 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def format_table(rows: Sequence[dict[str, Any]], split: str = "test") -> str:
-    """A plain-text comparison table of run summaries (``RunResult.to_dict()``), metrics of ``split``."""
-    header = ("model", "embedding", "emb params", "emb MiB", "vs full", f"{split} loss", "acc", "AUC",
-              "bayes loss", "samples/s")
+    """A plain-text comparison table of run summaries (``RunResult.to_dict()``), metrics of ``split``.
+
+    When a run with full tables is among the rows, a ``loss gap`` column gives every run's loss
+    relative to it (the paper's measure: +0.7% means 0.7% higher loss than full tables).
+    """
+    full = next((r["evals"].get(split, {}).get("loss") for r in rows if r["label"] == "full"), None)
+    header = ["model", "embedding", "emb params", "emb MiB", "vs full", f"{split} loss", "loss gap", "acc", "AUC",
+              "bayes loss", "samples/s"]
     lines = [header]
     for r in rows:
         mem, ev = r["memory"], r["evals"].get(split, {})
-        lines.append((
+        loss = ev.get("loss")
+        gap = None if full is None or loss is None else 100 * (loss / full - 1)
+        lines.append([
             r["arch"], r["label"], f"{mem['embedding_parameters']:,}", f"{mem['embedding_bytes'] / 2**20:.2f}",
-            f"{mem['compression_ratio']:.2f}x", _fmt(ev.get("loss"), ".5f"), _fmt(ev.get("accuracy"), ".4f"),
-            _fmt(ev.get("auc"), ".4f"), _fmt(ev.get("bayes_loss"), ".5f"), _fmt(r.get("samples_per_s"), ",.0f"),
-        ))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+            f"{mem['compression_ratio']:.2f}x", _fmt(loss, ".5f"), _fmt(gap, "+.2f") + ("%" if gap is not None else ""),
+            _fmt(ev.get("accuracy"), ".4f"), _fmt(ev.get("auc"), ".4f"), _fmt(ev.get("bayes_loss"), ".5f"),
+            _fmt(r.get("samples_per_s"), ",.0f"),
+        ])
+    if full is None:
+        for line in lines:
+            del line[6]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)

@@ -1,0 +1,197 @@
+"""`compembed train` and `compembed evaluate`: one run described by a TOML config."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from ..models import ARCHS, ModelConfig
+from ..training.config import OPTIMIZERS, DataConfig, OptimConfig, TrainConfig, load_config, save_config
+
+# (section, field, flag, argparse options). Every default is None so that only the options a user
+# gives override the config file; the help shows the built-in default.
+_D = {"model": ModelConfig(), "optim": OptimConfig(), "data": DataConfig(), "train": TrainConfig()}
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 512,256,64, got {text!r}") from None
+
+
+def _default(section: str, name: str) -> str:
+    value = getattr(_D[section], name)
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+OPTIONS: list[tuple[str, str, str, dict]] = [
+    ("model", "arch", "--arch", dict(choices=ARCHS, help="model: dlrm or dcn")),
+    ("model", "scheme", "--scheme", dict(choices=("full", "hashing", "qr", "gqr", "crt", "path"),
+                                         help="embedding scheme of the compressed features")),
+    ("model", "operation", "--operation", dict(choices=("mult", "add", "concat"),
+                                               help="how qr/gqr/crt combine their tables")),
+    ("model", "num_collisions", "--collisions", dict(type=int, help="ids per shared row for hashing/qr/path")),
+    ("model", "num_partitions", "--partitions", dict(type=int, help="number of tables k for gqr/crt")),
+    ("model", "path_hidden", "--path-hidden", dict(type=_ints, help="hidden sizes of the path scheme's MLPs")),
+    ("model", "threshold", "--threshold", dict(type=int, help="compress only features with more categories")),
+    ("model", "embedding_dim", "--dim", dict(type=int, help="embedding dimension D")),
+    ("model", "bottom_mlp", "--bottom-mlp", dict(type=_ints, help="DLRM bottom MLP hidden sizes (output: D)")),
+    ("model", "top_mlp", "--top-mlp", dict(type=_ints, help="DLRM top MLP hidden sizes (output: 1)")),
+    ("model", "cross_layers", "--cross-layers", dict(type=int, help="DCN cross layers")),
+    ("model", "deep_mlp", "--deep-mlp", dict(type=_ints, help="DCN deep network sizes")),
+    ("optim", "name", "--optimizer", dict(choices=OPTIMIZERS, help="optimizer")),
+    ("optim", "lr", "--lr", dict(type=float, help="learning rate")),
+    ("optim", "embedding_lr", "--embedding-lr", dict(type=float, help="learning rate of the tables (default: --lr)")),
+    ("optim", "embedding_update", "--embedding-update", dict(
+        choices=("sparse", "dense"),
+        help="sparse: update only rows in the batch (lazy Adam/AMSGrad); dense: exact dense update")),
+    ("data", "source", "--data", dict(metavar="DIR", help="'synthetic' or a directory made by `compembed prepare`")),
+    ("data", "rows", "--rows", dict(type=int, help="synthetic rows in all splits")),
+    ("data", "cardinality_scale", "--scale", dict(type=float, help="synthetic cardinalities = Criteo's x this")),
+    ("data", "seed", "--data-seed", dict(type=int, help="seed of the synthetic data")),
+    ("train", "batch_size", "--batch-size", dict(type=int, help="training batch size")),
+    ("train", "eval_batch_size", "--eval-batch-size", dict(type=int, help="evaluation batch size")),
+    ("train", "epochs", "--epochs", dict(type=int, help="passes over the training split")),
+    ("train", "max_steps", "--max-steps", dict(type=int, help="stop after this many steps (0: no limit)")),
+    ("train", "seed", "--seed", dict(type=int, help="seed of initialisation and shuffling")),
+    ("train", "log_every", "--log-every", dict(type=int, help="steps between metric records")),
+    ("train", "checkpoint_every", "--checkpoint-every", dict(type=int, help="steps between checkpoints (0: per epoch)")),
+    ("train", "threads", "--threads", dict(type=int, help="torch CPU threads (0: torch's default)")),
+]
+
+
+def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """The run options, grouped by config section, each overriding the config file."""
+    groups = {s: parser.add_argument_group(f"[{s}] options (override --config)") for s in _D}
+    for section, name, flag, kwargs in OPTIONS:
+        if flag in skip:
+            continue
+        kwargs = dict(kwargs)
+        kwargs["help"] += f" (default: {_default(section, name)})"
+        if "choices" not in kwargs:
+            kwargs.setdefault("metavar", {int: "N", float: "X", _ints: "N,N,..."}.get(kwargs.get("type"), "VALUE"))
+        groups[section].add_argument(flag, dest=f"{section}.{name}", default=None, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """``base`` (or the config file, or the defaults) with the given options applied."""
+    config = base or (load_config(args.config) if getattr(args, "config", None) else TrainConfig())
+    changes: dict[str, dict] = {}
+    for section, name, _, _ in OPTIONS:
+        value = getattr(args, f"{section}.{name}", None)
+        if value is not None:
+            changes.setdefault(section, {})[name] = value
+    top = changes.pop("train", {})
+    for section, values in changes.items():
+        top[section] = dataclasses.replace(getattr(config, section), **values)
+    return dataclasses.replace(config, **top)
+
+
+def given_options(args: argparse.Namespace) -> list[str]:
+    return [flag for section, name, flag, _ in OPTIONS if getattr(args, f"{section}.{name}", None) is not None]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train and evaluate DLRM or DCN with any embedding scheme",
+        description="Train a recommendation model whose embedding tables may be compressed, evaluate it on "
+        "validation and test (BCE loss, accuracy, ROC-AUC, and the Bayes-optimal loss on synthetic data), "
+        "and print what the tables cost. The run's directory holds config.toml, an atomic checkpoint "
+        "(checkpoint.safetensors), metrics.jsonl and summary.json; --resume continues a killed run to "
+        "the same result.",
+        epilog="example: compembed train --scheme qr --operation mult --collisions 4 --out runs/qr4",
+    )
+    p.add_argument("--config", metavar="TOML", help="run config file (options given on the command line override it)")
+    p.add_argument("--write-config", metavar="TOML",
+                   help="write the resolved config to this file and exit (edit it, then --config it)")
+    p.add_argument("--out", metavar="DIR", default="runs/train",
+                   help="run directory for config, checkpoint, metrics and summary (default: runs/train)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, with the config stored there")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--features", action="store_true", help="also print the per-feature memory table")
+    add_config_options(p)
+    p.set_defaults(func=run_train)
+
+    e = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a trained run's checkpoint on a split",
+        description="Load RUN_DIR/config.toml and RUN_DIR/checkpoint.safetensors, evaluate on the given "
+        "splits and print loss, accuracy, AUC (and the Bayes-optimal loss on synthetic data).",
+    )
+    e.add_argument("run_dir", metavar="RUN_DIR", help="directory of a run made by `compembed train`")
+    e.add_argument("--split", nargs="+", default=["test"], choices=("train", "val", "test"),
+                   help="splits to evaluate (default: test)")
+    e.add_argument("--data", metavar="DIR", default=None,
+                   help="evaluate on this prepared dataset instead of the run's own (same features)")
+    e.add_argument("--batch-size", type=int, default=8192, help="evaluation batch size (default: 8192)")
+    e.set_defaults(func=run_evaluate)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..training.loop import CONFIG, NonFiniteLossError, train
+    from ..training.report import format_table
+
+    out = Path(args.out)
+    try:
+        if args.resume:
+            if args.config or given_options(args):
+                return _fail(f"--resume continues the run described by {out / CONFIG}; it takes no --config or "
+                             f"run options (got {', '.join(given_options(args)) or '--config'})")
+            if not (out / CONFIG).exists():
+                return _fail(f"--resume: {out} holds no run ({CONFIG} is missing)")
+            config = load_config(out / CONFIG)
+        else:
+            config = config_from_args(args)
+        if args.write_config:
+            save_config(config, args.write_config)
+            print(f"wrote {args.write_config}")
+            return 0
+        result = train(config, out_dir=out, resume=args.resume, progress=not args.no_progress)
+    except NonFiniteLossError as err:
+        return _fail(str(err), 3)
+    except (ValueError, FileExistsError, FileNotFoundError, KeyError) as err:
+        return _fail(str(err).strip("'\""))
+    print(format_table([result.to_dict()], split="test" if "test" in result.evals else next(iter(result.evals), "test")))
+    if args.features:
+        print()
+        print(result.model.embeddings.summary())
+    print(f"\n{result.steps:,} steps, {result.samples:,} samples, train loss {result.train_loss:.5f}; "
+          f"run directory {out} (config.toml, checkpoint.safetensors, metrics.jsonl, summary.json)")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..models import build_model
+    from ..training.checkpoint import load_checkpoint
+    from ..training.evaluate import evaluate
+    from ..training.loop import CHECKPOINT, CONFIG, open_data
+    from ..training.report import format_table, memory_report
+
+    run_dir = Path(args.run_dir)
+    try:
+        config = load_config(run_dir / CONFIG)
+        if args.data:
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=args.data))
+        dataset = open_data(config.data)
+        model = build_model(config.model, dataset.info)
+        load_checkpoint(run_dir / CHECKPOINT, model)
+        with torch.no_grad():
+            evals = {s: evaluate(model, dataset, s, args.batch_size) for s in args.split}
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        return _fail(str(err).strip("'\""))
+    row = {"arch": config.model.arch, "label": config.model.label(), "memory": memory_report(model).to_dict(),
+           "evals": {k: v.to_dict() for k, v in evals.items()}, "samples_per_s": None}
+    for split in args.split:
+        print(format_table([row], split=split))
+    return 0

@@ -1,0 +1,125 @@
+"""`compembed train`, `evaluate` and `demo` end to end: configs, summaries, kill -9 and resume, real Criteo."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from compembed.cli.main import build_parser, main
+from compembed.training import load_config
+from compembed.training.checkpoint import read_checkpoint_state
+
+REPO = Path(__file__).resolve().parents[2]
+CRITEO = REPO / ".." / "shared" / "data" / "criteo" / "criteo_kaggle_head8000.tsv.gz"
+TINY = ["--rows", "4000", "--scale", "0.0005", "--dim", "8", "--bottom-mlp", "16", "--top-mlp", "16",
+        "--deep-mlp", "16", "--cross-layers", "2", "--batch-size", "64", "--threads", "1", "--no-progress"]
+
+
+def subcommand(name: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+@pytest.mark.parametrize("name", ["train", "evaluate", "demo"])
+def test_every_option_has_help(name):
+    actions = [a for a in subcommand(name)._actions if not isinstance(a, argparse._HelpAction)]
+    assert actions
+    for action in actions:
+        assert action.help and len(action.help) > 8, action.dest
+
+
+def test_write_config_then_train_and_evaluate(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    assert main(["train", "--write-config", str(cfg), "--scheme", "hashing", "--collisions", "3", *TINY]) == 0
+    config = load_config(cfg)
+    assert (config.model.scheme, config.model.num_collisions, config.data.rows, config.model.top_mlp) == \
+        ("hashing", 3, 4000, (16,))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--max-steps", "20", "--log-every", "5", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "hashing/3" in printed and "test loss" in printed and "samples/s" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 20 and summary["memory"]["compression_ratio"] > 1
+    assert load_config(out / "config.toml").max_steps == 20
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in lines} == {"train", "eval"}
+
+    assert main(["evaluate", str(out), "--split", "test", "val"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{summary['evals']['test']['loss']:.5f}" in printed and f"{summary['evals']['val']['loss']:.5f}" in printed
+
+
+def test_clear_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nschema = 'qr'\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "unknown key(s) ['schema'] in [model]" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", str(tmp_path / "none")]) == 2
+    assert "holds no run" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "nan"), "--optimizer", "sgd", "--lr", "1e30", *TINY]) == 3
+    assert "training loss is" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d"), "--no-progress"]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--bottom-mlp", "12,x"])
+    assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+    options = [*TINY, "--rows", "8000", "--checkpoint-every", "10", "--log-every", "10"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(["train", "--out", str(whole), *options]) == 0
+
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "compembed", "train", "--out", str(cut), *options], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = cut / "checkpoint.safetensors"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = read_checkpoint_state(ckpt)["loop"]
+    assert not killed_at["done"] and 0 < killed_at["batch"] < 100  # 6,400 train rows / 64: mid-epoch
+
+    assert main(["train", "--out", str(cut), "--resume", "--no-progress"]) == 0
+    a, b = load_file(whole / "checkpoint.safetensors"), load_file(cut / "checkpoint.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "optim.")))
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
+    assert sa["evals"] == sb["evals"] and sa["train_loss"] == sb["train_loss"]
+
+
+@pytest.mark.skipif(not CRITEO.exists(), reason=f"real Criteo sample not present at {CRITEO} (../shared data missing)")
+@pytest.mark.parametrize("arch", ["dlrm", "dcn"])
+def test_real_criteo_sample_end_to_end(tmp_path, capsys, arch):
+    data = tmp_path / "criteo"
+    assert main(["prepare", "criteo", str(CRITEO), "--out", str(data), "--quiet"]) == 0
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), "--arch", arch, "--scheme", "qr",
+                 "--threshold", "20", "--epochs", "2", *TINY]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    test = summary["evals"]["test"]
+    assert test["samples"] > 500 and test["bayes_loss"] is None
+    assert 0.5 < test["auc"] <= 1 and test["loss"] < 0.69  # better than chance on real clicks
+    assert summary["memory"]["compression_ratio"] > 1.5
+    assert "qr-mult/4" in capsys.readouterr().out
+
+
+def test_demo_tiny(capsys):
+    assert main(["demo", "--rows", "3000", "--scale", "0.0005", "--threshold", "20", "--batch-size", "128",
+                 "--threads", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    for label in ("full", "hashing/4", "qr-mult/4"):
+        assert f"dlrm   {label}" in out
+    assert "loss gap" in out
