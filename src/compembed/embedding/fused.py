@@ -171,7 +171,7 @@ class FusedEmbeddingCollection(EmbeddingCollection):
             features = one_hot
         self._check_ids(features)
         gathered = {
-            w: F.embedding(self._rows_of(features, w), weight, sparse=self.sparse)  # (B, T_w, w)
+            w: _gather(weight, self._rows_of(features, w), self.sparse)  # (B, T_w, w)
             for w, weight in ((int(k), v) for k, v in self.weights.items())
         }
         # Split each gather into its (group, table) runs with one op: its backward is one cat,
@@ -287,6 +287,17 @@ class FusedEmbeddingCollection(EmbeddingCollection):
                     device=param.device, dtype=param.dtype)
         fused.load_collection_state_dict(collection.state_dict())
         return fused
+
+
+def _gather(weight: Tensor, rows: Tensor, sparse: bool) -> Tensor:
+    """``weight[rows]`` for rows ``(B, T)`` -> ``(B, T, w)``.
+
+    As ``embedding_bag`` over bags of one row: on CPU its kernel (FBGEMM's, with prefetching) is
+    several times faster than ``embedding``'s ``index_select`` on large tables.
+    """
+    flat = rows.reshape(-1)
+    offsets = torch.arange(flat.numel(), device=flat.device)
+    return F.embedding_bag(flat, weight, offsets, mode="sum", sparse=sparse).view(*rows.shape, weight.shape[1])
 
 
 class _Permute(torch.autograd.Function):

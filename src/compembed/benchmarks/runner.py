@@ -1,0 +1,316 @@
+"""The benchmark: variants in their own processes, run interleaved and repeated, then ratios.
+
+All variants of a task are started at once (each builds and warms up, then waits); the parent
+asks them in turn, round after round (the order rotated every round), to time a few training
+steps. Every variant so sees the same machine load, and each process's peak RSS is its own.
+Nothing here asserts a speed: the ratios against the baselines of the same run are the result.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from ..data.criteo_spec import KAGGLE_CARDINALITIES
+from .variants import VARIANTS, fbgemm_unavailable
+
+__all__ = ["BenchConfig", "PRESETS", "run_benchmark", "summarize"]
+
+GiB = 2**30
+
+
+@dataclass
+class BenchConfig:
+    """What to run. ``rounds`` x ``steps`` timed steps per variant, after ``warmup`` steps."""
+
+    preset: str = "quick"
+    batch: int = 2048
+    dim: int = 16
+    threshold: int = 200
+    collisions: int = 4
+    threads: int = 2
+    device: str = "cpu"
+    rounds: int = 3
+    steps: int = 3
+    warmup: int = 2
+    emb_variants: tuple[str, ...] = ("full-per-feature", "full-batched", "qr-reference", "qr-collection", "qr")
+    dlrm_variants: tuple[str, ...] = ("full-batched", "qr")
+    # Scaling: (cardinality per table, scheme, k) points; "full" points above the memory cap are estimated.
+    scaling_cardinalities: tuple[int, ...] = (10**5, 10**8)
+    scaling_schemes: tuple[tuple[str, int], ...] = (("full", 1), ("gqr", 2))
+    scaling_features: int = 26
+    scaling_rounds: int = 2
+    scaling_steps: int = 3
+    memory_cap_gib: float = 8.0  # never build a model whose tables exceed this (shared machine)
+    fit_limit_gib: float = 24.0  # the machine's memory: "fits" means tables + optimizer under it
+    cardinalities: tuple[int, ...] = tuple(KAGGLE_CARDINALITIES)
+
+
+PRESETS: dict[str, BenchConfig] = {
+    "quick": BenchConfig(),  # about 1.5 minutes on 2 cores
+    "full": BenchConfig(
+        preset="full", rounds=7, steps=8, warmup=3,
+        emb_variants=("full-per-feature", "full-per-feature-torch-sgd", "full-batched", "fbgemm-full", "hashing",
+                      "qr-reference", "qr-collection", "qr", "gqr", "crt", "path"),
+        dlrm_variants=("full-per-feature", "full-batched", "fbgemm-full", "hashing", "qr-reference", "qr-collection",
+                       "qr", "gqr", "crt", "path"),
+        scaling_cardinalities=(10**5, 10**6, 10**7, 10**8),
+        scaling_schemes=(("full", 1), ("qr", 2), ("gqr", 2), ("gqr", 3), ("gqr", 4)),
+        scaling_rounds=3, scaling_steps=4,
+    ),
+}
+
+
+@dataclass
+class Measurement:
+    """One variant of one task: per-round samples/s, peak RSS and facts from the worker."""
+
+    task: str
+    name: str
+    samples_per_s: list[float] = field(default_factory=list)
+    peak_rss: int | None = None
+    facts: dict = field(default_factory=dict)
+    skipped: str | None = None
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.samples_per_s) if self.samples_per_s else None
+
+
+class _Worker:
+    """A running ``compembed.benchmarks.worker`` process."""
+
+    def __init__(self, spec: dict) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), PYTHONWARNINGS="ignore")
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: it never fills and blocks
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "compembed.benchmarks.worker", json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env,
+        )
+
+    def read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            self.stderr.seek(0)
+            err = self.stderr.read().strip().splitlines()
+            raise RuntimeError(err[-1] if err else f"worker exited with code {code}")
+        return json.loads(line)
+
+    def send(self, command: dict) -> None:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> dict:
+        try:
+            self.send({"op": "quit"})
+            end = self.read()
+        finally:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        return end
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _spec(config: BenchConfig, task: str, **extra) -> dict:
+    spec = dict(task=task, cardinalities=list(config.cardinalities), dim=config.dim, batch=config.batch,
+                threshold=config.threshold, collisions=config.collisions, threads=config.threads,
+                device=config.device, warmup=config.warmup)
+    spec.update(extra)
+    return spec
+
+
+def run_interleaved(specs: dict[str, dict], rounds: int, steps: int, task: str,
+                    progress: Callable[[str], None] = print) -> dict[str, Measurement]:
+    """Start every spec's worker, then time ``steps`` steps of each in turn for ``rounds`` rounds."""
+    results = {name: Measurement(task, name) for name in specs}
+    workers: dict[str, _Worker] = {}
+    pending: dict[str, _Worker] = {}
+    try:
+        # All workers build and warm up at once (building is not what is measured); the timed
+        # runs start when every one of them is ready and idle.
+        pending = {name: _Worker(spec) for name, spec in specs.items()}
+        for name, worker in pending.items():
+            try:
+                results[name].facts = worker.read()
+                workers[name] = worker
+                progress(f"  {task}/{name}: built in {results[name].facts['build_s']:.1f}s")
+            except RuntimeError as err:
+                worker.kill()
+                results[name].skipped = f"worker failed: {err}"
+                progress(f"  {task}/{name}: skipped ({err})")
+        names = list(workers)
+        for r in range(rounds):
+            order = names[r % len(names):] + names[: r % len(names)] if names else []
+            for name in order:
+                workers[name].send({"op": "run", "steps": steps})
+                times = workers[name].read()["times"]
+                batch = specs[name].get("batch", 1)
+                results[name].samples_per_s.append(batch * len(times) / sum(times))
+            progress(f"  {task}: round {r + 1}/{rounds} done")
+        for name in names:
+            results[name].peak_rss = workers.pop(name).close()["peak_rss"]
+    finally:
+        for worker in [*pending.values(), *workers.values()]:
+            worker.kill()
+    return results
+
+
+def full_table_bytes(cardinalities: Sequence[int], dim: int, itemsize: int = 4) -> int:
+    return sum(cardinalities) * dim * itemsize
+
+
+def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) -> dict:
+    """Run every part of ``config`` and return the results as plain JSON-able data."""
+    started = time.time()
+    skipped = {}
+    fbgemm_reason = fbgemm_unavailable()
+    tasks = {}
+    for task, names in (("emb", config.emb_variants), ("dlrm", config.dlrm_variants)):
+        if not names:
+            continue
+        specs = {}
+        for name in names:
+            if name not in VARIANTS:
+                raise KeyError(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
+            if name == "fbgemm-full" and fbgemm_reason:
+                skipped[name] = fbgemm_reason
+                continue
+            specs[name] = _spec(config, task, variant=name)
+        specs["sgemm"] = _spec(config, "sgemm", batch=1)  # "samples" = sgemm calls
+        specs["idle"] = _spec(config, "idle", batch=1)  # the RSS of the interpreter, torch and the models
+        progress(f"{task}: {len(specs) - 2} variants + sgemm + idle, {config.rounds} rounds x {config.steps} steps")
+        tasks[task] = run_interleaved(specs, config.rounds, config.steps, task, progress)
+    scaling = run_scaling(config, progress)
+    return summarize(config, tasks, scaling, skipped, time.time() - started)
+
+
+def run_scaling(config: BenchConfig, progress: Callable[[str], None] = print) -> list[dict]:
+    """Embedding-part step time and memory for ``scaling_features`` tables of one cardinality."""
+    rows = []
+    for n in config.scaling_cardinalities:
+        cards = [n] * config.scaling_features
+        full_bytes = full_table_bytes(cards, config.dim)
+        for scheme, k in config.scaling_schemes:
+            from ..embedding import EmbeddingCollection, feature_configs
+
+            configs = feature_configs(cards, embedding_dim=config.dim, scheme=scheme, num_partitions=k,
+                                      num_collisions=config.collisions)
+            meta = EmbeddingCollection(configs, device="meta")  # sizes without allocating
+            table_bytes = meta.num_bytes
+            label = scheme if scheme in ("full", "qr") else f"{scheme}-k{k}"
+            row = dict(cardinality=n, scheme=label, k=k, table_bytes=table_bytes, full_bytes=full_bytes,
+                       fits=table_bytes < config.fit_limit_gib * GiB)
+            if table_bytes > config.memory_cap_gib * GiB:
+                row["measured"] = False
+                row["note"] = (f"not built: {table_bytes / GiB:.1f} GiB of tables exceeds this run's "
+                               f"{config.memory_cap_gib:g} GiB cap (estimated from the table sizes)")
+            else:
+                spec = _spec(config, "emb", cardinalities=cards, scheme=scheme, num_partitions=k, threshold=0,
+                             warmup=1)
+                result = run_interleaved({label: spec}, config.scaling_rounds, config.scaling_steps,
+                                         f"scale n={n:.0e}", progress)[label]
+                row.update(measured=result.skipped is None, samples_per_s=result.median,
+                           step_ms=(config.batch / result.median * 1e3) if result.median else None,
+                           peak_rss=result.peak_rss, note=result.skipped)
+            rows.append(row)
+    return rows
+
+
+def _spread(values: list[float]) -> dict:
+    if not values:
+        return {}
+    return dict(median=statistics.median(values), min=min(values), max=max(values), rounds=len(values))
+
+
+def summarize(config: BenchConfig, tasks: dict[str, dict[str, Measurement]], scaling: list[dict],
+              skipped: dict[str, str], elapsed: float) -> dict:
+    """Medians, spreads and every ratio against the baselines of the same run."""
+    out = dict(config=asdict(config), machine=machine_description(config), elapsed_s=elapsed, skipped=skipped,
+               tasks={}, scaling=scaling)
+    for task, results in tasks.items():
+        sgemm = results.pop("sgemm", None)
+        idle = results.pop("idle", None)
+        base_rss = idle.peak_rss if idle is not None else None
+        sgemm_gflops = None
+        if sgemm is not None and sgemm.median:
+            sgemm_gflops = sgemm.median * sgemm.facts["flop_per_step"] / 1e9
+        medians = {n: m.median for n, m in results.items() if m.median}
+        rss = {n: m.peak_rss for n, m in results.items() if m.peak_rss}
+        full = [n for n in medians if VARIANTS[n].full_tables]
+        best_full = max(full, key=medians.get) if full else None
+        rows = {}
+        for name, m in results.items():
+            row = dict(description=VARIANTS[name].description, **_spread(m.samples_per_s), peak_rss=m.peak_rss,
+                       embedding_bytes=m.facts.get("embedding_bytes"), skipped=m.skipped)
+            if m.median:
+                for base in ("full-per-feature", "full-batched", "qr-reference", "qr-collection"):
+                    if medians.get(base):
+                        row[f"speed_vs_{base}"] = m.median / medians[base]
+                if best_full:
+                    row["speed_vs_best_full"] = m.median / medians[best_full]
+                if best_full and rss.get(best_full) and m.peak_rss:
+                    row["rss_vs_best_full"] = m.peak_rss / rss[best_full]
+                if best_full and rss.get(best_full) and m.peak_rss and base_rss and rss[best_full] > base_rss:
+                    row["rss_above_idle_vs_best_full"] = (m.peak_rss - base_rss) / (rss[best_full] - base_rss)
+                if rss.get("full-batched") and m.peak_rss:
+                    row["rss_vs_full-batched"] = m.peak_rss / rss["full-batched"]
+                flop = m.facts.get("flop_per_sample")
+                if flop and sgemm_gflops:
+                    row["gflops"] = m.median * flop / 1e9
+                    row["roofline_fraction"] = row["gflops"] / sgemm_gflops
+            rows[name] = row
+        out["tasks"][task] = dict(variants=rows, best_full=best_full, sgemm_gflops=sgemm_gflops, idle_rss=base_rss,
+                                  flop_per_sample=next((m.facts.get("flop_per_sample") for m in results.values()
+                                                        if m.facts.get("flop_per_sample")), None))
+    out["targets"] = targets(out)
+    return out
+
+
+def targets(out: dict) -> list[dict]:
+    """The issue's targets, each with the measured value (None where its variants did not run)."""
+    emb, dlrm = out["tasks"].get("emb", {}).get("variants", {}), out["tasks"].get("dlrm", {}).get("variants", {})
+    qr_emb, qr_dlrm = emb.get("qr", {}), dlrm.get("qr", {})
+
+    def check(name, value, goal, higher=True):
+        ok = None if value is None else (value >= goal if higher else value <= goal)
+        return dict(target=name, value=value, goal=goal, met=ok)
+
+    return [
+        check("DLRM step, QR vs best full-table baseline (samples/s ratio)", qr_dlrm.get("speed_vs_best_full"), 1.0),
+        check("DLRM step, QR fraction of the FLOP roofline", qr_dlrm.get("roofline_fraction"), 0.8),
+        check("embedding part, QR vs straightforward per-feature QR (qr-reference)", qr_emb.get("speed_vs_qr-reference"), 1.5),
+        check("embedding part, QR vs per-feature EmbeddingCollection QR", qr_emb.get("speed_vs_qr-collection"), 1.5),
+        check("DLRM training peak RSS, QR vs best full-table baseline", qr_dlrm.get("rss_vs_best_full"), 0.35, higher=False),
+        check("(same, RSS above an idle worker's: tables + training state only)",
+              qr_dlrm.get("rss_above_idle_vs_best_full"), 0.35, higher=False),
+    ]
+
+
+def machine_description(config: BenchConfig) -> dict:
+    import torch
+
+    info = dict(platform=platform.platform(), python=platform.python_version(), torch=torch.__version__,
+                cpus=os.cpu_count(), threads=config.threads, device=config.device)
+    try:
+        with open("/proc/meminfo") as f:
+            info["memory_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    if config.device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    if hasattr(os, "getloadavg"):
+        info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+

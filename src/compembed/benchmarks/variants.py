@@ -1,0 +1,168 @@
+"""The embedding designs the benchmark compares, each built from the same cardinalities.
+
+A variant is an embedding module with ``configs`` and ``forward((B, F) ids) -> (B, F, D)``, plus
+the optimizer that trains its tables. Every variant trains with sparse gradients and the same
+SGD (``SparseSGD``: only the rows in the batch), except ``full-per-feature-torch-sgd``
+(stock ``torch.optim.SGD``) and ``fbgemm-full`` (FBGEMM's own SGD, fused into its backward).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..embedding import EmbeddingCollection, feature_configs
+from ..embedding.fused import FusedEmbeddingCollection
+from ..embedding.init import default_std, factor_std, uniform_
+from ..optim import SparseSGD
+
+__all__ = ["VARIANTS", "Variant", "PooledQREmbeddings", "FBGEMMFullTables", "fbgemm_unavailable", "build_variant"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How to build one design: its collection class and config options."""
+
+    name: str
+    description: str
+    build: Callable[[Sequence[int], int, int, int, torch.device], nn.Module]
+    optimizer: str = "sparse-sgd"  # or "torch-sgd", or "fused" (updated inside backward)
+    full_tables: bool = False
+
+
+def _collection(cls, **options):
+    def build(cards, dim, threshold, collisions, device):
+        configs = feature_configs(cards, embedding_dim=dim, num_collisions=collisions, **options)
+        return cls(configs, threshold=threshold, sparse=True, device=device)
+    return build
+
+
+class PooledQREmbeddings(nn.Module):
+    """The common reference design of QR embeddings (as in the DLRM reference code).
+
+    Per feature, one ``nn.EmbeddingBag`` for the quotient and one for the remainder; each bag is
+    pooled on its own and the two pooled vectors are multiplied. On one-hot input this is the same
+    function as composing each id then pooling; on multi-hot bags it is not (sum of products vs
+    product of sums). Features with ``n <= threshold`` get a full ``nn.EmbeddingBag``.
+
+    Shape:
+        ``forward((B, F) ids) -> (B, F, D)``.
+    """
+
+    def __init__(self, cardinalities: Sequence[int], dim: int, threshold: int, collisions: int,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.configs = feature_configs(cardinalities, embedding_dim=dim, scheme="full")
+        self.collisions = collisions
+        self.compressed = [n > threshold for n in cardinalities]
+        self.tables = nn.ModuleList()
+        for n, compressed in zip(cardinalities, self.compressed):
+            sizes = (-(-n // collisions), collisions) if compressed else (n,)
+            std = factor_std(default_std(n), "mult", len(sizes))
+            bags = nn.ModuleList(nn.EmbeddingBag(rows, dim, mode="sum", sparse=True, device=device) for rows in sizes)
+            for bag in bags:
+                uniform_(bag.weight, std)
+            self.tables.append(bags)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        out = []
+        for j, bags in enumerate(self.tables):
+            x = ids[:, j : j + 1]
+            if self.compressed[j]:
+                out.append(bags[0](x // self.collisions) * bags[1](x % self.collisions))
+            else:
+                out.append(bags[0](x))
+        return torch.stack(out, dim=1)
+
+
+def fbgemm_unavailable() -> str | None:
+    """Why FBGEMM's table-batched kernel cannot run here, or None when it can."""
+    try:
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (  # noqa: F401
+            SplitTableBatchedEmbeddingBagsCodegen,
+        )
+    except Exception as err:  # ImportError, or a broken native library (OSError/RuntimeError)
+        return (f"fbgemm_gpu not importable ({type(err).__name__}: {err}); install with "
+                "`pip install --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0`")
+    return None
+
+
+class FBGEMMFullTables(nn.Module):
+    """Full tables in FBGEMM's table-batched embedding kernel, its SGD fused into the backward.
+
+    Shape:
+        ``forward((B, F) ids) -> (B, F, D)``.
+    """
+
+    def __init__(self, cardinalities: Sequence[int], dim: int, lr: float, device: torch.device) -> None:
+        super().__init__()
+        from fbgemm_gpu.split_embedding_configs import EmbOptimType
+        from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+            ComputeDevice,
+            SplitTableBatchedEmbeddingBagsCodegen,
+        )
+
+        on_gpu = torch.device(device).type == "cuda"
+        location = EmbeddingLocation.DEVICE if on_gpu else EmbeddingLocation.HOST
+        compute = ComputeDevice.CUDA if on_gpu else ComputeDevice.CPU
+        self.configs = feature_configs(cardinalities, embedding_dim=dim, scheme="full")
+        self.dim = dim
+        self.tables = SplitTableBatchedEmbeddingBagsCodegen(
+            [(n, dim, location, compute) for n in cardinalities], optimizer=EmbOptimType.EXACT_SGD,
+            learning_rate=lr, device=torch.device(device),
+        )
+
+    def forward(self, ids: Tensor) -> Tensor:
+        batch, num = ids.shape
+        indices = ids.t().reshape(-1)  # feature-major bags of one id
+        offsets = torch.arange(indices.numel() + 1, device=ids.device)
+        return self.tables(indices, offsets).view(batch, num, self.dim)
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in [
+    Variant("full-per-feature", "one nn.EmbeddingBag-style full table per feature (EmbeddingCollection)",
+            _collection(EmbeddingCollection, scheme="full"), full_tables=True),
+    Variant("full-per-feature-torch-sgd", "as full-per-feature, trained by stock torch.optim.SGD",
+            _collection(EmbeddingCollection, scheme="full"), optimizer="torch-sgd", full_tables=True),
+    Variant("full-batched", "all full tables in one weight with row offsets (FusedEmbeddingCollection)",
+            _collection(FusedEmbeddingCollection, scheme="full"), full_tables=True),
+    Variant("fbgemm-full", "FBGEMM table-batched kernel, full tables, exact SGD fused in backward",
+            lambda cards, dim, threshold, collisions, device: FBGEMMFullTables(cards, dim, lr=0.01, device=device),
+            optimizer="fused", full_tables=True),
+    Variant("hashing", "hashing trick, n/4 rows per feature, fused",
+            _collection(FusedEmbeddingCollection, scheme="hashing")),
+    Variant("qr-reference", "straightforward QR: per feature two EmbeddingBags, each pooled, then multiplied",
+            lambda cards, dim, threshold, collisions, device: PooledQREmbeddings(cards, dim, threshold, collisions, device)),
+    Variant("qr-collection", "QR-mult with the per-feature EmbeddingCollection (generic path)",
+            _collection(EmbeddingCollection, scheme="qr", operation="mult")),
+    Variant("qr", "QR-mult, fused (FusedEmbeddingCollection)",
+            _collection(FusedEmbeddingCollection, scheme="qr", operation="mult")),
+    Variant("gqr", "generalized QR (k=3 mixed radix), mult, fused",
+            _collection(FusedEmbeddingCollection, scheme="gqr", operation="mult", num_partitions=3)),
+    Variant("crt", "Chinese remainder (k=3 coprime moduli), mult, fused",
+            _collection(FusedEmbeddingCollection, scheme="crt", operation="mult", num_partitions=3)),
+    Variant("path", "path-based QR (quotient table + per-remainder MLP 16-64-16), per-feature modules",
+            _collection(FusedEmbeddingCollection, scheme="path", hidden_dims=(64,))),
+]}
+
+
+def build_variant(name: str, cardinalities: Sequence[int], dim: int = 16, threshold: int = 200,
+                  collisions: int = 4, device: torch.device | str = "cpu") -> nn.Module:
+    """The embedding module of variant ``name`` (raises ``KeyError`` naming the known ones)."""
+    if name not in VARIANTS:
+        raise KeyError(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
+    return VARIANTS[name].build(cardinalities, dim, threshold, collisions, torch.device(device))
+
+
+def make_optimizer(variant: str, params, lr: float) -> torch.optim.Optimizer | None:
+    """The optimizer of the variant's parameters (None when none are left to it)."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return None
+    if variant in VARIANTS and VARIANTS[variant].optimizer == "torch-sgd":
+        return torch.optim.SGD(params, lr=lr)
+    return SparseSGD(params, lr=lr)
+

@@ -1,0 +1,149 @@
+"""The benchmark's variants compute the right thing, and a tiny run produces every table and ratio."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from compembed.benchmarks.report import to_markdown
+from compembed.benchmarks.runner import PRESETS, BenchConfig, Measurement, run_benchmark, summarize
+from compembed.benchmarks.variants import VARIANTS, FBGEMMFullTables, PooledQREmbeddings, build_variant, fbgemm_unavailable, make_optimizer
+from compembed.benchmarks.worker import build_step, mlp_flops_per_sample
+from compembed.embedding import EmbeddingCollection, feature_configs
+
+CARDS = [500, 40, 3000, 7]
+FBGEMM_MISSING = fbgemm_unavailable()
+
+
+def _ids(cards, batch=16):
+    return torch.stack([torch.randint(0, n, (batch,)) for n in cards], dim=1)
+
+
+def test_pooled_qr_reference_equals_collection_on_one_hot():
+    collection = EmbeddingCollection(feature_configs(CARDS, embedding_dim=8, scheme="qr"), threshold=50)
+    reference = PooledQREmbeddings(CARDS, 8, threshold=50, collisions=4)
+    with torch.no_grad():
+        for bags, module in zip(reference.tables, collection.embeddings.values()):
+            for bag, weight in zip(bags, module.weights):
+                bag.weight.copy_(weight)
+    ids = _ids(CARDS)
+    torch.testing.assert_close(reference(ids), collection(ids))
+
+
+@pytest.mark.parametrize("name", [n for n in VARIANTS if n != "fbgemm-full"])
+def test_every_variant_trains_one_step(name):
+    module = build_variant(name, CARDS, dim=8, threshold=50, collisions=4)
+    opt = make_optimizer(name, module.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in module.parameters()]
+    out = module(_ids(CARDS))
+    assert out.shape == (16, len(CARDS), 8)
+    out.pow(2).sum().backward()
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, module.parameters()))
+
+
+def test_unknown_variant_is_named():
+    with pytest.raises(KeyError, match="nope"):
+        build_variant("nope", CARDS)
+
+
+@pytest.mark.skipif(FBGEMM_MISSING is not None, reason=f"FBGEMM unavailable: {FBGEMM_MISSING}")
+def test_fbgemm_full_tables_lookup_and_fused_sgd():
+    module = FBGEMMFullTables(CARDS, 8, lr=0.5, device=torch.device("cpu"))
+    weights = [w.detach().clone() for w in module.tables.split_embedding_weights()]
+    ids = _ids(CARDS, 4)
+    out = module(ids)
+    for j, w in enumerate(weights):
+        torch.testing.assert_close(out[:, j], w[ids[:, j]])
+    out.sum().backward()  # the update happens inside the backward
+    after = module.tables.split_embedding_weights()
+    row = int(ids[0, 0])
+    expected = weights[0][row] - 0.5 * (ids[:, 0] == row).sum()
+    torch.testing.assert_close(after[0][row], expected)
+
+
+@pytest.mark.parametrize("task", ["emb", "dlrm", "sgemm", "idle"])
+def test_worker_steps_run(task):
+    spec = dict(task=task, variant="qr", cardinalities=CARDS, dim=8, batch=32, threshold=50, collisions=4)
+    step, facts = build_step(spec)
+    step()
+    if task == "dlrm":
+        # bottom 13-512-256-64-8 and top (8 + C(5,2)) -512-256-1, 6 FLOPs per multiply-add
+        macs = 13 * 512 + 512 * 256 + 256 * 64 + 64 * 8 + (8 + 10) * 512 + 512 * 256 + 256
+        assert facts["flop_per_sample"] == 6 * macs
+    if task == "emb":
+        assert facts["full_table_parameters"] == sum(CARDS) * 8
+
+
+def test_mlp_flops_counts_linear_layers():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
+    assert mlp_flops_per_sample(model) == 6 * (15 + 10)
+
+
+def test_tiny_run_end_to_end():
+    # Few processes (each starts an interpreter and torch): 2 variants + sgemm + idle, 2 scaling points.
+    config = BenchConfig(
+        batch=32, dim=8, threshold=50, threads=1, rounds=2, steps=1, warmup=1, cardinalities=tuple(CARDS),
+        emb_variants=("full-batched", "qr"), dlrm_variants=(),
+        scaling_cardinalities=(1000, 10**9), scaling_schemes=(("full", 1), ("gqr", 2)), scaling_features=2,
+        scaling_rounds=1, scaling_steps=1, memory_cap_gib=1.0,
+    )
+    messages = []
+    result = run_benchmark(config, progress=messages.append)
+    json.dumps(result)  # plain data
+    emb = result["tasks"]["emb"]["variants"]
+    assert set(emb) == {"full-batched", "qr"} and "dlrm" not in result["tasks"]
+    for row in emb.values():
+        assert row["rounds"] == 2 and row["median"] > 0 and row["peak_rss"] > 0
+    assert emb["full-batched"]["speed_vs_full-batched"] == pytest.approx(1.0)
+    assert emb["qr"]["speed_vs_best_full"] == pytest.approx(emb["qr"]["median"] / emb["full-batched"]["median"])
+    assert result["tasks"]["emb"]["sgemm_gflops"] > 0 and result["tasks"]["emb"]["idle_rss"] > 0
+    assert all("met" in t for t in result["targets"])
+    scaling = {(r["cardinality"], r["scheme"]): r for r in result["scaling"]}
+    assert scaling[1000, "full"]["measured"] and scaling[1000, "full"]["peak_rss"] > 0
+    # 2 x 1e9 x 8 floats = 59.6 GiB: estimated, never built; the k=2 mixed radix is built and trained.
+    assert not scaling[10**9, "full"]["measured"] and not scaling[10**9, "full"]["fits"]
+    assert scaling[10**9, "gqr-k2"]["measured"] and scaling[10**9, "gqr-k2"]["fits"]
+    markdown = to_markdown(result, "compembed bench --test")
+    assert "### Targets" in markdown and "| qr |" in markdown and "Scaling" in markdown
+    assert any("round 2/2" in m for m in messages)
+
+
+def test_summary_ratios_and_roofline_from_measurements():
+    def m(task, name, speeds, rss, **facts):
+        return Measurement(task, name, samples_per_s=speeds, peak_rss=rss, facts=facts)
+
+    tasks = {"dlrm": {
+        "full-per-feature": m("dlrm", "full-per-feature", [100, 120, 110], 3000),
+        "full-batched": m("dlrm", "full-batched", [200, 180, 220], 2500, flop_per_sample=10**6),
+        "qr": m("dlrm", "qr", [300, 310, 290], 1000, flop_per_sample=10**6),
+        "sgemm": m("dlrm", "sgemm", [10.0], 1, flop_per_step=10**8),
+        "idle": m("dlrm", "idle", [1.0], 500),
+    }}
+    out = summarize(BenchConfig(), tasks, [], {}, 1.0)
+    qr = out["tasks"]["dlrm"]["variants"]["qr"]
+    assert out["tasks"]["dlrm"]["best_full"] == "full-batched"
+    assert qr["speed_vs_best_full"] == pytest.approx(1.5) and qr["speed_vs_full-per-feature"] == pytest.approx(300 / 110)
+    assert out["tasks"]["dlrm"]["sgemm_gflops"] == pytest.approx(1.0)  # 10 calls/s x 0.1 GFLOP
+    assert qr["gflops"] == pytest.approx(0.3) and qr["roofline_fraction"] == pytest.approx(0.3)
+    assert qr["rss_vs_best_full"] == pytest.approx(0.4) and qr["rss_above_idle_vs_best_full"] == pytest.approx(0.25)
+    met = {t["target"]: t["met"] for t in out["targets"]}
+    assert met["DLRM step, QR vs best full-table baseline (samples/s ratio)"] is True
+    assert met["DLRM step, QR fraction of the FLOP roofline"] is False
+    assert met["embedding part, QR vs straightforward per-feature QR (qr-reference)"] is None  # not run
+
+
+def test_presets_are_consistent():
+    for preset in PRESETS.values():
+        for name in (*preset.emb_variants, *preset.dlrm_variants):
+            assert name in VARIANTS
+    assert dataclasses.replace(PRESETS["quick"], rounds=1).rounds == 1
+
+
+def test_cli_rejects_bad_counts(capsys):
+    from compembed.cli.main import main
+
+    assert main(["bench", "--rounds", "0"]) == 2
+    assert "--rounds must be >= 1" in capsys.readouterr().err
