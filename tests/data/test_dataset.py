@@ -34,7 +34,7 @@ def test_shards_partition_every_global_batch(n: int, bs: int, world: int, drop: 
     covered = []
     for i in range(nb):
         bounds = [shard_bounds(n, bs, i, r, world) for r in range(world)]
-        for (a, b), (c, _) in zip(bounds, bounds[1:]):
+        for (_, b), (c, _) in zip(bounds, bounds[1:]):
             assert b == c  # contiguous, in rank order
         assert bounds[0][0] == i * bs * world
         sizes = [b - a for a, b in bounds]

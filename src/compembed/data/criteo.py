@@ -31,12 +31,6 @@ FIELD_NAMES = ["label"] + DENSE_NAMES + CATEGORICAL_NAMES
 MAX_DENSE_DIGITS = 18  # fits int64 with room to spare
 MAX_LINE_BYTES = 1 << 20
 
-_HEX = np.full(256, 255, dtype=np.uint8)
-_DIGIT = np.full(256, 255, dtype=np.uint8)
-for _i, _c in enumerate(b"0123456789"):
-    _HEX[_c] = _DIGIT[_c] = _i
-for _i, _c in enumerate(b"abcdef"):
-    _HEX[_c] = _HEX[_c - 32] = 10 + _i
 
 
 @dataclass
@@ -338,7 +332,7 @@ def iter_line_blocks(
             line += pending.count(b"\n")
         partial = pending[pending.rfind(b"\n") + 1 :] if pending else b""
         # The partial last line (if any) is lost with the stream: it is the bad line.
-        _bad(report, path, line, e.kind, e.message + (f"; incomplete line dropped" if partial else ""))
+        _bad(report, path, line, e.kind, e.message + ("; incomplete line dropped" if partial else ""))
         return
     if skipping:
         return
