@@ -97,3 +97,11 @@ def test_tiny_sweep_end_to_end(tmp_path):
     assert main(args) == 0  # rerun: everything is finished, nothing is trained again
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == cells
     assert json.loads(next((out / "cells").glob("*.json")).read_text())["arch"] == "dlrm"
+
+    # Two worker processes give the same numbers as one process (each run is seeded).
+    parallel = tmp_path / "parallel"
+    assert main([*args[:4], str(parallel), *args[5:], "--jobs", "2"]) == 0
+    with open(parallel / "results.csv") as f:
+        again = {r["key"]: r for r in csv.DictReader(f)}
+    for r in rows:
+        assert again[r["key"]]["test_loss"] == r["test_loss"]

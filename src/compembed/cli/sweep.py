@@ -44,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="epochs per run")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (0: torch's default)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, each in its own process (use --threads 1 with it; 2 suits 2 cores)")
     p.add_argument("--list", action="store_true", help="print the cells and exit without training")
     p.add_argument("--report-only", action="store_true", help="rebuild the table, plots and report from finished cells")
     p.set_defaults(func=run)
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         keys = {c.key for c in cells}
         rows = [r for r in load_rows(out / "cells") if r["key"] in keys]
     else:
-        rows = run_sweep(spec, out, train_cell)
+        rows = run_sweep(spec, out, train_cell, jobs=args.jobs)
     if not rows:
         print(f"no finished runs in {out}/cells", file=sys.stderr)
         return 1

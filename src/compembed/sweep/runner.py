@@ -1,16 +1,18 @@
 """Run a sweep's cells one after another; finished cells are kept and never rerun."""
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from .grid import Cell, SweepSpec
 from ..io import write_json_atomic
+from .grid import Cell, SweepSpec
 from .results import load_rows, write_table
 
 __all__ = ["run_sweep", "cell_row"]
@@ -33,35 +35,57 @@ def cell_row(cell: Cell, measured: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_sweep(spec: SweepSpec, out_dir: Path, run_cell: RunCell, progress: bool = True) -> list[dict[str, Any]]:
+def run_sweep(
+    spec: SweepSpec, out_dir: Path, run_cell: RunCell, progress: bool = True, jobs: int = 1
+) -> list[dict[str, Any]]:
     """Run every cell of ``spec`` not yet finished under ``out_dir``; return all rows.
 
     Each finished cell is written atomically to ``out_dir/cells/<key>.json`` and the tables are
-    rewritten, so an interrupted sweep loses at most the cell in flight, and rerunning the same
-    command continues where it stopped.
+    rewritten, so an interrupted sweep loses at most the cells in flight, and rerunning the same
+    command continues where it stopped. ``jobs > 1`` runs that many cells at once in worker
+    processes (``run_cell`` must then be a picklable module-level function).
     """
     cells_dir, scratch = out_dir / "cells", out_dir / "scratch"
     cells = spec.cells()
     done = {p.stem for p in cells_dir.glob("*.json")}
     todo = [c for c in cells if c.key not in done]
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="run", desc="sweep", disable=not progress)
-    for cell in todo:
-        bar.set_postfix_str(f"{cell.config.model.arch} {cell.label} t={cell.config.model.threshold} "
-                            f"{cell.config.optim.name} seed={cell.config.seed}")
-        workdir = scratch / cell.key
-        start = time.perf_counter()
-        measured = run_cell(cell, workdir)
-        measured.setdefault("wall_s", round(time.perf_counter() - start, 2))
+
+    def finish(cell: Cell, measured: dict[str, Any]) -> None:
         write_json_atomic(cells_dir / f"{cell.key}.json", cell_row(cell, measured))
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(scratch / cell.key, ignore_errors=True)
         write_table(_rows_of(cells, cells_dir), out_dir)
+        bar.set_postfix_str(f"last: {cell.config.model.arch} {cell.label} t={cell.config.model.threshold} "
+                            f"{cell.config.optim.name} seed={cell.config.seed}")
         bar.update()
+
+    if jobs <= 1:
+        for cell in todo:
+            finish(cell, _timed(run_cell, cell, scratch / cell.key))
+    else:
+        # Spawned workers: a fork of a process that already ran torch threads can deadlock.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = {pool.submit(_timed, run_cell, cell, scratch / cell.key): cell for cell in todo}
+            try:
+                for future in as_completed(futures):
+                    finish(futures[future], future.result())
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     bar.close()
     if scratch.exists() and not any(scratch.iterdir()):
         scratch.rmdir()
     rows = _rows_of(cells, cells_dir)
     write_table(rows, out_dir)
     return rows
+
+
+def _timed(run_cell: RunCell, cell: Cell, workdir: Path) -> dict[str, Any]:
+    start = time.perf_counter()
+    measured = run_cell(cell, workdir)
+    measured.setdefault("wall_s", round(time.perf_counter() - start, 2))
+    return measured
 
 
 def _rows_of(cells: list[Cell], cells_dir: Path) -> list[dict[str, Any]]:
