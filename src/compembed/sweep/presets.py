@@ -28,7 +28,7 @@ def _small() -> SweepSpec:
 def _paper() -> SweepSpec:
     # The paper's grid (both models, every collision count, threshold and optimizer, 3 seeds)
     # at a synthetic scale this machine can run; see docs/results/README.md for the choice.
-    base = TrainConfig(data=DataConfig(rows=200_000, cardinality_scale=0.001), batch_size=256,
+    base = TrainConfig(data=DataConfig(rows=100_000, cardinality_scale=0.001), batch_size=256,
                        optim=OptimConfig(lr=0.02), log_every=1000, checkpoint_every=0)
     return SweepSpec(base=base)
 
