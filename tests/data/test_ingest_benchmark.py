@@ -1,0 +1,21 @@
+"""The ingestion benchmark runs end to end on a tiny file and reports every figure."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from compembed.benchmarks.ingest import main
+
+
+def test_ingest_benchmark_smoke(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "result.json"
+    assert main(["--lines", "6000", "--scale", "0.001", "--workdir", str(tmp_path / "w"), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["runs"]["small"]["rows"] == 1200 and result["runs"]["large"]["rows"] == 6000
+    for run in result["runs"].values():
+        assert run["peak_rss"] > 0 and run["seconds"] > 0 and run["distinct"] > 0
+    assert result["extrapolated_kaggle"]["lines"] == 45_840_617 and result["extrapolated_kaggle"]["minutes"] > 0
+    assert result["parse_rows_per_s_vectorised"] > 0 and result["parse_rows_per_s_python"] > 0
+    assert result["loader_rows_per_s_b128"] > 0
+    assert "peak RSS" in capsys.readouterr().out
+    assert not list((tmp_path / "w").iterdir())  # generated files removed without --keep
