@@ -33,7 +33,8 @@ from .vocab import ValueCounter, Vocabulary
 __all__ = ["CriteoPrepareConfig", "PrepareResult", "prepare_criteo", "day_split", "random_split_codes",
            "write_hex_vocab_json"]
 
-_ROWS_PER_STEP = 1 << 20
+_ROWS_PER_STEP = 1 << 18  # rows per step of pass 2: bounds its working set (~80 MiB)
+_SPLIT_CHUNK = 1 << 20  # rows per seeded chunk of the random split (fixed: part of the split's definition)
 _HEX_CHARS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
@@ -92,7 +93,7 @@ def day_split(num_rows: int, days: int = 7) -> dict[str, tuple[int, int]]:
 def random_split_codes(lo: int, hi: int, seed: int, val_fraction: float, test_fraction: float) -> np.ndarray:
     """uint8 split codes of rows ``[lo, hi)``; row ``i``'s code depends only on ``(seed, i)``."""
     out = np.empty(hi - lo, dtype=np.uint8)
-    step = _ROWS_PER_STEP
+    step = _SPLIT_CHUNK
     for c in range(lo // step, (hi - 1) // step + 1 if hi > lo else lo // step):
         u = np.random.default_rng([seed, 0x5917, c]).random(step)
         a, b = max(lo, c * step), min(hi, (c + 1) * step)
@@ -193,7 +194,7 @@ def prepare_criteo(
         nbytes_miss = (nf + 7) // 8
         with store.writer("sparse", (n, nf), np.int32) as sparse, store.writer("dense", (n, nd), np.float32) as dense, \
                 store.writer("labels", (n,), np.uint8) as labels:
-            for a in tqdm(range(0, n, _ROWS_PER_STEP), desc="map ids", unit="Mrows", disable=not progress):
+            for a in tqdm(range(0, n, _ROWS_PER_STEP), desc="map ids", unit="blocks", disable=not progress):
                 m = min(n, a + _ROWS_PER_STEP) - a
                 c = np.fromfile(scratch["cats"], dtype=np.uint32, count=m * nf).reshape(m, nf)
                 mm = np.unpackbits(np.fromfile(scratch["catmiss"], dtype=np.uint8, count=m * nbytes_miss)
