@@ -290,14 +290,36 @@ class FusedEmbeddingCollection(EmbeddingCollection):
 
 
 def _gather(weight: Tensor, rows: Tensor, sparse: bool) -> Tensor:
-    """``weight[rows]`` for rows ``(B, T)`` -> ``(B, T, w)``.
-
-    As ``embedding_bag`` over bags of one row: on CPU its kernel (FBGEMM's, with prefetching) is
-    several times faster than ``embedding``'s ``index_select`` on large tables.
-    """
+    """``weight[rows]`` for rows ``(B, T)`` -> ``(B, T, w)``, with a sparse gradient when ``sparse``."""
+    if sparse:
+        return _SparseGather.apply(weight, rows)
     flat = rows.reshape(-1)
     offsets = torch.arange(flat.numel(), device=flat.device)
-    return F.embedding_bag(flat, weight, offsets, mode="sum", sparse=sparse).view(*rows.shape, weight.shape[1])
+    return F.embedding_bag(flat, weight, offsets, mode="sum").view(*rows.shape, weight.shape[1])
+
+
+class _SparseGather(torch.autograd.Function):
+    """Row gather whose gradient is the sparse ``(rows, upstream)`` pair itself.
+
+    Forward runs ``embedding_bag`` over bags of one row: on CPU its kernel (FBGEMM's, with
+    prefetching) is several times faster than ``embedding``'s ``index_select`` on large tables.
+    Backward wraps the upstream gradient as the values of a sparse COO gradient, where
+    ``embedding_bag``'s own sparse backward copies it once more through ``index_select``.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, rows: Tensor) -> Tensor:
+        flat = rows.reshape(-1)
+        offsets = torch.arange(flat.numel(), device=flat.device)
+        ctx.save_for_backward(flat)
+        ctx.weight_shape = weight.shape
+        return F.embedding_bag(flat, weight, offsets, mode="sum").view(*rows.shape, weight.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (flat,) = ctx.saved_tensors
+        values = grad.reshape(flat.numel(), ctx.weight_shape[1])
+        return torch.sparse_coo_tensor(flat.unsqueeze(0), values, ctx.weight_shape, check_invariants=False), None
 
 
 class _Permute(torch.autograd.Function):

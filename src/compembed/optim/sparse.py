@@ -79,11 +79,20 @@ class SparseSGD(_SparseOptimizer):
     def __init__(self, params: Iterable, lr: float = 0.01) -> None:
         _check_lr(lr)
         super().__init__(params, dict(lr=lr))
+        self._buffer: Tensor | None = None
+
+    def _scratch(self, like: Tensor) -> Tensor:
+        """A reused buffer shaped like ``like``: a fresh multi-MB tensor every step costs page faults."""
+        n = like.numel()
+        if self._buffer is None or self._buffer.numel() < n or self._buffer.dtype != like.dtype \
+                or self._buffer.device != like.device:
+            self._buffer = torch.empty(n, dtype=like.dtype, device=like.device)
+        return self._buffer[:n].view(like.shape)
 
     def _update(self, p: Tensor, group: dict, state: dict) -> None:
         if p.grad.is_sparse:
             rows, values = _rows_and_values(p.grad, coalesce=False)
-            _add_rows(p, rows, values * -group["lr"])
+            _add_rows(p, rows, torch.mul(values, -group["lr"], out=self._scratch(values)))
         else:
             p.add_(p.grad, alpha=-group["lr"])
 
