@@ -275,7 +275,7 @@ def test_binary_junk_file(tmp_path: Path) -> None:
     with pytest.raises(InputError):
         _prep([junk], tmp_path / "out")
     report = BadLineReport()
-    assert list(read_criteo([junk], report=report)) == []
+    assert sum(len(b) for b in read_criteo([junk], report=report)) == 0
     assert report.total >= 2 and "line_too_long" in report.counts
 
 
@@ -392,3 +392,57 @@ def test_parallel_parsing_gives_the_same_dataset_and_report(tmp_path: Path) -> N
     with pytest.raises(InputError) as err:  # the first bad line is reported, from a worker process
         prepare_criteo([src], tmp_path / "w3", CriteoPrepareConfig(workers=2, block_bytes=1 << 18), progress=False)
     assert err.value.line == 6 and err.value.column == 20 and err.value.feature == "C6"
+
+
+@pytest.mark.parametrize("gz,workers", [(False, 1), (True, 1), (False, 2)])
+def test_interrupted_run_resumes_to_the_same_dataset(tmp_path: Path, monkeypatch, gz: bool, workers: int) -> None:
+    import compembed.data.prepare as prep
+
+    lines = VALID * 2500
+    lines[7000] = "junk"
+    a = _write(tmp_path / "a.tsv", lines[:6000], gz=gz)
+    b = _write(tmp_path / "b.tsv", lines[6000:])
+    cfg = dict(split="random", skip_bad_lines=True, block_bytes=1 << 16, checkpoint_seconds=0, workers=workers)
+    ref = prepare_criteo([a, b], tmp_path / "ref", CriteoPrepareConfig(**cfg), progress=False)
+
+    real = prep.read_criteo
+    seen = []
+
+    def interrupted(*args, **kw):  # a Ctrl-C after 9 blocks, past a checkpoint
+        for i, block in enumerate(real(*args, **kw)):
+            if i == 9:
+                raise KeyboardInterrupt
+            seen.append(block.resume_at)
+            yield block
+
+    monkeypatch.setattr(prep, "read_criteo", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_criteo([a, b], tmp_path / "out", CriteoPrepareConfig(**cfg), progress=False)
+    assert (tmp_path / "out.partial" / "checkpoint.json").exists() and not (tmp_path / "out").exists()
+    with pytest.raises(DatasetFormatError):
+        open_dataset(tmp_path / "out.partial")
+    monkeypatch.setattr(prep, "read_criteo", real)
+
+    starts = []
+    monkeypatch.setattr(prep, "read_criteo", lambda *args, **kw: (starts.append(kw["start"]), real(*args, **kw))[1])
+    res = prepare_criteo([a, b], tmp_path / "out", CriteoPrepareConfig(**cfg), progress=False, resume=True)
+    assert starts[0] != (0, 0, 1) and starts[0] in seen  # it went on from a checkpoint
+    assert res.num_rows == ref.num_rows == len(lines) - 1 and res.report.total == 1
+    x, y = _dataset_arrays(tmp_path / "ref"), _dataset_arrays(tmp_path / "out")
+    for k in x:
+        np.testing.assert_array_equal(x[k], y[k])
+    assert res.info == ref.info
+    assert (tmp_path / "ref" / "vocab.json").read_text() == (tmp_path / "out" / "vocab.json").read_text()
+    assert not (tmp_path / "out.partial").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
+
+
+def test_stale_partial_directory_is_not_resumed(tmp_path: Path) -> None:
+    src = _write(tmp_path / "in.tsv", VALID)
+    stale = tmp_path / "out.partial"
+    stale.mkdir()
+    (stale / "checkpoint.json").write_text('{"inputs": [], "options": {}}')
+    (stale / "labels.scratch").write_bytes(b"\x01" * 100)
+    res = prepare_criteo([src], tmp_path / "out", CriteoPrepareConfig(split="none"), progress=False, resume=True)
+    assert res.num_rows == 4 and not stale.exists()
+    np.testing.assert_array_equal(_dataset_arrays(tmp_path / "out")["labels"], [0, 1, 0, 1])

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Dense: negatives clipped to 0, then log(1 + x); missing -> 0. Categorical: 8-hex-digit hashes\n"
         "mapped to ids per feature: 0 = missing, 1 = rare (seen < --min-freq times), 2.. = values.\n"
         "Output DIR: dense.npy, sparse.npy, labels.npy, meta.json, cardinalities.json, vocab.json;\n"
-        "it appears only when complete (built under DIR.partial-*, then renamed).\n\n"
+        "it appears only when complete (built under DIR.partial, then renamed). An interrupted run\n"
+        "(Ctrl-C, kill) goes on from its last checkpoint (every minute) with --resume.\n\n"
         "examples:\n"
         "  compembed prepare criteo train.txt.gz --out data/criteo           # paper's 7-day split\n"
         "  compembed prepare criteo day_0.gz day_1.gz --out data/tb --split random --min-freq 3\n"
@@ -42,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--min-freq", type=int, default=1,
                    help="values seen fewer times share the rare id 1 (default: 1, keep all)")
     c.add_argument("--no-vocab", action="store_true", help="do not write vocab.json (large for the full data)")
+    c.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last checkpoint (kept in DIR.partial; "
+                   "same inputs and options), instead of starting over")
     c.add_argument("--workers", type=int, default=1,
                    help="processes that parse blocks in parallel (default: 1; try the number of free cores)")
     _bad_line_options(c)
@@ -154,7 +158,8 @@ def run_prepare_criteo(args: argparse.Namespace) -> int:
             seed=args.seed, min_freq=args.min_freq, skip_bad_lines=args.skip_bad_lines,
             max_bad_lines=args.max_bad_lines, write_vocab=not args.no_vocab, workers=args.workers,
         )
-        result = prepare_criteo(args.inputs, args.out, cfg, overwrite=args.overwrite, progress=not args.quiet)
+        result = prepare_criteo(args.inputs, args.out, cfg, overwrite=args.overwrite, progress=not args.quiet,
+                                resume=args.resume)
     except (InputError, FileExistsError, FileNotFoundError, ValueError) as e:
         return _fail(e)
     _summary(result)

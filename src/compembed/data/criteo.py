@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 import zlib
 from collections import deque
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import numpy as np
 from .criteo_spec import CATEGORICAL_NAMES, DENSE_NAMES
 from .errors import BadLine, BadLineReport, InputError
 
-__all__ = ["NUM_FIELDS", "CriteoBlock", "read_criteo", "iter_line_blocks", "parse_block"]
+__all__ = ["NUM_FIELDS", "CriteoBlock", "LineBlock", "read_criteo", "iter_line_blocks", "parse_block"]
 
 NUM_FIELDS = 1 + len(DENSE_NAMES) + len(CATEGORICAL_NAMES)  # 40
 FIELD_NAMES = ["label"] + DENSE_NAMES + CATEGORICAL_NAMES
@@ -43,6 +44,9 @@ class CriteoBlock:
         dense_missing: bool ``(m, 13)``.
         cats: uint32 ``(m, 26)`` hash values (0 where missing).
         cat_missing: bool ``(m, 26)``.
+        resume_at: where reading goes on after this block: ``(file index, text offset, line number)``.
+        synced: True when every block and stream event before ``resume_at`` has been delivered (so the
+            consumer's state is consistent with ``resume_at``, e.g. for a checkpoint).
     """
 
     labels: np.ndarray
@@ -50,6 +54,8 @@ class CriteoBlock:
     dense_missing: np.ndarray
     cats: np.ndarray
     cat_missing: np.ndarray
+    resume_at: tuple[int, int, int] = (0, 0, 1)
+    synced: bool = True
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -245,8 +251,9 @@ def _field(b: np.ndarray, lo: int, hi: int, col: int) -> tuple[int, int]:
     return int(bounds[col - 1] + 1), int(bounds[col])
 
 
-def _open_bytes(path: Path, raw_chunk: int, on_progress) -> Iterator[bytes]:
-    """Decompressed bytes of ``path`` (gzip detected by its magic bytes, multi-member allowed).
+def _open_bytes(path: Path, raw_chunk: int, on_progress, skip: int = 0) -> Iterator[bytes]:
+    """Decompressed bytes of ``path`` from text offset ``skip`` (gzip detected by its magic bytes,
+    multi-member allowed; a gzip stream is decompressed from its start and the first bytes dropped).
 
     A truncated or corrupt gzip stream raises ``_StreamError`` after yielding everything before it.
     """
@@ -254,34 +261,46 @@ def _open_bytes(path: Path, raw_chunk: int, on_progress) -> Iterator[bytes]:
         head = f.read(2)
         f.seek(0)
         if head != b"\x1f\x8b":
+            f.seek(skip)
+            on_progress(skip)
             while chunk := f.read(raw_chunk):
                 on_progress(len(chunk))
                 yield chunk
             return
-        d = zlib.decompressobj(wbits=31)
-        while True:
-            chunk = f.read(raw_chunk)
-            on_progress(len(chunk))
-            if not chunk:
-                if not d.eof:
-                    raise _StreamError("truncated_gzip", "gzip stream ends early (truncated file)")
-                return
-            while chunk:
-                try:
-                    out = d.decompress(chunk, raw_chunk * 8)
-                except zlib.error as e:
-                    raise _StreamError("corrupt_gzip", f"corrupt gzip data ({e})") from None
-                if out:
-                    yield out
-                if d.eof:  # a member ended: the rest may be another member (or trailing junk)
-                    rest = d.unused_data
-                    if rest and rest.strip(b"\x00"):
-                        d = zlib.decompressobj(wbits=31)
-                        chunk = rest
-                        continue
-                    chunk = b""
-                else:
-                    chunk = d.unconsumed_tail
+        for out in _gunzip(f, raw_chunk, on_progress):
+            if skip >= len(out):
+                skip -= len(out)
+                continue
+            yield out[skip:] if skip else out
+            skip = 0
+
+
+def _gunzip(f, raw_chunk: int, on_progress) -> Iterator[bytes]:
+    """Decompressed chunks of the gzip file ``f`` (several members allowed)."""
+    d = zlib.decompressobj(wbits=31)
+    while True:
+        chunk = f.read(raw_chunk)
+        on_progress(len(chunk))
+        if not chunk:
+            if not d.eof:
+                raise _StreamError("truncated_gzip", "gzip stream ends early (truncated file)")
+            return
+        while chunk:
+            try:
+                out = d.decompress(chunk, raw_chunk * 8)
+            except zlib.error as e:
+                raise _StreamError("corrupt_gzip", f"corrupt gzip data ({e})") from None
+            if out:
+                yield out
+            if d.eof:  # a member ended: the rest may be another member (or trailing junk)
+                rest = d.unused_data
+                if rest and rest.strip(b"\x00"):
+                    d = zlib.decompressobj(wbits=31)
+                    chunk = rest
+                    continue
+                chunk = b""
+            else:
+                chunk = d.unconsumed_tail
 
 
 class _StreamError(Exception):
@@ -290,65 +309,74 @@ class _StreamError(Exception):
         self.kind, self.message = kind, message
 
 
+@dataclass
+class LineBlock:
+    """Whole lines ``data`` (each ending in ``\\n``) of a file: ``first_line`` (1-based) starts at byte
+    ``offset`` of the (decompressed) text; the next block starts at ``offset + len(data)``, line ``next_line``."""
+
+    data: bytes
+    first_line: int
+    offset: int
+    next_line: int
+
+
 def iter_line_blocks(
     path: str | os.PathLike, block_bytes: int = 8 << 20, report: BadLineReport | None = None,
-    on_progress: Callable[[int], None] = lambda n: None,
-) -> Iterator[tuple[bytes, int]]:
-    """``(data, first_line)`` blocks of whole lines of ``path`` (each ending in ``\\n``), ``first_line`` 1-based.
+    on_progress: Callable[[int], None] = lambda n: None, start: tuple[int, int] = (0, 1),
+) -> Iterator[LineBlock]:
+    """Blocks of whole lines of ``path``, from ``start = (byte offset, line number)`` (a line start).
 
     A missing final newline is supplied. A truncated/corrupt gzip stream or a line over 1 MiB raises
     ``InputError``, or with ``report`` is recorded (the partial last line is the bad one) and reading
     of this file stops (truncation) or skips the line (too long).
     """
     path = str(path)
-    line = 1
+    pos, line = start  # pos: text offset where `pending` starts
     pending = b""
     skipping = False  # inside an over-long line
-    stream = _open_bytes(Path(path), max(1 << 16, block_bytes // 4), on_progress)
+
+    def block(data: bytes) -> LineBlock:
+        nonlocal pos, line
+        out = LineBlock(data, line, pos, line + data.count(b"\n"))
+        pos, line = pos + len(data), out.next_line
+        return out
+
+    stream = _open_bytes(Path(path), max(1 << 16, block_bytes // 4), on_progress, skip=start[0])
     try:
         for chunk in stream:
             if skipping:
                 cut = chunk.find(b"\n")
                 if cut < 0:
+                    pos += len(chunk)
                     continue
-                chunk, skipping = chunk[cut + 1 :], False
-                line += 1
+                pos, line, skipping = pos + cut + 1, line + 1, False
+                chunk = chunk[cut + 1 :]
             pending += chunk
             cut = pending.rfind(b"\n")
             if len(pending) - (cut + 1) > MAX_LINE_BYTES:  # the unfinished last line is too long
                 if cut >= 0:
-                    yield pending[: cut + 1], line
-                    line += pending.count(b"\n", 0, cut + 1)
+                    yield block(pending[: cut + 1])
                 _bad(report, path, line, "line_too_long", f"line longer than {MAX_LINE_BYTES} bytes")
+                pos += len(pending) - (cut + 1)
                 pending, skipping = b"", True
                 continue
             if cut >= 0 and len(pending) >= block_bytes:
                 data, pending = pending[: cut + 1], pending[cut + 1 :]
-                yield data, line
-                line += data.count(b"\n")
+                yield block(data)
     except _StreamError as e:
-        if pending:
-            yield from _flush(pending, line)
-            line += pending.count(b"\n")
-        partial = pending[pending.rfind(b"\n") + 1 :] if pending else b""
+        cut = pending.rfind(b"\n")
+        if cut >= 0:
+            yield block(pending[: cut + 1])
         # The partial last line (if any) is lost with the stream: it is the bad line.
+        partial = len(pending) > cut + 1
         _bad(report, path, line, e.kind, e.message + ("; incomplete line dropped" if partial else ""))
         return
     if skipping:
         return
     if pending:
-        if not pending.endswith(b"\n"):
-            pending += b"\n"
-        yield pending, line
-        line += pending.count(b"\n")
-    if line == 1 and not skipping:
+        yield block(pending if pending.endswith(b"\n") else pending + b"\n")
+    if line == 1:
         _bad(report, path, 0, "empty_file", "file is empty")
-
-
-def _flush(pending: bytes, line: int) -> Iterator[tuple[bytes, int]]:
-    cut = pending.rfind(b"\n")
-    if cut >= 0:
-        yield pending[: cut + 1], line
 
 
 def _bad(report: BadLineReport | None, path: str, line: int, kind: str, message: str) -> None:
@@ -360,40 +388,53 @@ def _bad(report: BadLineReport | None, path: str, line: int, kind: str, message:
 def read_criteo(
     paths: list[str | os.PathLike], block_bytes: int = 8 << 20, report: BadLineReport | None = None,
     on_progress: Callable[[int], None] = lambda n: None, workers: int = 1,
+    start: tuple[int, int, int] = (0, 0, 1), sync_every: float = 60.0,
 ) -> Iterator[CriteoBlock]:
-    """Parsed blocks of valid lines of the Criteo-format files ``paths``, in order.
+    """Parsed blocks (valid lines only, possibly none) of the Criteo-format files ``paths``, in order,
+    from ``start = (file index, text offset, line)`` (a block's ``resume_at``).
 
     ``workers > 1`` parses blocks in that many processes (reading stays in this one); at most
-    ``2 * workers`` blocks are in flight, so memory stays bounded.
+    ``2 * workers`` blocks are in flight, so memory stays bounded. Every ``sync_every`` seconds the
+    pipeline is drained so that one block is ``synced`` (each block is when ``workers <= 1``).
     """
+
+    def blocks() -> Iterator[tuple[int, LineBlock]]:
+        for i in range(start[0], len(paths)):
+            at = start[1:] if i == start[0] else (0, 1)
+            for lb in iter_line_blocks(paths[i], block_bytes, report, on_progress, start=at):
+                yield i, lb
+
+    def located(block: CriteoBlock, i: int, lb: LineBlock, synced: bool) -> CriteoBlock:
+        block.resume_at, block.synced = (i, lb.offset + len(lb.data), lb.next_line), synced
+        return block
+
     if workers <= 1:
-        for path in paths:
-            for data, first_line in iter_line_blocks(path, block_bytes, report, on_progress):
-                block = parse_block(data, str(path), first_line, report)
-                if len(block):
-                    yield block
+        for i, lb in blocks():
+            yield located(parse_block(lb.data, str(paths[i]), lb.first_line, report), i, lb, True)
         return
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ctx.Pool(workers) as pool:
         pending: deque = deque()
+        last_sync = time.monotonic()
 
-        def finish() -> CriteoBlock:
-            block, part = pending.popleft().get()
+        def finish(synced: bool = False) -> CriteoBlock:
+            job, i, lb = pending.popleft()
+            block, part = job.get()
             if report is not None:
                 report.merge(part)
-            return block
+            return located(block, i, lb, synced)
 
-        for path in paths:
-            for data, first_line in iter_line_blocks(path, block_bytes, report, on_progress):
-                pending.append(pool.apply_async(_parse_task, (data, str(path), first_line, report is not None)))
-                if len(pending) >= 2 * workers:
-                    block = finish()
-                    if len(block):
-                        yield block
+        for i, lb in blocks():
+            pending.append((pool.apply_async(_parse_task, (lb.data, str(paths[i]), lb.first_line,
+                                                           report is not None)), i, lb))
+            if time.monotonic() - last_sync >= sync_every:  # drain: the reader is paused right after lb
+                while pending:
+                    yield finish(synced=len(pending) == 1)
+                last_sync = time.monotonic()
+            elif len(pending) >= 2 * workers:
+                yield finish()
         while pending:
-            block = finish()
-            if len(block):
-                yield block
+            yield finish(synced=len(pending) == 1)
 
 
 def _parse_task(data: bytes, path: str, first_line: int, skip: bool) -> tuple[CriteoBlock, BadLineReport | None]:

@@ -60,6 +60,14 @@ class BadLineReport:
     def total(self) -> int:
         return sum(self.counts.values())
 
+    def state(self) -> dict:
+        """Everything, for a checkpoint (``from_state`` restores it)."""
+        return {"keep": self.keep, "counts": dict(self.counts), "examples": [vars(b) for b in self.examples]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "BadLineReport":
+        return cls(state["keep"], Counter(state["counts"]), [BadLine(**b) for b in state["examples"]])
+
     def to_dict(self) -> dict:
         return {"skipped": self.total, "by_kind": dict(self.counts), "examples": [str(b) for b in self.examples]}
 

@@ -15,6 +15,7 @@ split with ``val_fraction``/``test_fraction`` from ``seed``; ``none`` puts every
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .criteo import read_criteo
+from .criteo import CriteoBlock, read_criteo
 from .criteo_spec import CATEGORICAL_NAMES, DENSE_NAMES
 from .dataset import DatasetInfo
 from .errors import BadLineReport, InputError
@@ -53,6 +54,7 @@ class CriteoPrepareConfig:
     block_bytes: int = 8 << 20
     write_vocab: bool = True
     workers: int = 1
+    checkpoint_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.split not in ("days", "random", "none"):
@@ -127,15 +129,108 @@ def write_hex_vocab_json(path: Path, names: list[str], vocabs: list[Vocabulary])
         os.fsync(f.fileno())
 
 
+_SCRATCH = ("labels", "dense", "cats", "catmiss")
+_RESULT_OPTIONS = ("skip_bad_lines", "max_bad_lines")  # pass-1 options that change what is counted
+
+
+class _Pass1:
+    """Pass 1's running state (scratch files, value counts, bad lines) and its checkpoints."""
+
+    def __init__(self, store: StoreBuilder, inputs: list[Path], cfg: CriteoPrepareConfig) -> None:
+        self.store, self.cfg = store, cfg
+        nf, nd = len(CATEGORICAL_NAMES), len(DENSE_NAMES)
+        self.counters = [ValueCounter() for _ in range(nf)]
+        self.missing_counts = np.zeros(nf + nd, dtype=np.int64)
+        self.rows, self.position, self.report = 0, (0, 0, 1), BadLineReport()
+        self.inputs = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in inputs]
+        self.options = {k: getattr(cfg, k) for k in _RESULT_OPTIONS}
+        self.files = {k: open(store.file(f"{k}.scratch"), "ab") for k in _SCRATCH}
+
+    def add(self, block: CriteoBlock) -> None:
+        f = self.files
+        f["labels"].write(block.labels.tobytes())
+        dense = np.log1p(np.maximum(block.dense, 0).astype(np.float64)).astype(np.float32)
+        f["dense"].write(dense.tobytes())
+        f["cats"].write(block.cats.tobytes())
+        f["catmiss"].write(np.packbits(block.cat_missing, axis=1).tobytes())
+        for j, counter in enumerate(self.counters):
+            counter.add(block.cats[~block.cat_missing[:, j], j])
+        nf = len(self.counters)
+        self.missing_counts[:nf] += block.cat_missing.sum(0)
+        self.missing_counts[nf:] += block.dense_missing.sum(0)
+        self.rows += len(block)
+
+    def save(self, position: tuple[int, int, int]) -> None:
+        """Checkpoint: counts (``counts-<rows>.npz``) first, then ``checkpoint.json`` naming them."""
+        for fh in self.files.values():
+            fh.flush()
+            os.fsync(fh.fileno())
+        counts_name = f"counts-{self.rows}.npz"
+        arrays = {}
+        for j, counter in enumerate(self.counters):
+            arrays[f"v{j}"], arrays[f"c{j}"] = counter.result()
+        tmp = self.store.file(f".{counts_name}.tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.store.file(counts_name))
+        old = self._checkpoint().get("counts")
+        self.store.json("checkpoint.json", {
+            "inputs": self.inputs, "options": self.options, "position": list(position), "rows": self.rows,
+            "missing_counts": self.missing_counts.tolist(), "report": self.report.state(), "counts": counts_name,
+            "scratch_bytes": {k: fh.tell() for k, fh in self.files.items()},
+        })
+        if old and old != counts_name:
+            self.store.file(old).unlink(missing_ok=True)
+
+    def _checkpoint(self) -> dict:
+        path = self.store.file("checkpoint.json")
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def load(self) -> bool:
+        """Continue from the checkpoint in the store if it matches these inputs and options."""
+        ck = self._checkpoint()
+        if not ck or ck["inputs"] != self.inputs or ck["options"] != self.options:
+            return False
+        self.close()
+        for k, size in ck["scratch_bytes"].items():  # drop what was written after the checkpoint
+            with open(self.store.file(f"{k}.scratch"), "r+b") as fh:
+                fh.truncate(size)
+        self.files = {k: open(self.store.file(f"{k}.scratch"), "ab") for k in _SCRATCH}
+        with np.load(self.store.file(ck["counts"])) as z:
+            for j, counter in enumerate(self.counters):
+                counter.runs = [(z[f"v{j}"], z[f"c{j}"])]
+        self.missing_counts = np.array(ck["missing_counts"], dtype=np.int64)
+        self.rows, self.position = ck["rows"], tuple(ck["position"])
+        self.report = BadLineReport.from_state(ck["report"])
+        return True
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
+
+    def finish(self) -> None:
+        """Remove the scratch files and checkpoints once pass 2 has used them."""
+        for p in self.store.tmp.iterdir():
+            if p.suffix in (".scratch", ".npz") or p.name == "checkpoint.json":
+                p.unlink()
+
+
 def prepare_criteo(
     inputs: list[str | os.PathLike], out: str | os.PathLike, config: CriteoPrepareConfig | None = None,
-    overwrite: bool = False, progress: bool = True,
+    overwrite: bool = False, progress: bool = True, resume: bool = False,
 ) -> PrepareResult:
     """Preprocess Criteo-format files ``inputs`` (plain or gzip, in order) into the dataset ``out``.
 
     Raises ``InputError`` on the first bad line (or, with ``skip_bad_lines``, when more than
     ``max_bad_lines`` lines are bad or no valid line is left); ``FileExistsError`` if ``out`` exists and
     not ``overwrite``. The output appears atomically when everything is written.
+
+    Pass 1 checkpoints every ``checkpoint_seconds`` into ``<out>.partial``, which an interrupted run
+    (Ctrl-C or a kill) leaves behind: ``resume=True`` continues from the last checkpoint when the inputs
+    (paths, sizes, modification times) and options are the same, and gives the same dataset as an
+    uninterrupted run; otherwise the stale directory is discarded and the run starts over.
     """
     cfg = config or CriteoPrepareConfig()
     inputs = [Path(p) for p in inputs]
@@ -145,37 +240,34 @@ def prepare_criteo(
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such file")
     t0 = time.perf_counter()
-    report = BadLineReport()
     total_bytes = sum(p.stat().st_size for p in inputs)
     nf, nd = len(CATEGORICAL_NAMES), len(DENSE_NAMES)
-    with StoreBuilder(out, overwrite=overwrite) as store:
-        # ---- pass 1: parse, transform dense, stash hashes, count values
-        counters = [ValueCounter() for _ in range(nf)]
-        missing_counts = np.zeros(nf + nd, dtype=np.int64)
-        n = 0
-        scratch = {k: open(store.file(f"{k}.scratch"), "wb") for k in ("labels", "dense", "cats", "catmiss")}
+    with StoreBuilder(out, overwrite=overwrite, resumable=True) as store:
+        # ---- pass 1: parse, transform dense, stash hashes, count values (checkpointed)
+        state = _Pass1(store, inputs, cfg)
+        if store.resumed and not (resume and state.load()):
+            state.close()
+            store.clear()  # a stale partial directory (not resumed, or from other inputs or options)
+            state = _Pass1(store, inputs, cfg)
+        report = state.report
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="parse", disable=not progress)
+        last_checkpoint = time.monotonic()
         try:
-            for block in read_criteo(inputs, cfg.block_bytes, report if cfg.skip_bad_lines else None,
-                                     on_progress=bar.update, workers=cfg.workers):
+            blocks = read_criteo(inputs, cfg.block_bytes, report if cfg.skip_bad_lines else None,
+                                 on_progress=bar.update, workers=cfg.workers, start=state.position,
+                                 sync_every=cfg.checkpoint_seconds)
+            for block in blocks:
+                state.add(block)
+                bar.set_postfix(rows=state.rows, bad=report.total, refresh=False)
                 if cfg.max_bad_lines is not None and report.total > cfg.max_bad_lines:
                     break
-                m = len(block)
-                scratch["labels"].write(block.labels.tobytes())
-                dense = np.log1p(np.maximum(block.dense, 0).astype(np.float64)).astype(np.float32)
-                scratch["dense"].write(dense.tobytes())
-                scratch["cats"].write(block.cats.tobytes())
-                scratch["catmiss"].write(np.packbits(block.cat_missing, axis=1).tobytes())
-                for f in range(nf):
-                    counters[f].add(block.cats[~block.cat_missing[:, f], f])
-                missing_counts[:nf] += block.cat_missing.sum(0)
-                missing_counts[nf:] += block.dense_missing.sum(0)
-                n += m
-                bar.set_postfix(rows=n, bad=report.total, refresh=False)
+                if block.synced and time.monotonic() - last_checkpoint >= cfg.checkpoint_seconds:
+                    state.save(block.resume_at)
+                    last_checkpoint = time.monotonic()
         finally:
             bar.close()
-            for fh in scratch.values():
-                fh.close()
+            state.close()
+        counters, missing_counts, n = state.counters, state.missing_counts, state.rows
         if cfg.max_bad_lines is not None and report.total > cfg.max_bad_lines:
             raise InputError(str(inputs[0]), 0, 0, "too_many_bad_lines",
                              f"more than {cfg.max_bad_lines} bad lines:\n{report.summary()}")
@@ -207,8 +299,7 @@ def prepare_criteo(
                 labels.write(np.fromfile(scratch["labels"], dtype=np.uint8, count=m))
         for fh in scratch.values():
             fh.close()
-        for k in ("labels", "dense", "cats", "catmiss"):
-            store.file(f"{k}.scratch").unlink()
+        state.finish()
         if cfg.split == "days":
             splits: dict | str = {k: list(v) for k, v in day_split(n, cfg.days).items()}
             sizes = {k: b - a for k, (a, b) in splits.items()}

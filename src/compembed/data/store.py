@@ -13,7 +13,8 @@ Layout of a prepared dataset directory::
     mh.<name>.values.npy / mh.<name>.offsets.npy   int32 ids / int64 (N + 1,) CSR bags of a multi-hot feature
 
 The directory is built under a temporary sibling name, every file fsynced, then renamed into place
-with ``os.replace``: a killed run leaves only a ``.partial-*`` directory, never a dataset that opens.
+with ``os.replace``: a killed run leaves only a ``.partial*`` directory (without ``meta.json``), never a
+dataset that opens.
 """
 from __future__ import annotations
 
@@ -46,13 +47,18 @@ class StoreBuilder:
     Use as a context manager: leaving the block with an exception removes the temporary directory.
     """
 
-    def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False, resumable: bool = False) -> None:
+        """``resumable``: build in the fixed directory ``<path>.partial`` (reusing one left by an
+        interrupted run) and keep it when interrupted by ``KeyboardInterrupt``."""
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} already exists (pass overwrite=True / --overwrite to replace it)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f"{self.path.name}.partial-{uuid.uuid4().hex[:8]}")
-        self.tmp.mkdir()
+        suffix = "partial" if resumable else f"partial-{uuid.uuid4().hex[:8]}"
+        self.tmp = self.path.with_name(f"{self.path.name}.{suffix}")
+        self.resumable = resumable
+        self.resumed = self.tmp.is_dir()
+        self.tmp.mkdir(exist_ok=resumable)
         self.overwrite = overwrite
         self._arrays: dict[str, np.memmap] = {}
 
@@ -60,8 +66,14 @@ class StoreBuilder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
+        if exc_type is not None and not (self.resumable and issubclass(exc_type, KeyboardInterrupt)):
             self.abort()
+
+    def clear(self) -> None:
+        """Empty the temporary directory (a stale one that is not resumed)."""
+        shutil.rmtree(self.tmp)
+        self.tmp.mkdir()
+        self.resumed = False
 
     def file(self, name: str) -> Path:
         return self.tmp / name
