@@ -160,6 +160,10 @@ def run_train(args: argparse.Namespace) -> int:
         return _fail(str(err), 3)
     except (ValueError, FileExistsError, FileNotFoundError, KeyError) as err:
         return _fail(str(err).strip("'\""))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue from the last checkpoint with `compembed train --resume --out {out}`",
+              file=sys.stderr)
+        return 130
     print(format_table([result.to_dict()], split="test" if "test" in result.evals else next(iter(result.evals), "test")))
     if args.features:
         print()
