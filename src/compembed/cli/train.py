@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -164,6 +165,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: continue from the last checkpoint with `compembed train --resume --out {out}`",
               file=sys.stderr)
         return 130
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 reports, as only it writes the run directory
     print(format_table([result.to_dict()], split="test" if "test" in result.evals else next(iter(result.evals), "test")))
     if args.features:
         print()

@@ -169,7 +169,8 @@ def train(
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
-    ctx = init_from_env()  # torchrun's environment: one rank of a data-parallel job; else one process
+    # torchrun's environment: one rank of a data-parallel job (gloo: this loop computes on CPU); else one process
+    ctx = init_from_env(backend="gloo")
     try:
         return _train(config, dataset, out_dir, resume, progress, on_step, ctx)
     finally:
