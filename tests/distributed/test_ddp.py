@@ -19,17 +19,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(args: list[str], nproc: int, worker: str | None = None) -> None:
-    """Run a worker script here in one plain process, or under torchrun with ``nproc`` ranks."""
+def run(args: list[str], nproc: int, worker: str | None = None) -> str:
+    """Run a worker script (or ``-m compembed`` for the CLI) in one plain process, or under torchrun
+    with ``nproc`` ranks on 127.0.0.1; returns its stdout."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     prefix = [sys.executable]
     if nproc > 1:
         prefix += ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                    "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
-    script = WORKER if worker is None else WORKER.with_name(worker)
-    result = subprocess.run(prefix + [str(script), *args], capture_output=True, text=True, timeout=240, env=env)
+    if worker == "-m compembed":
+        target = ["-m", "compembed"]
+    else:
+        target = [str(WORKER if worker is None else WORKER.with_name(worker))]
+    result = subprocess.run(prefix + target + args, capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
 
 
 @pytest.mark.parametrize("optimizer", ["adagrad"])

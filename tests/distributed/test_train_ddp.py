@@ -1,5 +1,6 @@
-"""compembed's trainer under torchrun: 2 processes on 127.0.0.1 (gloo), interrupted and resumed,
-end with the model, optimizer state and metrics of one process on the same global batches."""
+"""compembed's trainer under torchrun: 2 processes on 127.0.0.1 (gloo), interrupted and resumed with
+``torchrun -m compembed train --resume``, end with the model, optimizer state and metrics of
+``compembed train`` in one process on the same global batches."""
 import json
 import shutil
 
@@ -25,7 +26,11 @@ def train_records(path):
 
 def test_torchrun_training_resumes_and_equals_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    run([str(one), "--batch-size", "64"], nproc=1, worker=WORKER)
+    # The CLI spelling of _train_worker.make_config(batch_size=64).
+    cli = ["train", "--scheme", "qr", "--dim", "8", "--bottom-mlp", "16", "--top-mlp", "16", "--threshold", "0",
+           "--optimizer", "adagrad", "--lr", "0.05", "--rows", "421", "--scale", "0.0005", "--data-seed", "3",
+           "--epochs", "2", "--log-every", "2", "--checkpoint-every", "2", "--threads", "1", "--no-progress"]
+    run([*cli, "--batch-size", "64", "--out", str(one)], nproc=1, worker="-m compembed")
     # 337 train rows, 6 global batches an epoch; checkpoints every 2 steps: stop at 7, resume from 6.
     run([str(two), "--batch-size", "32", "--stop-after", "7"], nproc=2, worker=WORKER)
     assert not (two / SUMMARY).exists()
@@ -35,7 +40,8 @@ def test_torchrun_training_resumes_and_equals_one_process(tmp_path):
     shutil.copytree(two, copy)
     with pytest.raises(ValueError, match="written by 2 process"):
         train(make_config(batch_size=32), out_dir=copy, resume=True, progress=False)
-    run([str(two), "--batch-size", "32", "--resume"], nproc=2, worker=WORKER)
+    report = run(["train", "--resume", "--out", str(two), "--no-progress"], nproc=2, worker="-m compembed")
+    assert report.count("train loss") == 1, "only rank 0 prints the report"
 
     a, b = load_file(one / CHECKPOINT), load_file(two / CHECKPOINT)
     assert a.keys() == b.keys()
