@@ -17,6 +17,7 @@ def main(out_dir: str) -> None:
     from torchrec.distributed.model_parallel import DistributedModelParallel
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
     from torchrec.distributed.sharding_plan import get_default_sharders
+    from torchrec.models.dlrm import DLRM
 
     from compembed.integrations.torchrec import CompositionalEmbeddingBagCollection, table_wise_constraints
     sys.path.insert(0, os.path.dirname(__file__))
@@ -37,10 +38,25 @@ def main(out_dir: str) -> None:
     sharded.load_state_dict(reference.state_dict())
     kjt = make_batch(seed=1, batch_size=8, part=(rank, world))
     out = sharded(kjt)
+
+    # The same tables inside an unchanged TorchRec DLRM, sharded as a whole model.
+    def dlrm(seed: int):
+        torch.manual_seed(seed)
+        tables = CompositionalEmbeddingBagCollection.from_collection(make_collection(seed), one_hot=["one_hot"])
+        return DLRM(embedding_bag_collection=tables, dense_in_features=13, dense_arch_layer_sizes=[16, 8],
+                    over_arch_layer_sizes=[16, 1])
+
+    reference_dlrm = dlrm(0)
+    model_plan = planner.collective_plan(reference_dlrm, sharders, dist.GroupMember.WORLD)
+    sharded_dlrm = DistributedModelParallel(dlrm(1), device=torch.device("cpu"), plan=model_plan, sharders=sharders)
+    sharded_dlrm.load_state_dict(reference_dlrm.state_dict())
+    dense = torch.randn(8, 13, generator=torch.Generator().manual_seed(2))[rank * 4 : (rank + 1) * 4]
     torch.save(
         {
             "sharded": out.values().detach(),
             "reference": reference(kjt).values().detach(),
+            "dlrm_sharded": sharded_dlrm(dense, kjt).detach(),
+            "dlrm_reference": reference_dlrm(dense, kjt).detach(),
             "keys": out.keys(),
             "ranks": sorted({r for params in plan.plan.values() for p in params.values() for r in p.ranks}),
             "sharding_types": sorted({p.sharding_type for params in plan.plan.values() for p in params.values()}),

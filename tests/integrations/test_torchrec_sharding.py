@@ -1,5 +1,5 @@
 """2 processes on 127.0.0.1 (gloo): TorchRec DistributedModelParallel shards the partition tables
-table-wise and gives the outputs of the unsharded module."""
+table-wise and gives the outputs of the unsharded module, alone and inside TorchRec's DLRM."""
 import os
 import socket
 import subprocess
@@ -39,3 +39,5 @@ def test_table_wise_dmp_matches_unsharded(tmp_path):
         assert out["sharded"].shape == (4, 40)
         assert out["reference"].abs().max() > 0
         torch.testing.assert_close(out["sharded"], out["reference"], rtol=1e-5, atol=1e-6)
+        assert out["dlrm_sharded"].shape == (4, 1)
+        torch.testing.assert_close(out["dlrm_sharded"], out["dlrm_reference"], rtol=1e-5, atol=1e-6)
