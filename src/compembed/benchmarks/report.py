@@ -15,7 +15,9 @@ def _ratio(x) -> str:
 
 
 def _gib(x) -> str:
-    return "-" if x is None else f"{x / GiB:.2f}"
+    if x is None:
+        return "-"
+    return f"{x / GiB:.2f}" if x >= GiB / 100 else f"{x / GiB:.1e}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
