@@ -88,6 +88,9 @@ class FusedEmbeddingCollection(EmbeddingCollection):
                 self.embeddings[config.name] = build_embedding_bag(config, sparse=sparse, device=device, dtype=dtype)
                 layout[config.name] = self.embeddings[config.name]
         self._layout = layout  # plain dict: the meta modules are not submodules
+        if device is not None:  # the index vectors live beside the weights
+            for name, buffer in self._buffers.items():
+                self._buffers[name] = buffer.to(device)
 
     # ---- layout -----------------------------------------------------------------------------
     def _build_groups(self, layout: Mapping[str, nn.Module]) -> None:
