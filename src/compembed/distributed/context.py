@@ -81,10 +81,24 @@ def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> Dist
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, backend, device, owns_group=True)
 
 
-def shutdown(ctx: DistContext) -> None:
-    """End the process group if ``ctx`` started it."""
-    if ctx.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(ctx: DistContext, timeout_s: float = 30.0) -> None:
+    """End the process group if ``ctx`` started it, after the other ranks reach this point too.
+
+    Without that wait a rank that finished its last collective may close its connections while a
+    peer still waits for that collective's final message, which aborts the peer ("terminate called
+    without an active exception"). A rank that never arrives (it failed elsewhere) is waited for at
+    most ``timeout_s`` on gloo; torchrun then stops the job.
+    """
+    if not (ctx.owns_group and dist.is_initialized()):
+        return
+    try:
+        if ctx.backend == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=timeout_s))
+        else:
+            dist.barrier()
+    except RuntimeError:
+        pass  # a peer is gone or stuck: end this rank anyway
+    dist.destroy_process_group()
 
 
 def barrier(ctx: DistContext) -> None:
