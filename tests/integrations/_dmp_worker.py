@@ -64,6 +64,7 @@ def main(out_dir: str) -> None:
         },
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
+    dist.barrier()  # no rank closes its connections while a peer still finishes a collective
     dist.destroy_process_group()
 
 
