@@ -111,13 +111,13 @@ class FusedEmbeddingCollection(EmbeddingCollection):
         self._run_lengths = {w: [len(g.features) for g in self.groups for d in g.widths if d == w] for w in slots}
         self._rows: dict[int, int] = {}
         self._offsets: dict[tuple[int, int], int] = {}  # (feature, table) -> first row in its weight
+        modules = list(layout.values())
         for w, entries in slots.items():
             row = 0
             for f, t in entries:
                 self._offsets[f, t] = row
-                row += list(layout.values())[f].partition.table_sizes[t]
+                row += modules[f].partition.table_sizes[t]
             self._rows[w] = row
-        modules = list(layout.values())
         for w, entries in slots.items():
             def vector(values) -> Tensor:
                 return torch.tensor(values, dtype=torch.int64)
