@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_replace", "atomic_write_bytes", "atomic_write_text", "write_json_atomic"]
+__all__ = ["atomic_replace", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "write_json_atomic"]
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     # Makes the rename itself durable; not every filesystem lets a directory be opened for it.
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -39,7 +39,7 @@ def atomic_replace(write: Callable[[Path], None], path: str | os.PathLike) -> No
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

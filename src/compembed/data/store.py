@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import _fsync_dir, write_json_atomic
+from ..io import fsync_dir, write_json_atomic
 from .dataset import SPLITS, ArrayDataset, DatasetInfo
 
 __all__ = ["FORMAT", "StoreBuilder", "open_dataset", "read_meta", "DatasetFormatError"]
@@ -113,7 +113,7 @@ class StoreBuilder:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self.tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return self.path
 
     def abort(self) -> None:

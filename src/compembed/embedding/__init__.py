@@ -1,6 +1,7 @@
 """Embedding modules: compositional, path-based, hashing and full tables, and a per-feature collection."""
 from .collection import SCHEMES, EmbeddingCollection, FeatureConfig, FeatureReport, build_embedding_bag, feature_configs
 from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, FullEmbeddingBag, HashEmbeddingBag, combine
+from .fused import FusedEmbeddingCollection
 from .init import default_std, factor_std
 from .path import ClassMLP, PathEmbedding, PathEmbeddingBag
 from .pooling import pool_bags
@@ -14,6 +15,7 @@ __all__ = [
     "PathEmbeddingBag",
     "ClassMLP",
     "EmbeddingCollection",
+    "FusedEmbeddingCollection",
     "FeatureConfig",
     "FeatureReport",
     "SCHEMES",

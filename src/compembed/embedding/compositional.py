@@ -54,18 +54,9 @@ class CompositionalEmbedding(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(partition, Partition):
-            raise TypeError(f"partition must be a compembed.partitions.Partition, got {type(partition).__name__}")
-        if partition.num_embeddings != num_embeddings:
-            raise ValueError(
-                f"partition covers {partition.num_embeddings} ids but num_embeddings is {num_embeddings}"
-            )
-        if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be a positive int, got {embedding_dim!r}")
+        check_module_args(num_embeddings, embedding_dim, partition, padding_idx)
         if operation not in OPERATIONS:
             raise ValueError(f"operation must be one of {OPERATIONS}, got {operation!r}")
-        if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
-            raise ValueError(f"padding_idx must be in [0, {num_embeddings}), got {padding_idx}")
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.partition = partition
@@ -193,6 +184,18 @@ class FullEmbeddingBag(CompositionalEmbeddingBag):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, **kwargs) -> None:
         super().__init__(num_embeddings, embedding_dim, Identity(num_embeddings), **kwargs)
+
+
+def check_module_args(num_embeddings: int, embedding_dim: int, partition: Partition, padding_idx: int | None) -> None:
+    """The argument checks every composed embedding module shares."""
+    if not isinstance(partition, Partition):
+        raise TypeError(f"partition must be a compembed.partitions.Partition, got {type(partition).__name__}")
+    if partition.num_embeddings != num_embeddings:
+        raise ValueError(f"partition covers {partition.num_embeddings} ids but num_embeddings is {num_embeddings}")
+    if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
+        raise ValueError(f"embedding_dim must be a positive int, got {embedding_dim!r}")
+    if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
+        raise ValueError(f"padding_idx must be in [0, {num_embeddings}), got {padding_idx}")
 
 
 def combine(rows: Sequence[Tensor], operation: str) -> Tensor:

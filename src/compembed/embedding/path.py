@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..partitions import Partition
+from .compositional import check_module_args
 from .init import default_std, uniform_
 from .pooling import MODES, pool_bags
 
@@ -87,21 +88,12 @@ class PathEmbedding(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(partition, Partition):
-            raise TypeError(f"partition must be a compembed.partitions.Partition, got {type(partition).__name__}")
-        if partition.num_embeddings != num_embeddings:
-            raise ValueError(
-                f"partition covers {partition.num_embeddings} ids but num_embeddings is {num_embeddings}"
-            )
+        check_module_args(num_embeddings, embedding_dim, partition, padding_idx)
         if partition.num_tables < 2:
             raise ValueError("path-based composition needs a partition with at least 2 tables")
-        if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be a positive int, got {embedding_dim!r}")
         hidden_dims = tuple(hidden_dims)
         if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden_dims):
             raise ValueError(f"hidden_dims must be positive ints, got {list(hidden_dims)}")
-        if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
-            raise ValueError(f"padding_idx must be in [0, {num_embeddings}), got {padding_idx}")
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.partition = partition
