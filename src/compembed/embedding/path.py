@@ -19,9 +19,9 @@ __all__ = ["ClassMLP", "PathEmbedding", "PathEmbeddingBag"]
 class ClassMLP(nn.Module):
     """One small MLP per class, applied to each input with the weights of its class.
 
-    Layer ``l`` keeps the weights of all classes as a ``(num_classes, in*out)`` table, so a batch
-    gathers each sample's matrix with one embedding lookup (sparse gradients when ``sparse``) and
-    applies it with one batched matmul: no loop over ids or classes.
+    Layer ``l`` keeps the weights of all classes as a ``(num_classes, in*out)`` table; a batch looks
+    up the classes it contains with one embedding lookup (sparse gradients when ``sparse``) and
+    applies them with one batched matmul: no loop over ids or classes.
 
     Shape:
         ``forward(x, classes)``: x ``(N, dims[0])``, classes ``(N,)`` -> ``(N, dims[-1])``.
@@ -55,9 +55,20 @@ class ClassMLP(nn.Module):
             nn.init.zeros_(bias)
 
     def forward(self, x: Tensor, classes: Tensor) -> Tensor:
+        # Look up only the classes present (sparse gradients touch just those rows). With few of
+        # them (QR's remainders), applying every present class's layer to every input and keeping
+        # each input's own is cheaper than gathering an (in x out) matrix per input.
+        present, inverse = torch.unique(classes, return_inverse=True)
         for l, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            matrices = F.embedding(classes, weight, sparse=self.sparse).view(-1, self.dims[l], self.dims[l + 1])
-            x = torch.bmm(x.unsqueeze(1), matrices).squeeze(1) + F.embedding(classes, bias, sparse=self.sparse)
+            fan_in, fan_out = self.dims[l], self.dims[l + 1]
+            matrices = F.embedding(present, weight, sparse=self.sparse).view(-1, fan_in, fan_out)
+            biases = F.embedding(present, bias, sparse=self.sparse)
+            if present.numel() <= fan_in:
+                every = torch.einsum("ni,cio->nco", x, matrices)  # (N, classes present, out)
+                x = every.gather(1, inverse.view(-1, 1, 1).expand(-1, 1, fan_out)).squeeze(1)
+            else:
+                x = torch.bmm(x.unsqueeze(1), matrices[inverse]).squeeze(1)
+            x = x + biases[inverse]
             if l < len(self.weights) - 1:
                 x = torch.relu(x)
         return x
