@@ -4,11 +4,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from compembed.benchmarks.ingest import main
 
 
 def test_ingest_benchmark_smoke(tmp_path: Path, capsys) -> None:
     out = tmp_path / "result.json"
+    threads = torch.get_num_threads()
     assert main(["--lines", "6000", "--scale", "0.001", "--workdir", str(tmp_path / "w"), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["runs"]["small"]["rows"] == 1200 and result["runs"]["large"]["rows"] == 6000
@@ -19,3 +22,4 @@ def test_ingest_benchmark_smoke(tmp_path: Path, capsys) -> None:
     assert result["loader_rows_per_s_b128"] > 0
     assert "peak RSS" in capsys.readouterr().out
     assert not list((tmp_path / "w").iterdir())  # generated files removed without --keep
+    assert torch.get_num_threads() == threads  # its one-thread timing leaves the caller's setting alone

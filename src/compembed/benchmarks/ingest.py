@@ -116,30 +116,38 @@ def _loader_vs_training(path: Path, batches: int) -> dict:
         t = time.perf_counter()
         n = sum(len(b) for _, b in zip(range(batches), it))
         out[f"loader_rows_per_s_b{bs}"] = n / (time.perf_counter() - t)
-    try:
-        from ..models.factory import ModelConfig, build_model
-    except ImportError as e:  # the models layer is optional for this benchmark
-        out["training"] = f"unavailable ({e})"
-        return out
     names = ds.info.categorical_names
     batch_list = [b for _, b in zip(range(12), ds.loader("train", 128, shuffle=True, seed=1))]
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core, like the loader (and a shared machine's OpenMP threads can thrash)
-    for scheme in ("hashing", "qr"):
-        torch.manual_seed(0)
-        model = build_model(ModelConfig(scheme=scheme, num_collisions=4, threshold=200), ds.info, sparse=True)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-
-        def step(b) -> None:
-            opt.zero_grad()
-            torch.nn.functional.binary_cross_entropy_with_logits(model(b.dense, b.features(names)), b.labels).backward()
-            opt.step()
-
-        step(batch_list[0])
-        t = time.perf_counter()
-        for b in batch_list[1:]:
-            step(b)
-        out[f"dlrm_{scheme}_train_rows_per_s_b128"] = 128 * (len(batch_list) - 1) / (time.perf_counter() - t)
+    try:
+        for scheme in ("hashing", "qr"):
+            out[f"dlrm_{scheme}_train_rows_per_s_b128"] = _train_rate(ds, scheme, batch_list, names)
+    finally:
+        torch.set_num_threads(threads)  # callers in the same process keep their setting
     return out
+
+
+def _train_rate(ds, scheme: str, batch_list: list, names: list[str]) -> float:
+    """Rows/s of DLRM training steps (batch 128) with ``scheme`` tables, after one warm-up step."""
+    import torch
+
+    from ..models.factory import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(scheme=scheme, num_collisions=4, threshold=200), ds.info, sparse=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step(b) -> None:
+        opt.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(model(b.dense, b.features(names)), b.labels).backward()
+        opt.step()
+
+    step(batch_list[0])
+    t = time.perf_counter()
+    for b in batch_list[1:]:
+        step(b)
+    return 128 * (len(batch_list) - 1) / (time.perf_counter() - t)
 
 
 def main(argv: list[str] | None = None) -> int:
