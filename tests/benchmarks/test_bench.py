@@ -9,7 +9,9 @@ import torch
 
 from compembed.benchmarks.report import to_markdown
 from compembed.benchmarks.runner import PRESETS, BenchConfig, Measurement, run_benchmark, summarize
-from compembed.benchmarks.variants import VARIANTS, FBGEMMFullTables, PooledQREmbeddings, build_variant, fbgemm_unavailable, make_optimizer
+from compembed.benchmarks.variants import (
+    VARIANTS, FBGEMMFullTables, NoTables, PooledQREmbeddings, build_variant, fbgemm_unavailable, make_optimizer,
+)
 from compembed.benchmarks.worker import build_step, mlp_flops_per_sample
 from compembed.embedding import EmbeddingCollection, feature_configs
 
@@ -32,7 +34,7 @@ def test_pooled_qr_reference_equals_collection_on_one_hot():
     torch.testing.assert_close(reference(ids), collection(ids))
 
 
-@pytest.mark.parametrize("name", [n for n in VARIANTS if n != "fbgemm-full"])
+@pytest.mark.parametrize("name", [n for n in VARIANTS if n not in ("fbgemm-full", "mlp-only")])
 def test_every_variant_trains_one_step(name):
     module = build_variant(name, CARDS, dim=8, threshold=50, collisions=4)
     opt = make_optimizer(name, module.parameters(), lr=0.1)
@@ -42,6 +44,18 @@ def test_every_variant_trains_one_step(name):
     out.pow(2).sum().backward()
     opt.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, module.parameters()))
+
+
+def test_mlp_only_has_no_tables_and_a_fixed_input():
+    module = build_variant("mlp-only", CARDS, dim=8)
+    assert isinstance(module, NoTables) and not list(module.parameters())
+    first, again = module(_ids(CARDS)), module(_ids(CARDS, batch=8))
+    assert first.shape == (16, len(CARDS), 8) and torch.equal(again, first[:8]) and not first.requires_grad
+    # A DLRM step over it trains the MLPs only.
+    step, facts = build_step(dict(task="dlrm", variant="mlp-only", cardinalities=CARDS, dim=8, batch=16,
+                                  threshold=50, collisions=4))
+    step()
+    assert facts["embedding_parameters"] == 0 and facts["flop_per_sample"] > 0
 
 
 def test_unknown_variant_is_named():
@@ -119,6 +133,7 @@ def test_summary_ratios_and_roofline_from_measurements():
         "full-per-feature": m("dlrm", "full-per-feature", [100, 120, 110], 3000),
         "full-batched": m("dlrm", "full-batched", [200, 180, 220], 2500, flop_per_sample=10**6),
         "qr": m("dlrm", "qr", [300, 310, 290], 1000, flop_per_sample=10**6),
+        "mlp-only": m("dlrm", "mlp-only", [400, 380, 420], 600, flop_per_sample=10**6),
         "sgemm": m("dlrm", "sgemm", [10.0], 1, flop_per_step=10**8),
         "idle": m("dlrm", "idle", [1.0], 500),
     }}
@@ -133,6 +148,10 @@ def test_summary_ratios_and_roofline_from_measurements():
     assert met["DLRM step, QR vs best full-table baseline (samples/s ratio)"] is True
     assert met["DLRM step, QR fraction of the FLOP roofline"] is False
     assert met["embedding part, QR vs straightforward per-feature QR (qr-reference)"] is None  # not run
+    values = {t["target"]: t["value"] for t in out["targets"]}
+    assert values["(ceiling: DLRM step without tables, mlp-only, fraction of the FLOP roofline)"] == pytest.approx(0.4)
+    assert values["(DLRM step, QR vs the same step without tables, mlp-only)"] == pytest.approx(0.75)
+    assert met["(DLRM step, QR vs the same step without tables, mlp-only)"] is None  # a reference, no goal
 
 
 def test_presets_are_consistent():

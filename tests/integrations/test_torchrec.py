@@ -12,7 +12,7 @@ from torchrec.distributed.sharding_plan import get_default_sharders  # noqa: E40
 from torchrec.models.dlrm import DLRM  # noqa: E402
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: E402
 
-from compembed.embedding import EmbeddingCollection, FeatureConfig  # noqa: E402
+from compembed.embedding import EmbeddingCollection, FeatureConfig, FusedEmbeddingCollection  # noqa: E402
 from compembed.integrations.torchrec import (  # noqa: E402
     CompositionalEmbeddingBagCollection,
     PartitionIdTransform,
@@ -79,6 +79,16 @@ def test_outputs_and_gradients_equal_compembed(seed):
     for name, module in ours.embeddings.items():
         for mine, theirs in zip(trec.partition_weights(name), module.weights):
             torch.testing.assert_close(mine.grad, theirs.grad)
+
+
+def test_from_a_fused_collection_equals_from_the_per_feature_one():
+    ours = make_collection()
+    fused = FusedEmbeddingCollection.from_collection(ours)
+    kjt = make_batch(seed=6, batch_size=16)
+    from_fused = CompositionalEmbeddingBagCollection.from_collection(fused, one_hot=["one_hot"])
+    from_ours = CompositionalEmbeddingBagCollection.from_collection(ours, one_hot=["one_hot"])
+    torch.testing.assert_close(from_fused(kjt).values(), from_ours(kjt).values())
+    torch.testing.assert_close(from_fused(kjt).values(), fused(as_dict(kjt)))
 
 
 def test_pooled_mult_differs_on_multi_hot_bags():

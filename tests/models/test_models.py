@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from compembed.embedding import EmbeddingCollection, FeatureConfig
 from compembed.models import DCN, DLRM, CrossNetwork, DotInteraction, ModelConfig, build_model
+from compembed.optim import SparseAdagrad
 
 from .toy import toy_dataset
 
@@ -71,10 +72,19 @@ def test_paper_defaults():
 def test_dot_interaction_is_lower_triangle_of_gram():
     x = torch.randn(5, 4, 3)
     out = DotInteraction()(x)
-    expected = [x[:, i] @ x[:, j].T for i in range(4) for j in range(i)]
     expected = torch.stack([torch.einsum("bd,bd->b", x[:, i], x[:, j]) for i in range(4) for j in range(i)], 1)
     assert out.shape == (5, 6)
     assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_dot_interaction_gradient_matches_autograd_of_the_plain_formula():
+    x = torch.randn(7, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(DotInteraction(), (x,))
+    upstream = torch.randn(7, 10, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(DotInteraction()(x), x, upstream)
+    rows, cols = torch.tril_indices(5, 5, offset=-1)
+    (expected,) = torch.autograd.grad(torch.bmm(x, x.transpose(1, 2))[:, rows, cols], x, upstream)
+    assert torch.allclose(grad, expected)
 
 
 def test_cross_network_formula():
@@ -120,6 +130,28 @@ def test_no_dense_features():
 def test_config_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         ModelConfig(**bad)
+
+
+@pytest.mark.parametrize("scheme,operation", SCHEMES)
+def test_fused_and_per_feature_collections_train_the_same_model(scheme, operation):
+    """build_model's default fused collection is the per-feature one's model, only faster."""
+    dataset = toy_dataset(rows=256, multi_hot=True)
+    names = dataset.info.categorical_names
+    config = ModelConfig(scheme=scheme, operation=operation, **SMALL)
+    models = []
+    for fused in (True, False):
+        torch.manual_seed(3)
+        models.append(build_model(config, dataset.info, sparse=True, fused=fused))
+    assert type(models[0].embeddings).__name__ == "FusedEmbeddingCollection"
+    assert type(models[1].embeddings).__name__ == "EmbeddingCollection"
+    optimizers = [SparseAdagrad(m.parameters(), lr=0.05) for m in models]
+    for batch in dataset.loader("train", 64, shuffle=True, seed=0):
+        outputs = [m(batch.dense, batch.features(names)) for m in models]
+        torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+        for out, opt in zip(outputs, optimizers):
+            F.binary_cross_entropy_with_logits(out, batch.labels).backward()
+            opt.step()
+            opt.zero_grad()
 
 
 def test_sparse_gradients_on_every_table():

@@ -28,23 +28,9 @@ from pathlib import Path
 
 
 from ..data.criteo_spec import KAGGLE_CARDINALITIES, KAGGLE_LINES
+from .memory import peak_rss_bytes
 
 KAGGLE_DISTINCT = sum(KAGGLE_CARDINALITIES)
-
-
-def _peak_rss() -> int:
-    """Peak resident memory of this process in bytes.
-
-    Linux's ``VmHWM`` belongs to the process image, while ``ru_maxrss`` survives ``exec`` and would
-    report the (larger) parent's memory at ``fork`` time.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def _cpu_seconds() -> float:
@@ -56,11 +42,11 @@ def _cpu_seconds() -> float:
 def _worker(args: argparse.Namespace) -> int:
     from ..data.prepare import CriteoPrepareConfig, prepare_criteo
 
-    base, cpu0 = _peak_rss(), _cpu_seconds()
+    base, cpu0 = peak_rss_bytes(), _cpu_seconds()
     r = prepare_criteo([args.input], args.out, CriteoPrepareConfig(write_vocab=True, workers=args.workers),
                        overwrite=True, progress=False)
     cpu = _cpu_seconds() - cpu0
-    print(json.dumps({"rows": r.num_rows, "seconds": r.seconds, "cpu_seconds": cpu, "peak_rss": _peak_rss(),
+    print(json.dumps({"rows": r.num_rows, "seconds": r.seconds, "cpu_seconds": cpu, "peak_rss": peak_rss_bytes(),
                       "start_rss": base,
                       "distinct": sum(r.extra["distinct_values"].values()), "bytes": r.input_bytes}))
     return 0

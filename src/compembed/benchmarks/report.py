@@ -45,8 +45,8 @@ def to_markdown(result: dict, command: str | None = None) -> str:
     lines += ["### Targets", ""]
     lines += _table(["target", "measured", "goal", "met"], [
         [t["target"], "-" if t["value"] is None else f"{t['value']:.3f}",
-         ("<= " if "RSS" in t["target"] else ">= ") + f"{t['goal']:g}",
-         {True: "yes", False: "**no**", None: "not run"}[t["met"]]]
+         "-" if t["goal"] is None else ("<= " if "RSS" in t["target"] else ">= ") + f"{t['goal']:g}",
+         "-" if t["goal"] is None else {True: "yes", False: "**no**", None: "not run"}[t["met"]]]
         for t in result["targets"]
     ])
     lines.append("")

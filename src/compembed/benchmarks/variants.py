@@ -18,7 +18,7 @@ from ..embedding.fused import FusedEmbeddingCollection
 from ..embedding.init import default_std, factor_std, uniform_
 from ..optim import SparseSGD
 
-__all__ = ["VARIANTS", "Variant", "PooledQREmbeddings", "FBGEMMFullTables", "fbgemm_unavailable", "build_variant"]
+__all__ = ["VARIANTS", "Variant", "PooledQREmbeddings", "FBGEMMFullTables", "NoTables", "fbgemm_unavailable", "build_variant"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,28 @@ class FBGEMMFullTables(nn.Module):
         return self.tables(indices, offsets).view(batch, num, self.dim)
 
 
+class NoTables(nn.Module):
+    """No embedding tables: a fixed random ``(B, F, D)`` output with no gradient to any table.
+
+    A DLRM step over it does only the dense work (MLPs, interaction, loss, SGD), the ceiling that
+    every embedding scheme's step is measured against.
+
+    Shape:
+        ``forward((B, F) ids) -> (B, F, D)``.
+    """
+
+    def __init__(self, cardinalities: Sequence[int], dim: int, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.configs = feature_configs(cardinalities, embedding_dim=dim, scheme="full")
+        self.register_buffer("vectors", torch.empty(0, len(self.configs), dim, device=device), persistent=False)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        if self.vectors.shape[0] < ids.shape[0]:
+            generator = torch.Generator().manual_seed(0)
+            self.vectors = torch.randn(ids.shape[0], *self.vectors.shape[1:], generator=generator).to(self.vectors)
+        return self.vectors[: ids.shape[0]]
+
+
 VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("full-per-feature", "one nn.EmbeddingBag-style full table per feature (EmbeddingCollection)",
             _collection(EmbeddingCollection, scheme="full"), full_tables=True),
@@ -146,6 +168,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
             _collection(FusedEmbeddingCollection, scheme="crt", operation="mult", num_partitions=3)),
     Variant("path", "path-based QR (quotient table + per-remainder MLP 16-64-16), per-feature modules",
             _collection(FusedEmbeddingCollection, scheme="path", hidden_dims=(64,))),
+    Variant("mlp-only", "no tables: a fixed random (B, F, D) input, the DLRM step's dense work alone",
+            lambda cards, dim, threshold, collisions, device: NoTables(cards, dim, device)),
 ]}
 
 

@@ -2,7 +2,8 @@
 
 Run as ``python -m compembed.benchmarks.worker '<json spec>'``. The worker builds the model,
 warms up, prints one JSON line ``{"ready": ...}``, then for each ``{"op": "run", "steps": S}``
-line on stdin times S training steps and prints ``{"times": [...]}``; on ``{"op": "quit"}`` (or
+line on stdin runs ``settle`` untimed steps (the other workers have just had the caches), times S
+training steps and prints ``{"times": [...]}``; on ``{"op": "quit"}`` (or
 end of input) it prints ``{"peak_rss": bytes, ...}`` and exits. The parent interleaves the
 workers' runs, so all variants see the same machine load.
 
@@ -17,7 +18,6 @@ Tasks:
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +28,7 @@ from torch import nn
 
 from ..embedding import feature_configs
 from ..embedding.fused import FusedEmbeddingCollection
+from .memory import peak_rss_bytes
 from .variants import build_variant, make_optimizer
 
 __all__ = ["build_step", "mlp_flops_per_sample", "main"]
@@ -108,10 +109,6 @@ def build_step(spec: dict) -> tuple[Callable[[], None], dict]:
     return dlrm_step, facts
 
 
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -133,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         command = json.loads(line)
         if command["op"] != "run":
             break
+        for _ in range(command.get("settle", 0)):  # untimed: caches and TLB were the other workers'
+            step()
+        _sync(device)
         times = []
         for _ in range(command["steps"]):
             start = time.perf_counter()

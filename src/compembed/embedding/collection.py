@@ -193,6 +193,14 @@ class EmbeddingCollection(nn.Module):
         except (IndexError, ValueError, TypeError) as err:
             raise type(err)(f"feature {name!r} (column {column}): {err}") from None
 
+    def feature_module(self, name: str) -> nn.Module:
+        """The module that describes feature ``name``: its partition, operation, mode and table widths."""
+        return self.embeddings[name]
+
+    def table_weights(self, name: str) -> list[Tensor]:
+        """The weights ``(rows_t, d_t)`` of feature ``name``'s tables, in partition order."""
+        return list(getattr(self.embeddings[name], "weights", ()))
+
     def report(self) -> list[FeatureReport]:
         """Per-feature parameters and bytes, against full tables of the same dtype."""
         reports = []

