@@ -40,7 +40,7 @@ class BenchConfig:
     threads: int = 2
     device: str = "cpu"
     rounds: int = 3
-    steps: int = 3
+    steps: int = 6
     warmup: int = 2
     emb_variants: tuple[str, ...] = ("full-per-feature", "full-batched", "qr-reference", "qr")
     dlrm_variants: tuple[str, ...] = ("full-batched", "qr", "mlp-only")
@@ -58,7 +58,7 @@ class BenchConfig:
 PRESETS: dict[str, BenchConfig] = {
     "quick": BenchConfig(),  # about 1.5 minutes on 2 cores
     "full": BenchConfig(
-        preset="full", rounds=7, steps=6, warmup=3,
+        preset="full", rounds=7, steps=12, warmup=3,
         emb_variants=("full-per-feature", "full-per-feature-torch-sgd", "full-batched", "fbgemm-full", "hashing",
                       "qr-reference", "qr-collection", "qr", "gqr", "crt", "path"),
         dlrm_variants=("full-per-feature", "full-batched", "fbgemm-full", "hashing", "qr-reference", "qr-collection",

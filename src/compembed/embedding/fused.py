@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from ..partitions import check_ids
 from .collection import EmbeddingCollection, FeatureConfig, FeatureInput, FeatureReport, build_embedding_bag
@@ -42,6 +43,22 @@ class _Group:
     operation: str
     widths: tuple[int, ...]
     features: tuple[int, ...]  # feature indices (= input columns), in slot order
+    runs: tuple[tuple[int, int], ...]  # per table: (which gathered weight, first slot); len(features) slots
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What ``_Compose`` needs: the groups, and where each output block goes.
+
+    ``places[i]`` is ``(index, span)`` for block ``i`` (the groups, then the path features): the
+    output positions along dim 1 (features of a ``(B, F, D)`` output when every feature has one
+    width, else columns of a ``(B, sum D)`` one), and ``(start, stop)`` when they are contiguous.
+    """
+
+    groups: tuple[_Group, ...]
+    places: tuple[tuple[Tensor, tuple[int, int] | None], ...]
+    out_shape: tuple[int, ...]
+    num_gathered: int
 
 
 class FusedEmbeddingCollection(EmbeddingCollection):
@@ -101,14 +118,16 @@ class FusedEmbeddingCollection(EmbeddingCollection):
                 keys.setdefault((op, module.table_dims), []).append(j)
         # Slots of each width, in group order then table order then feature order, so that every
         # (group, table) is a contiguous run of slots: the combine works on views.
-        slots: dict[int, list[tuple[int, int]]] = {}  # width -> [(feature, table)]
+        slots: dict[int, list[tuple[int, int]]] = {w: [] for _, widths in keys for w in widths}
+        self._widths = list(slots)  # the gathered weights, in this order
+        weight_of = {w: k for k, w in enumerate(self._widths)}
         self.groups: list[_Group] = []
         for (op, widths), members in keys.items():
+            runs = []
             for t, w in enumerate(widths):
-                slots.setdefault(w, []).extend((f, t) for f in members)
-            self.groups.append(_Group(op, widths, tuple(members)))
-        # The runs of slots of each weight, one per (group, table) in that order.
-        self._run_lengths = {w: [len(g.features) for g in self.groups for d in g.widths if d == w] for w in slots}
+                runs.append((weight_of[w], len(slots[w])))
+                slots[w].extend((f, t) for f in members)
+            self.groups.append(_Group(op, widths, tuple(members), tuple(runs)))
         self._rows: dict[int, int] = {}
         self._offsets: dict[tuple[int, int], int] = {}  # (feature, table) -> first row in its weight
         modules = list(layout.values())
@@ -128,20 +147,22 @@ class FusedEmbeddingCollection(EmbeddingCollection):
         self.register_buffer(
             "_cardinalities", torch.tensor([c.num_embeddings for c in self.configs], dtype=torch.int64), persistent=False
         )
-        # Output blocks come group by group, then the path features: the permutation back to
-        # feature order (identity in the common one-scheme case, then skipped).
-        order = [f for g in self.groups for f in g.features] + [j for j, fused in enumerate(self._fused) if not fused]
-        self._order = order
-        inverse = sorted(range(len(order)), key=order.__getitem__)
-        self._inverse = None if inverse == list(range(len(order))) else inverse
-        if self._inverse is not None:
-            dims = [self.configs[f].embedding_dim for f in order]
-            starts = [sum(dims[:i]) for i in range(len(dims))]
-            columns = [c for i in inverse for c in range(starts[i], starts[i] + dims[i])]
-            for name, perm in (("feature", inverse), ("column", columns)):
-                perm = torch.tensor(perm, dtype=torch.int64)
-                self.register_buffer(f"_{name}_perm", perm, persistent=False)
-                self.register_buffer(f"_{name}_unperm", torch.argsort(perm), persistent=False)
+        # Where each output block goes: the groups, then the path features, straight into
+        # feature order (no concatenation, no permutation afterwards).
+        dims = [c.embedding_dim for c in self.configs]
+        self._by_feature = len(set(dims)) == 1
+        starts = [sum(dims[:j]) for j in range(len(dims))]
+        self._path_features = [j for j, fused in enumerate(self._fused) if not fused]
+        self._spans = []
+        for i, members in enumerate([g.features for g in self.groups] + [(j,) for j in self._path_features]):
+            index = list(members) if self._by_feature else [
+                c for f in members for c in range(starts[f], starts[f] + dims[f])]
+            contiguous = index == list(range(index[0], index[0] + len(index)))
+            self._spans.append((index[0], index[0] + len(index)) if contiguous else None)
+            self.register_buffer(f"_place_{i}", torch.tensor(index, dtype=torch.int64), persistent=False)
+        self._out_shape = (len(dims), dims[0]) if self._by_feature else (sum(dims),)
+        self._gather_is_output = (self._by_feature and len(self.groups) == 1 and len(self.groups[0].widths) == 1
+                                  and not self._path_features)  # one table per feature, all in feature order
 
     def _reset_feature(self, feature: int, module: CompositionalEmbeddingBag) -> None:
         std = factor_std(module.init_std, module.operation, len(module.weights))
@@ -185,33 +206,22 @@ class FusedEmbeddingCollection(EmbeddingCollection):
                 return self._forward_bags(features)
             features = one_hot
         self._check_ids(features)
-        gathered = {
-            w: _gather(weight, self._rows_of(features, w), self.sparse)  # (B, T_w, w)
-            for w, weight in ((int(k), v) for k, v in self.weights.items())
-        }
-        # Split each gather into its (group, table) runs with one op: its backward is one cat,
-        # where separate slices would each zero-fill a gradient of the whole gather.
-        runs = {w: iter(torch.split(g, self._run_lengths[w], dim=1) if len(self._run_lengths[w]) > 1 else (g,))
-                for w, g in gathered.items()}
-        blocks = [combine([next(runs[w]) for w in g.widths], g.operation) for g in self.groups]  # (B, F_g, D_g)
-        blocks += [
-            self.embeddings[name](features[:, j : j + 1]).unsqueeze(1)
-            for j, name in enumerate(self.feature_names) if not self._fused[j]
-        ]
-        return self._assemble(blocks)
+        gathered = [_gather(self.weights[str(w)], self._rows_of(features, w), self.sparse) for w in self._widths]
+        if self._gather_is_output:  # e.g. full or hashed tables only: the gathered rows are the output
+            return gathered[0] if self.output == "stack" else gathered[0].flatten(1)
+        paths = [self.embeddings[self.feature_names[j]](features[:, j : j + 1]).unsqueeze(1) for j in self._path_features]
+        layout = _Layout(
+            groups=tuple(self.groups), out_shape=self._out_shape, num_gathered=len(gathered),
+            places=tuple((getattr(self, f"_place_{i}"), span) for i, span in enumerate(self._spans)),
+        )
+        out = _Compose.apply(layout, *gathered, *paths)  # (B, F, D) or (B, sum D)
+        return out.flatten(1) if self.output == "cat" and out.dim() == 3 else out
 
     def _rows_of(self, ids: Tensor, width: int) -> Tensor:
         """Row ``(B, T_w)`` of every table of width ``width`` for one-hot ids ``(B, F)``."""
         cols, strides = getattr(self, f"_col_{width}"), getattr(self, f"_stride_{width}")
         moduli, offsets = getattr(self, f"_mod_{width}"), getattr(self, f"_off_{width}")
         return torch.remainder(torch.div(ids[:, cols], strides, rounding_mode="floor"), moduli) + offsets
-
-    def _assemble(self, blocks: list[Tensor]) -> Tensor:
-        if self.output == "stack":
-            out = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
-            return out if self._inverse is None else _Permute.apply(out, self._feature_perm, self._feature_unperm)
-        out = torch.cat([b.flatten(1) for b in blocks], dim=1)
-        return out if self._inverse is None else _Permute.apply(out, self._column_perm, self._column_unperm)
 
     def _check_ids(self, ids: Tensor) -> None:
         if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.shape[1] != len(self.configs):
@@ -338,19 +348,77 @@ class _SparseGather(torch.autograd.Function):
         return torch.sparse_coo_tensor(flat.unsqueeze(0), values, ctx.weight_shape, check_invariants=False), None
 
 
-class _Permute(torch.autograd.Function):
-    """``x.index_select(1, perm)`` for a permutation: its gradient is a gather by the inverse
-    permutation, not ``index_select``'s zero-fill and scatter-add."""
+class _Compose(torch.autograd.Function):
+    """Combine each group's gathered rows and write the blocks straight into feature order.
+
+    Forward runs ``combine`` on views of the gathered rows (the same operations as
+    ``CompositionalEmbeddingBag``, so the same values) and copies each block to its output
+    positions. Backward writes each table's gradient into one contiguous ``(B, T_w, w)`` tensor per
+    gathered weight, which the gather turns into its sparse gradient as is. Autograd's own version
+    (split, combine, cat, permute) makes two extra copies of the output each way.
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, perm: Tensor, unperm: Tensor) -> Tensor:
-        ctx.save_for_backward(unperm)
-        return x.index_select(1, perm)
+    def forward(ctx, layout: _Layout, *inputs: Tensor) -> Tensor:
+        gathered = inputs[: layout.num_gathered]
+        out = inputs[0].new_empty(inputs[0].shape[0], *layout.out_shape)
+        blocks = [combine(_parts(group, gathered), group.operation) for group in layout.groups]
+        blocks += inputs[layout.num_gathered :]  # path features, (B, 1, D) each
+        for block, (index, span) in zip(blocks, layout.places):
+            block = block if out.dim() == 3 else block.flatten(1)
+            if span is not None:
+                out[:, span[0] : span[1]] = block
+            else:
+                out.index_copy_(1, index, block)
+        ctx.layout = layout
+        ctx.save_for_backward(*gathered)
+        return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
-        (unperm,) = ctx.saved_tensors
-        return grad.index_select(1, unperm), None, None
+        layout, gathered = ctx.layout, ctx.saved_tensors
+        grads = [torch.empty_like(g) for g in gathered]
+        batch = grad.shape[0]
+        blocks = [grad[:, span[0] : span[1]] if span is not None else grad.index_select(1, index)
+                  for index, span in layout.places]  # (B, n, D), or (B, n * D) columns
+        for group, block in zip(layout.groups, blocks):
+            block = block.view(batch, len(group.features), -1)
+            _combine_backward(block, _parts(group, gathered), _parts(group, grads), group.operation)
+        paths = [block.view(batch, 1, -1) for block in blocks[len(layout.groups) :]]
+        return (None, *grads, *paths)
+
+
+def _parts(group: _Group, tensors: Sequence[Tensor]) -> list[Tensor]:
+    """The views ``(B, n, w_t)`` of a group's tables in the gathered (or gradient) tensors."""
+    n = len(group.features)
+    return [tensors[k][:, start : start + n] for k, start in group.runs]
+
+
+def _combine_backward(grad: Tensor, parts: list[Tensor], out: list[Tensor], operation: str) -> None:
+    """Write the gradient of ``combine(parts, operation)`` w.r.t. each part into ``out``.
+
+    The same products in the same order as autograd's backward of ``combine``: for
+    ``((a0 * a1) * a2)``, ``g2 = g * (a0 * a1)``, then ``g1 = (g * a2) * a0``, ``g0 = (g * a2) * a1``.
+    """
+    if len(parts) == 1 or operation == "add":
+        for target in out:
+            target.copy_(grad)
+    elif operation == "concat":
+        start = 0
+        for part, target in zip(parts, out):
+            target.copy_(grad[..., start : start + part.shape[-1]])
+            start += part.shape[-1]
+    else:
+        prefix = [parts[0]]  # prefix[j] = a0 * ... * aj, as the forward computed it
+        for part in parts[1:-1]:
+            prefix.append(prefix[-1] * part)
+        for j in range(len(parts) - 1, 0, -1):
+            torch.mul(grad, prefix[j - 1], out=out[j])
+            if j > 1:
+                grad = grad * parts[j]
+            else:
+                torch.mul(grad, parts[1], out=out[0])
 
 
 def _is_sparse(collection: EmbeddingCollection) -> bool:
