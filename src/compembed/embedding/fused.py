@@ -8,8 +8,11 @@ ids ``(B, F)`` needs:
 
 1. one vectorised index computation for all tables, since every scheme is a ``RadixPartition``:
    ``row_t = (x[:, col_t] // stride_t) % modulus_t + offset_t`` for the stacked per-table vectors;
-2. one gather per weight (``F.embedding``, sparse gradients when ``sparse``);
-3. one combine per group of features that share an operation and table widths, on strided views.
+2. one gather per weight (``embedding_bag`` over bags of one row, sparse gradients when ``sparse``);
+3. one combine per group of features that share an operation and table widths, on strided views
+   of the gathered rows, each block written straight to its features' output positions
+   (``_Compose``; its backward writes every table's gradient in place, ready for the sparse
+   gradient). With full or hashed tables only, the gathered rows are the output as they are.
 
 The combine uses ``combine`` of ``compositional`` on the same operands in the same order, so the
 result and its gradients equal ``EmbeddingCollection``'s. Path-based features keep their own
