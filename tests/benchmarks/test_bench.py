@@ -117,9 +117,12 @@ def test_tiny_run_end_to_end():
     assert all("met" in t for t in result["targets"])
     scaling = {(r["cardinality"], r["scheme"]): r for r in result["scaling"]}
     assert scaling[1000, "full"]["measured"] and scaling[1000, "full"]["peak_rss"] > 0
-    # 2 x 1e9 x 8 floats = 59.6 GiB: estimated, never built; the k=2 mixed radix is built and trained.
+    # 2 x 1e9 x 8 floats = 59.6 GiB: its allocation fails under a 24 GiB limit; the k=2 mixed radix trains under it.
     assert not scaling[10**9, "full"]["measured"] and not scaling[10**9, "full"]["fits"]
+    assert "could not be built under a 24 GiB address-space limit" in scaling[10**9, "full"]["note"]
+    assert "can't allocate memory" in scaling[10**9, "full"]["note"]
     assert scaling[10**9, "gqr-k2"]["measured"] and scaling[10**9, "gqr-k2"]["fits"]
+    assert "trained under a 24 GiB address-space limit" in scaling[10**9, "gqr-k2"]["note"]
     markdown = to_markdown(result, "compembed bench --test")
     assert "### Targets" in markdown and "| qr |" in markdown and "Scaling" in markdown
     assert any("round 2/2" in m for m in messages)
@@ -152,6 +155,8 @@ def test_summary_ratios_and_roofline_from_measurements():
     assert values["(ceiling: DLRM step without tables, mlp-only, fraction of the FLOP roofline)"] == pytest.approx(0.4)
     assert values["(DLRM step, QR vs the same step without tables, mlp-only)"] == pytest.approx(0.75)
     assert met["(DLRM step, QR vs the same step without tables, mlp-only)"] is None  # a reference, no goal
+    # (1000 - 600) / (2500 - 600)
+    assert values["(same, RSS above the mlp-only worker's: what the tables add to a DLRM step)"] == pytest.approx(400 / 1900)
 
 
 def test_presets_are_consistent():

@@ -18,6 +18,7 @@ Tasks:
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -116,6 +117,9 @@ def _sync(device: torch.device) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     spec = json.loads((argv or sys.argv[1:])[0])
+    if spec.get("memory_limit_bytes"):  # the scaling study's "does it fit" test: allocations above it fail
+        limit = int(spec["memory_limit_bytes"])
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
     torch.manual_seed(0)
     device = torch.device(spec.get("device", "cpu"))
