@@ -18,6 +18,11 @@ def test_ingest_benchmark_smoke(tmp_path: Path, capsys) -> None:
     for run in result["runs"].values():
         assert run["peak_rss"] > 0 and run["seconds"] > 0 and run["distinct"] > 0
     assert result["extrapolated_kaggle"]["lines"] == 45_840_617 and result["extrapolated_kaggle"]["minutes"] > 0
+    # Counting 100,000 distinct values costs at least their 16 bytes each (value + count), and the
+    # extrapolation charges every unseen Kaggle value at no less than that.
+    assert result["probe_distinct"] == 100_000 and result["probe_bytes_per_distinct_value"] >= 16
+    unseen = 33_762_577 - result["runs"]["large"]["distinct"]
+    assert result["extrapolated_kaggle"]["peak_rss_gib"] * 2**30 >= result["runs"]["large"]["peak_rss"] + 16 * unseen
     assert result["parse_rows_per_s_vectorised"] > 0 and result["parse_rows_per_s_python"] > 0
     assert result["loader_rows_per_s_b128"] > 0
     assert "peak RSS" in capsys.readouterr().out
