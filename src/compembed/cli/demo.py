@@ -6,8 +6,8 @@ row, 4 by default), and prints one comparison table: embedding parameters and by
 full tables, test loss (and its gap to full tables), accuracy, ROC-AUC, the Bayes-optimal loss the
 synthetic data allows, and training samples/s.
 
-Default scale (chosen to finish in about 2-3 minutes on 2 idle CPU cores: about 80 us of CPU per
-training sample for this DLRM at batch 256): 300,000 synthetic Criteo-like rows (240,000 train,
+Default scale (chosen to finish in a few minutes on 2 busy CPU cores; about 30 s when they are idle,
+at about 30,000 training samples/s for this DLRM at batch 256): 300,000 synthetic Criteo-like rows (240,000 train,
 30,000 validation, 30,000 test) with the Criteo Kaggle cardinalities times 0.002 (67,600
 categories; the 8 features above the threshold of 200 are compressed), batch 256, one epoch,
 Adagrad with lr 0.02. The learning rate was picked by the full-table model's validation loss among
@@ -39,8 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the main job: DLRM with full tables vs hashing vs QR-mult at the same budget (no download)",
         description="Trains DLRM on built-in synthetic Criteo-like data (or a prepared dataset with --data) "
         "three times: full embedding tables, the hashing trick, and quotient-remainder with element-wise "
-        "product at the same number of collisions, then prints one comparison table. About 3 minutes on 2 "
-        "CPU cores with the defaults (longer on a busy machine). --memory instead shows the memory of the 26 full-size Criteo tables "
+        "product at the same number of collisions, then prints one comparison table. About 30 seconds on 2 "
+        "idle CPU cores with the defaults (longer on a busy machine). --memory instead shows the memory of the 26 full-size Criteo tables "
         "and checks that QR gives every id of the largest feature its own vector.",
     )
     p.add_argument("--data", metavar="DIR", default="synthetic",
