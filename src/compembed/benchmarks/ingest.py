@@ -67,10 +67,10 @@ def _probe_counter(distinct: int, chunk: int = 1 << 20) -> int:
 
     base = peak_rss_bytes()
     counter = ValueCounter()
-    order = np.random.default_rng(0)
+    rng = np.random.default_rng(0)
     for start in range(0, distinct, chunk):
         block = np.arange(start, min(start + chunk, distinct), dtype=np.int64) * 2654435761 % (1 << 61)
-        counter.add(order.permutation(block))
+        counter.add(rng.permutation(block))
     values, counts = counter.result()
     assert len(values) == distinct and counts.sum() == distinct
     return peak_rss_bytes() - base

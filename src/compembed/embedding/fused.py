@@ -153,18 +153,18 @@ class FusedEmbeddingCollection(EmbeddingCollection):
         # Where each output block goes: the groups, then the path features, straight into
         # feature order (no concatenation, no permutation afterwards).
         dims = [c.embedding_dim for c in self.configs]
-        self._by_feature = len(set(dims)) == 1
+        by_feature = len(set(dims)) == 1
         starts = [sum(dims[:j]) for j in range(len(dims))]
         self._path_features = [j for j, fused in enumerate(self._fused) if not fused]
         self._spans = []
         for i, members in enumerate([g.features for g in self.groups] + [(j,) for j in self._path_features]):
-            index = list(members) if self._by_feature else [
+            index = list(members) if by_feature else [
                 c for f in members for c in range(starts[f], starts[f] + dims[f])]
             contiguous = index == list(range(index[0], index[0] + len(index)))
             self._spans.append((index[0], index[0] + len(index)) if contiguous else None)
             self.register_buffer(f"_place_{i}", torch.tensor(index, dtype=torch.int64), persistent=False)
-        self._out_shape = (len(dims), dims[0]) if self._by_feature else (sum(dims),)
-        self._gather_is_output = (self._by_feature and len(self.groups) == 1 and len(self.groups[0].widths) == 1
+        self._out_shape = (len(dims), dims[0]) if by_feature else (sum(dims),)
+        self._gather_is_output = (by_feature and len(self.groups) == 1 and len(self.groups[0].widths) == 1
                                   and not self._path_features)  # one table per feature, all in feature order
 
     def _reset_feature(self, feature: int, module: CompositionalEmbeddingBag) -> None:
