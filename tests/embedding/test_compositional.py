@@ -212,3 +212,41 @@ def test_concat_with_explicit_table_dims():
     bag = CompositionalEmbeddingBag(100, 24, QuotientRemainder(100, 10), operation="concat", table_dims=(16, 8))
     out = bag(torch.tensor([[42]]))
     torch.testing.assert_close(out[0], torch.cat([bag.weights[0][4], bag.weights[1][2]]))
+
+
+def _adagrad_step_change(module, ids: torch.Tensor, upstream: torch.Tensor, lr: float = 0.05) -> float:
+    """RMS change of the vectors of ``ids`` after one Adagrad step on ``sum(vectors * upstream)``."""
+    before = module(ids).detach()
+    optimizer = torch.optim.Adagrad(module.parameters(), lr=lr)
+    (module(ids) * upstream).sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        return (module(ids) - before).pow(2).mean().sqrt().item()
+
+
+@pytest.mark.parametrize("op", ["add", "mult"])
+@pytest.mark.parametrize("partition", [
+    QuotientRemainder(20_000, 4), QuotientRemainder(20_000, 500), GeneralizedQuotientRemainder(20_000, (30, 30, 30)),
+    ChineseRemainder(20_000, (27, 28, 29)),
+], ids=["qr4", "qr500", "gqr3", "crt3"])
+def test_composed_vectors_learn_as_fast_as_full_rows(op, partition):
+    # One Adagrad step moves a full row by about lr per coordinate; composed vectors must move
+    # comparably (the old symmetric mult init moved them 5-15x less, see embedding.init).
+    n, dim = partition.num_embeddings, 16
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, n, (256,), generator=gen)
+    upstream = torch.randn(256, dim, generator=gen)
+    full = _adagrad_step_change(CompositionalEmbedding(n, dim, Identity(n)), ids, upstream)
+    composed = _adagrad_step_change(CompositionalEmbedding(n, dim, partition, operation=op), ids, upstream)
+    assert 0.6 * full < composed < 3 * full
+
+
+def test_mult_init_puts_the_spread_on_the_largest_table():
+    n = 10_000
+    module = CompositionalEmbedding(n, 16, QuotientRemainder(n, 4), operation="mult")
+    quotient, remainder = module.weights  # 2,500 and 4 rows
+    sigma = 1 / (3 * n) ** 0.5
+    assert quotient.std().item() == pytest.approx(sigma, rel=0.05)
+    assert remainder.std().item() == pytest.approx(1.0, rel=0.3)  # 64 values of uniform(+-sqrt 3)
+    small_quotient = CompositionalEmbedding(n, 16, QuotientRemainder(n, 500), operation="mult")
+    assert small_quotient.weights[1].std().item() == pytest.approx(sigma, rel=0.05)  # 500 > 20 rows

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..embedding import EmbeddingCollection, feature_configs
 from ..embedding.fused import FusedEmbeddingCollection
-from ..embedding.init import default_std, factor_std, uniform_
+from ..embedding.init import default_std, factor_stds, uniform_
 from ..optim import SparseSGD
 
 __all__ = ["VARIANTS", "Variant", "PooledQREmbeddings", "FBGEMMFullTables", "NoTables", "fbgemm_unavailable", "build_variant"]
@@ -60,9 +60,8 @@ class PooledQREmbeddings(nn.Module):
         self.tables = nn.ModuleList()
         for n, compressed in zip(cardinalities, self.compressed):
             sizes = (-(-n // collisions), collisions) if compressed else (n,)
-            std = factor_std(default_std(n), "mult", len(sizes))
             bags = nn.ModuleList(nn.EmbeddingBag(rows, dim, mode="sum", sparse=True, device=device) for rows in sizes)
-            for bag in bags:
+            for bag, std in zip(bags, factor_stds(default_std(n), "mult", sizes)):
                 uniform_(bag.weight, std)
             self.tables.append(bags)
 

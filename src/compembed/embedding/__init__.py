@@ -2,7 +2,7 @@
 from .collection import SCHEMES, EmbeddingCollection, FeatureConfig, FeatureReport, build_embedding_bag, feature_configs
 from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, FullEmbeddingBag, HashEmbeddingBag, combine
 from .fused import FusedEmbeddingCollection
-from .init import default_std, factor_std
+from .init import default_std, factor_std, factor_stds
 from .path import ClassMLP, PathEmbedding, PathEmbeddingBag
 from .pooling import pool_bags
 
@@ -24,5 +24,6 @@ __all__ = [
     "combine",
     "default_std",
     "factor_std",
+    "factor_stds",
     "pool_bags",
 ]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..partitions import Hashing, Identity, Partition
-from .init import OPERATIONS, default_std, factor_std, uniform_
+from .init import OPERATIONS, default_std, factor_stds, uniform_
 from .pooling import MODES, pool_bags
 
 __all__ = [
@@ -73,8 +73,7 @@ class CompositionalEmbedding(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        std = factor_std(self.init_std, self.operation, len(self.weights))
-        for weight in self.weights:
+        for weight, std in zip(self.weights, factor_stds(self.init_std, self.operation, self.partition.table_sizes)):
             uniform_(weight, std)
 
     @property

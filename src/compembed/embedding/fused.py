@@ -33,7 +33,7 @@ from torch.autograd.function import once_differentiable
 from ..partitions import check_ids
 from .collection import EmbeddingCollection, FeatureConfig, FeatureInput, FeatureReport, build_embedding_bag
 from .compositional import CompositionalEmbeddingBag, combine
-from .init import factor_std, uniform_
+from .init import factor_stds, uniform_
 from .pooling import pool_bags
 
 __all__ = ["FusedEmbeddingCollection"]
@@ -168,8 +168,8 @@ class FusedEmbeddingCollection(EmbeddingCollection):
                                   and not self._path_features)  # one table per feature, all in feature order
 
     def _reset_feature(self, feature: int, module: CompositionalEmbeddingBag) -> None:
-        std = factor_std(module.init_std, module.operation, len(module.weights))
-        for t in range(len(module.weights)):
+        stds = factor_stds(module.init_std, module.operation, module.partition.table_sizes)
+        for t, std in enumerate(stds):
             uniform_(self._table(feature, t, module), std)
 
     def _table(self, feature: int, table: int, module: nn.Module | None = None) -> Tensor:

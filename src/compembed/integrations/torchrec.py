@@ -41,7 +41,7 @@ except ImportError as err:  # pragma: no cover - exercised only without TorchRec
         "(see the Makefile's install recipe)"
     ) from err
 
-from ..embedding import EmbeddingCollection, combine, default_std, factor_std
+from ..embedding import EmbeddingCollection, combine, default_std, factor_stds
 from ..embedding.compositional import CompositionalEmbeddingBag, _table_dims
 from ..embedding.init import OPERATIONS, uniform_
 from ..partitions import Partition
@@ -78,7 +78,7 @@ def partition_table_configs(
     if operation not in OPERATIONS:
         raise ValueError(f"table {table.name!r}: operation must be one of {OPERATIONS}, got {operation!r}")
     dims = _table_dims(operation, table.embedding_dim, partition.num_tables, None)
-    std = factor_std(default_std(table.num_embeddings), operation, partition.num_tables)
+    stds = factor_stds(default_std(table.num_embeddings), operation, partition.table_sizes)
     return [
         EmbeddingBagConfig(
             num_embeddings=rows,
@@ -89,7 +89,7 @@ def partition_table_configs(
             data_type=table.data_type,
             init_fn=functools.partial(uniform_, std=std),
         )
-        for j, (rows, dim) in enumerate(zip(partition.table_sizes, dims))
+        for j, (rows, dim, std) in enumerate(zip(partition.table_sizes, dims, stds))
     ]
 
 
