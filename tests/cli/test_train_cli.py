@@ -118,8 +118,26 @@ def test_real_criteo_sample_end_to_end(tmp_path, capsys, arch):
 
 def test_demo_tiny(capsys):
     assert main(["demo", "--rows", "3000", "--scale", "0.0005", "--threshold", "20", "--batch-size", "128",
-                 "--threads", "1", "--no-progress"]) == 0
+                 "--threads", "1", "--no-progress", "--seeds", "0,1"]) == 0
     out = capsys.readouterr().out
+    table = out[out.index("model "):]
     for label in ("full", "hashing/4", "qr-mult/4"):
-        assert f"dlrm   {label}" in out
-    assert "loss gap" in out
+        assert f"dlrm   {label}" in table
+    assert "loss gap" in table and "- hashing/4 (paired)" in table
+    rows = [line for line in table.splitlines() if line.startswith("dlrm")]
+    assert len(rows) == 3 and all(line.count(" ± ") == 2 for line in rows)  # loss and AUC over seeds
+    assert ["lower)" in line for line in rows] == [True, False, True]  # paired to hashing, not hashing itself
+    per_seed = out[out.index("per seed, test loss:"):].split("\n")[0]
+    assert "seed 0: full" in per_seed and "seed 1: full" in per_seed
+
+
+def test_demo_keeps_the_data_fixed_across_model_seeds(capsys):
+    common = ["demo", "--rows", "3000", "--scale", "0.0005", "--threshold", "20", "--batch-size", "128",
+              "--threads", "1", "--no-progress"]
+    bayes = []
+    for seeds in ("0", "1"):
+        assert main([*common, "--seeds", seeds]) == 0
+        bayes.append(capsys.readouterr().out.split("Bayes-optimal test loss (true click probabilities): ")[1][:7])
+    assert bayes[0] == bayes[1]
+    assert main([*common, "--seeds", "0", "--data-seed", "1"]) == 0
+    assert capsys.readouterr().out.split("Bayes-optimal test loss (true click probabilities): ")[1][:7] != bayes[0]

@@ -1,19 +1,20 @@
 """`compembed demo`: the README's main job on built-in data, and the memory/uniqueness check.
 
-The main job trains DLRM three times on the same data, with full tables, with the hashing trick and
-with quotient-remainder (element-wise product) at the same budget (``--collisions`` ids per shared
-row, 4 by default), and prints one comparison table: embedding parameters and bytes, compression vs
-full tables, test loss (and its gap to full tables), accuracy, ROC-AUC, the Bayes-optimal loss the
-synthetic data allows, and training samples/s.
+The main job trains DLRM on one fixed data set with full tables, with the hashing trick and with
+quotient-remainder (element-wise product) at the same number of collisions (``--collisions`` ids
+per shared row, 4 by default), once per model seed (5 by default), and prints one comparison
+table: embedding parameters and bytes, compression vs full tables, test loss and ROC-AUC as mean
+± std over the seeds, the loss gap to full tables, the paired difference to hashing per seed (same
+seed = same data order and dense initialisation), and training samples/s. ``--data-seed`` fixes the
+data; ``--seeds`` only changes the models' initialisation and the shuffling.
 
-Default scale (chosen to finish in a few minutes on 2 busy CPU cores; about 30 s when they are idle,
-at about 30,000 training samples/s for this DLRM at batch 256): 300,000 synthetic Criteo-like rows (240,000 train,
-30,000 validation, 30,000 test) with the Criteo Kaggle cardinalities times 0.002 (67,600
-categories; the 8 features above the threshold of 200 are compressed), batch 256, one epoch,
-Adagrad with lr 0.02. The learning rate was picked by the full-table model's validation loss among
-Adagrad 0.01 / 0.02 / 0.05 and AMSGrad 1e-3 on 200,000 rows, and is the same for all three schemes.
-The data is large enough that the big features' rare ids are seen only a few times, so sharing
-rows costs quality as on the real data.
+Default scale (about two minutes on 2 idle cores, at about 30,000 training samples/s for this DLRM
+at batch 256): 300,000 synthetic Criteo-like rows (240,000 train, 30,000 validation, 30,000 test)
+with the Criteo Kaggle cardinalities times 0.002 (67,600 categories; the 8 features above the
+threshold of 200 are compressed), batch 256, one epoch, Adagrad with the default recipe of
+``OptimConfig`` (separate learning rates for the dense layers and the tables; see its docstring for
+how they were chosen). The data is large enough that the big features' rare ids are seen only a
+few times, so sharing rows costs quality as on the real data.
 """
 from __future__ import annotations
 
@@ -28,9 +29,22 @@ import torch
 from ..data.criteo_spec import CATEGORICAL_NAMES, KAGGLE_CARDINALITIES
 from ..embedding import EmbeddingCollection, feature_configs
 from ..partitions import QuotientRemainder, is_complementary
+from ..training.config import OptimConfig
 
-DEMO_ROWS, DEMO_SCALE, DEMO_BATCH, DEMO_LR = 300_000, 0.002, 256, 0.02
+_RECIPE = OptimConfig()  # the default recipe's learning rates
+
+DEMO_ROWS, DEMO_SCALE, DEMO_BATCH, DEMO_SEEDS = 300_000, 0.002, 256, (0, 1, 2, 3, 4)
 DEMO_SCHEMES = (("full", "mult"), ("hashing", "mult"), ("qr", "mult"))
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 0,1,2, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("--seeds needs at least one seed")
+    return seeds
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,10 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="the main job: DLRM with full tables vs hashing vs QR-mult at the same budget (no download)",
         description="Trains DLRM on built-in synthetic Criteo-like data (or a prepared dataset with --data) "
-        "three times: full embedding tables, the hashing trick, and quotient-remainder with element-wise "
-        "product at the same number of collisions, then prints one comparison table. About 30 seconds on 2 "
-        "idle CPU cores with the defaults (longer on a busy machine). --memory instead shows the memory of the 26 full-size Criteo tables "
-        "and checks that QR gives every id of the largest feature its own vector.",
+        "with full embedding tables, the hashing trick, and quotient-remainder with element-wise product at "
+        "the same number of collisions, once per model seed on the same data, then prints one comparison "
+        "table (mean ± std over seeds, and the paired difference to hashing). About two minutes on 2 idle "
+        "CPU cores with the defaults (longer on a busy machine). --memory instead shows the memory of the 26 "
+        "full-size Criteo tables and checks that QR gives every id of the largest feature its own vector.",
     )
     p.add_argument("--data", metavar="DIR", default="synthetic",
                    help="'synthetic' (default) or a dataset directory made by `compembed prepare criteo`")
@@ -57,8 +72,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=1, help="passes over the training split (default: 1)")
     p.add_argument("--optimizer", choices=("sgd", "adagrad", "adam", "amsgrad"), default="adagrad",
                    help="optimizer (default: adagrad)")
-    p.add_argument("--lr", type=float, default=DEMO_LR, help=f"learning rate (default: {DEMO_LR})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the model and the shuffling (default: 0)")
+    p.add_argument("--lr", type=float, default=_RECIPE.lr, help=f"learning rate of the dense layers (default: {_RECIPE.lr})")
+    p.add_argument("--embedding-lr", type=float, default=_RECIPE.embedding_lr,
+                   help=f"learning rate of the embedding tables (default: {_RECIPE.embedding_lr})")
+    p.add_argument("--seeds", type=_seeds, default=DEMO_SEEDS,
+                   help="comma-separated model seeds (initialisation and shuffling; default: 0,1,2,3,4)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data, the same for every run (default: 0)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's choice)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="keep each run (config, checkpoint, metrics) under DIR/<scheme>; a rerun resumes them")
@@ -68,17 +87,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def demo_configs(args: argparse.Namespace):
-    """The three run configs of the comparison (identical but for the embedding scheme)."""
+def demo_configs(args: argparse.Namespace, seed: int):
+    """The three run configs of the comparison for one model seed (identical but for the embedding scheme)."""
     from ..models import ModelConfig
     from ..training.config import DataConfig, OptimConfig, TrainConfig
 
     base = TrainConfig(
         model=ModelConfig(arch=args.arch, embedding_dim=args.dim, num_collisions=args.collisions,
                           threshold=args.threshold),
-        optim=OptimConfig(name=args.optimizer, lr=args.lr),
-        data=DataConfig(source=args.data, rows=args.rows, cardinality_scale=args.scale, seed=args.seed),
-        batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, threads=args.threads,
+        optim=OptimConfig(name=args.optimizer, lr=args.lr, embedding_lr=args.embedding_lr),
+        data=DataConfig(source=args.data, rows=args.rows, cardinality_scale=args.scale, seed=args.data_seed),
+        batch_size=args.batch_size, epochs=args.epochs, seed=seed, threads=args.threads,
         checkpoint_every=0, log_every=100,
     )
     return [dataclasses.replace(base, model=dataclasses.replace(base.model, scheme=s, operation=op))
@@ -89,9 +108,9 @@ def run(args: argparse.Namespace) -> int:
     if args.memory:
         return run_memory(args)
     from ..training.loop import NonFiniteLossError, open_data, train
-    from ..training.report import format_table
+    from ..training.report import format_seed_table
 
-    configs = demo_configs(args)
+    configs = demo_configs(args, args.seeds[0])
     started = time.perf_counter()
     try:
         dataset = open_data(configs[0].data)
@@ -103,29 +122,38 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.arch.upper()} on {source}: {info.split_sizes.get('train', 0):,} train / "
           f"{info.split_sizes.get('val', 0):,} val / {info.split_sizes.get('test', 0):,} test rows, "
           f"{len(info.categorical_names)} categorical features with {sum(info.cardinalities):,} categories; "
-          f"D={args.dim}, batch {args.batch_size}, {args.epochs} epoch(s), {args.optimizer} lr {args.lr}; "
-          f"features with more than {args.threshold} categories compressed at {args.collisions} collisions")
-    rows = []
-    for config in configs:
-        label = config.model.label()
-        out = Path(args.out) / label.replace("/", "-") if args.out else None
-        print(f"training {label} ...", flush=True)
-        try:
-            result = train(config, dataset, out_dir=out, resume=out is not None, progress=not args.no_progress)
-        except (NonFiniteLossError, ValueError) as err:
-            print(f"error: {label}: {err}", file=sys.stderr)
-            return 3
-        rows.append(result.to_dict())
+          f"D={args.dim}, batch {args.batch_size}, {args.epochs} epoch(s), {args.optimizer} with lr {args.lr} "
+          f"(dense) and {args.embedding_lr} (tables); features with more than {args.threshold} categories "
+          f"compressed at {args.collisions} collisions; model seeds {','.join(map(str, args.seeds))} on the same data")
+    if hasattr(dataset, "bayes_loss"):
+        print(f"the data's Bayes-optimal test loss (true click probabilities): {dataset.bayes_loss('test'):.5f}")
+    runs: dict[str, list[dict]] = {}
+    for seed in args.seeds:
+        for config in demo_configs(args, seed):
+            label = config.model.label()
+            out = Path(args.out) / f"{label.replace('/', '-')}-seed{seed}" if args.out else None
+            print(f"training {label} (seed {seed}) ...", flush=True)
+            try:
+                result = train(config, dataset, out_dir=out, resume=out is not None, progress=not args.no_progress)
+            except (NonFiniteLossError, ValueError) as err:
+                print(f"error: {label}: {err}", file=sys.stderr)
+                return 3
+            runs.setdefault(label, []).append(result.to_dict())
+    hashing = next((label for label in runs if label.startswith("hashing")), None)
     print()
-    print(format_table(rows, split="test"))
+    print(format_seed_table(runs, baseline=hashing, split="test"))
+    print("\nper seed, test loss: " + "; ".join(
+        f"seed {seed}: " + ", ".join(f"{label} {rs[i]['evals']['test']['loss']:.5f}" for label, rs in runs.items())
+        for i, seed in enumerate(args.seeds)))
     print(f"\n({time.perf_counter() - started:.0f}s in all; 'vs full' is the tables' compression, 'loss gap' the "
-          f"test loss relative to full tables)")
+          f"mean test loss relative to full tables, '- {hashing} (paired)' the per-seed difference to hashing: "
+          f"its mean, t statistic and the seeds where the scheme's loss was lower)")
     return 0
 
 
 def run_memory(args: argparse.Namespace) -> int:
     """The memory of the 26 full-size Criteo tables per scheme, and QR's uniqueness on the largest feature."""
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seeds[0])
     print(f"Criteo Kaggle: 26 categorical features, {sum(KAGGLE_CARDINALITIES):,} categories, D={args.dim}\n")
     for scheme in ("hashing", "qr"):
         configs = feature_configs(

@@ -7,7 +7,7 @@ import sys
 
 # Modules under compembed.cli that each define `register(subparsers)`; a subcommand's parser
 # sets `func` (called with the parsed args, returning an exit code).
-COMMAND_MODULES = ["demo", "sweep", "data", "bench", "train"]
+COMMAND_MODULES = ["demo", "sweep", "data", "bench", "train", "plan"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,13 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v)
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 4,16,64, got {text!r}") from None
+
+
 def _words(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
@@ -38,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--archs", type=_words, default=None, help="comma-separated models: dlrm,dcn")
     p.add_argument("--studies", type=_words, default=None, help=f"comma-separated studies from {','.join(STUDIES)}")
     p.add_argument("--collisions", type=_ints, default=None, help="comma-separated collision counts, e.g. 2,4,60")
+    p.add_argument("--budgets", type=_floats, default=None,
+                   help="budget study: comma-separated compressions vs full tables, e.g. 4,16,64,256,1000")
+    p.add_argument("--budget-methods", type=_words, default=None,
+                   help="budget study: comma-separated methods from planner,qr,gqr,hashing")
     p.add_argument("--thresholds", type=_ints, default=None, help="comma-separated compression thresholds")
     p.add_argument("--optimizers", type=_words, default=None, help="comma-separated: adagrad,amsgrad,sgd,adam")
     p.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds, e.g. 0,1,2")
@@ -64,15 +75,28 @@ def build_spec(args: argparse.Namespace):
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("threads", args.threads))
                if v is not None}
     base = dataclasses.replace(base, data=data, **changes)
-    grid = {k: getattr(args, k) for k in ("archs", "studies", "collisions", "thresholds", "optimizers", "seeds")
-            if getattr(args, k) is not None}
+    grid = {k: getattr(args, k) for k in ("archs", "studies", "collisions", "thresholds", "optimizers", "seeds",
+                                          "budgets", "budget_methods") if getattr(args, k) is not None}
     return dataclasses.replace(spec, base=base, **grid)
 
 
 def run(args: argparse.Namespace) -> int:
     spec = build_spec(args)
     out = args.out or Path("runs") / f"sweep-{args.preset}"
-    cells = spec.cells()
+    info = None
+    if "budget" in spec.studies:  # the budget study sizes its cells from the data's cardinalities and counts
+        from ..training.loop import open_data
+
+        try:
+            info = open_data(spec.base.data).info
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    try:
+        cells = spec.cells(info)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.list:
         for c in cells:
             m = c.config.model
@@ -85,10 +109,12 @@ def run(args: argparse.Namespace) -> int:
         keys = {c.key for c in cells}
         rows = [r for r in load_rows(out / "cells") if r["key"] in keys]
     else:
-        rows = run_sweep(spec, out, train_cell, jobs=args.jobs)
+        rows = run_sweep(spec, out, train_cell, jobs=args.jobs, info=info)
     if not rows:
         print(f"no finished runs in {out}/cells", file=sys.stderr)
         return 1
+    if "budget" in spec.studies:
+        return _budget_report(args, spec, info, rows, out, len(cells))
     summaries = summarize(rows)
     plots = make_plots(summaries, out, spec.threshold, spec.path_collisions)
     claims = judge_claims(summaries, spec.threshold, spec.path_collisions)
@@ -103,5 +129,35 @@ def run(args: argparse.Namespace) -> int:
     verdict = {True: "held", False: "did not hold", None: "not tested"}
     for c in claims:
         print(f"[{verdict[c.held]}] {c.claim}")
+    print(f"report: {report}")
+    return 0
+
+
+def _budget_report(args, spec, info, rows, out: Path, cells: int) -> int:
+    from ..sweep.budget_report import budget_points, plot_budget, write_budget_report
+
+    points = budget_points(rows)
+    missing = []
+    for optimizer in spec.optimizers:
+        missing += spec.budget_models(info, optimizer)[1]
+    data = spec.base.data
+    real = data.source != "synthetic"
+    source = (f"synthetic Criteo-like data, {data.rows:,} rows, cardinality scale {data.cardinality_scale}, "
+              f"ids in {getattr(data, 'id_order', 'value')} order" if not real else f"data from {data.source}")
+    b = spec.base
+    preamble = (
+        f"Preset `{args.preset}`: {len(rows)} of {cells} runs finished; {source}; "
+        f"{sum(info.cardinalities):,} categories in {len(info.cardinalities)} features. "
+        f"Recipe, the same for every method and not tuned per method: batch {b.batch_size}, {b.epochs} epoch(s), "
+        f"{list(spec.optimizers)} with dense lr {b.optim.lr} and table lr {b.optim.embedding_lr or b.optim.lr}, "
+        f"validation every {b.eval_every or 'epoch'} steps with the best validation checkpoint kept; seeds "
+        f"{list(spec.seeds)}. Bytes are the fp32 tables; each method is sized to the largest configuration that fits "
+        f"the budget of tables plus optimizer state (`planning.match_budget`, `compembed plan`). "
+        f"Command: `compembed {' '.join(args.argv)}`")
+    plots = [plot_budget(points, arch, out / f"loss_vs_bytes_{arch}.png",
+                         f"{arch.upper()}: test loss vs embedding bytes ({'real sample' if real else 'synthetic'})")
+             for arch in sorted({p.arch for p in points})]
+    report = write_budget_report(points, missing, out / "report.md", "Accuracy per byte: every method at matched bytes",
+                                 preamble, spec.budget_collisions, real, plots)
     print(f"report: {report}")
     return 0

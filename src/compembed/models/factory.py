@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from torch import nn
 
-from ..embedding import SCHEMES, EmbeddingCollection, FusedEmbeddingCollection, feature_configs
+from ..embedding import SCHEMES, EmbeddingCollection, FeatureConfig, FusedEmbeddingCollection, feature_configs
 from ..embedding.init import OPERATIONS
 from .dcn import DCN
 from .dlrm import DLRM
@@ -43,6 +43,11 @@ class ModelConfig:
         top_mlp: DLRM top MLP hidden sizes (output: one logit).
         cross_layers: DCN cross layers.
         deep_mlp: DCN deep network layer sizes.
+        features: per-feature overrides of the ``FeatureConfig`` fields above, by feature name, e.g.
+            ``{"C3": {"scheme": "hybrid", "hot_rows": 5000, "num_collisions": 8}}`` (TOML:
+            ``[model.features.C3]``). ``compembed plan`` writes them. An overridden feature is built
+            as its entry says, whatever ``threshold``.
+        name: a label for reports (default: derived from the scheme, see ``label``).
     """
 
     arch: str = "dlrm"
@@ -57,10 +62,18 @@ class ModelConfig:
     top_mlp: tuple[int, ...] = (512, 256)
     cross_layers: int = 6
     deep_mlp: tuple[int, ...] = (512, 256, 64)
+    features: dict[str, dict[str, Any]] = field(default_factory=dict)
+    name: str = ""
 
     def __post_init__(self) -> None:
         for name in ("path_hidden", "bottom_mlp", "top_mlp", "deep_mlp"):
             setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+        self.features = {str(k): dict(v) for k, v in self.features.items()}
+        settable = {f.name for f in dataclasses.fields(FeatureConfig)} - {"name", "num_embeddings", "embedding_dim"}
+        for feature, overrides in self.features.items():
+            unknown = sorted(set(overrides) - settable)
+            if unknown:
+                raise ValueError(f"model config: features.{feature}: unknown key(s) {unknown}; known: {sorted(settable)}")
         checks = [
             (self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}"),
             (self.scheme in SCHEMES, f"scheme must be one of {SCHEMES}, got {self.scheme!r}"),
@@ -76,7 +89,12 @@ class ModelConfig:
                 raise ValueError(f"model config: {message}")
 
     def label(self) -> str:
-        """A short name of the embedding scheme, e.g. ``qr-mult/4``."""
+        """``name`` if set, else a short name of the scheme: ``qr-mult/4``, ``planned[full 12, hybrid 14]``."""
+        if self.name:
+            return self.name
+        if self.features:
+            schemes = [v.get("scheme", self.scheme) for v in self.features.values()]
+            return "planned[" + ", ".join(f"{s} {schemes.count(s)}" for s in sorted(set(schemes))) + "]"
         if self.scheme == "full":
             return "full"
         if self.scheme in ("hashing", "qr", "path"):
@@ -99,8 +117,23 @@ def build_collection(
         operation=config.operation, num_collisions=config.num_collisions, num_partitions=config.num_partitions,
         hidden_dims=config.path_hidden,
     )
+    unknown = sorted(set(config.features) - set(info.categorical_names))
+    if unknown:
+        raise ValueError(f"model config: features {unknown} are not in the data (its features: "
+                         f"{list(info.categorical_names)})")
+    if config.features:
+        # Overridden features are built as their entry says: the threshold rule applies to the rest.
+        configs = [_override(c, config.features[c.name]) if c.name in config.features
+                   else c.with_threshold(config.threshold) for c in configs]
     cls = FusedEmbeddingCollection if fused else EmbeddingCollection
-    return cls(configs, threshold=config.threshold, sparse=sparse, **factory)
+    return cls(configs, threshold=0 if config.features else config.threshold, sparse=sparse, **factory)
+
+
+def _override(feature: FeatureConfig, overrides: dict[str, Any]) -> FeatureConfig:
+    try:
+        return dataclasses.replace(feature, **overrides)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"model config: features.{feature.name}: {err}") from None
 
 
 def build_model(config: ModelConfig, info: FeatureSpec, sparse: bool = False, fused: bool = True) -> nn.Module:

@@ -10,15 +10,20 @@ from ..training.config import TrainConfig, config_to_dict
 
 __all__ = ["STUDIES", "SweepSpec", "Cell", "PRESETS", "cell_key"]
 
-STUDIES = ("collisions", "generalized", "path", "threshold")
+STUDIES = ("collisions", "generalized", "path", "threshold", "budget")
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of the grid: the study it belongs to and its full training config."""
+    """One run of the grid: the study it belongs to and its full training config.
+
+    Budget-study cells also name their ``method`` and the ``target`` compression they were sized to.
+    """
 
     study: str
     config: TrainConfig
+    method: str = ""
+    target: float = 0.0
 
     @property
     def key(self) -> str:
@@ -45,6 +50,11 @@ class SweepSpec:
         generalized: generalized QR and Chinese remainder with ``k`` tables, every operation in ``gqr_operations``.
         path: path-based QR at ``path_collisions`` with each hidden size.
         threshold: QR at ``path_collisions`` collisions with every operation and every threshold.
+        budget: at each compression in ``budgets``, every method of ``budget_methods`` sized to the
+            same bytes (tables plus optimizer state): ``planner`` (``compembed plan``) and the
+            uniform ``qr``, ``gqr`` and ``hashing`` of ``planning.match_budget``; also ``qr`` and
+            ``hashing`` at each compression of ``budget_collisions``, and full tables. It needs the
+            dataset's ``info`` (cardinalities; counts for the planner).
     Every cell runs once per optimizer and seed; the report keeps, per configuration, the
     optimizer with the better validation loss (as the paper did).
     """
@@ -62,6 +72,9 @@ class SweepSpec:
     thresholds: tuple[int, ...] = (1, 20, 200, 2000, 20000)
     optimizers: tuple[str, ...] = ("adagrad", "amsgrad")
     seeds: tuple[int, ...] = (0, 1, 2)
+    budgets: tuple[float, ...] = (4, 16, 64, 256, 1000)
+    budget_methods: tuple[str, ...] = ("planner", "qr", "gqr", "hashing")
+    budget_collisions: tuple[float, ...] = (2, 4, 8, 16, 60)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.studies) - set(STUDIES))
@@ -92,15 +105,51 @@ class SweepSpec:
                     out.append(("threshold", dict(scheme="qr", operation=op, num_collisions=self.path_collisions, threshold=t)))
         return out
 
-    def cells(self) -> list[Cell]:
-        """Every run of the grid, each config once (a cell shared by two studies runs once)."""
+    def budget_models(self, info, optimizer: str) -> tuple[list[tuple[str, float, dict]], list[tuple[str, float, str]]]:
+        """The budget study's (method, target, model overrides), and the (method, target, reason) that cannot fit."""
+        from ..planning import PlanError, budget_for_compression, match_budget, plan_for_dataset
+
+        dim = self.base.model.embedding_dim
+        out = [("full", 1.0, dict(scheme="full", threshold=0, name="full"))]
+        missing = []
+        wanted = [(m, r) for r in self.budgets for m in self.budget_methods]
+        wanted += [(m, r) for r in self.budget_collisions for m in ("qr", "hashing") if (m, r) not in wanted]
+        for method, ratio in wanted:
+            budget = budget_for_compression(info.cardinalities, ratio, dim, optimizer)
+            name = f"{method}@{ratio:g}x"
+            if method == "planner":
+                try:
+                    plan = plan_for_dataset(info, budget, embedding_dim=dim, optimizer=optimizer)
+                except PlanError as err:
+                    missing.append((method, ratio, str(err)))
+                    continue
+                features = plan.overrides()
+            else:
+                matched = match_budget(method, info.cardinalities, budget, info.categorical_names, dim, optimizer)
+                if matched is None:
+                    missing.append((method, ratio, f"its smallest configuration exceeds {budget:,} bytes"))
+                    continue
+                features = matched[0]
+            out.append((method, ratio, dict(features=features, threshold=0, name=name)))
+        return out, missing
+
+    def cells(self, info=None) -> list[Cell]:
+        """Every run of the grid, each config once (a cell shared by two studies runs once).
+
+        ``info`` (the dataset's ``DatasetInfo``) is needed by the budget study only.
+        """
         cells: dict[str, Cell] = {}
         for seed in self.seeds:
             for arch in self.archs:
                 for optimizer in self.optimizers:
-                    for study, overrides in self.models():
+                    entries = [(study, overrides, "", 0.0) for study, overrides in self.models()]
+                    if "budget" in self.studies:
+                        if info is None:
+                            raise ValueError("sweep: the budget study needs the dataset's info (cardinalities, counts)")
+                        entries += [("budget", o, m, r) for m, r, o in self.budget_models(info, optimizer)[0]]
+                    for study, overrides, method, target in entries:
                         model = dataclasses.replace(self.base.model, arch=arch, **overrides)
                         optim = dataclasses.replace(self.base.optim, name=optimizer)
                         config = dataclasses.replace(self.base, model=model, optim=optim, seed=seed)
-                        cells.setdefault(cell_key(config), Cell(study, config))
+                        cells.setdefault(cell_key(config), Cell(study, config, method, target))
         return list(cells.values())

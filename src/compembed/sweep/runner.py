@@ -31,22 +31,23 @@ def cell_row(cell: Cell, measured: dict[str, Any]) -> dict[str, Any]:
         "num_partitions": model.num_partitions if model.scheme in ("gqr", "crt") else 0,
         "path_hidden": model.path_hidden[0] if model.scheme == "path" else 0,
         "threshold": model.threshold, "optimizer": cell.config.optim.name, "seed": cell.config.seed,
-        **measured,
+        "method": cell.method, "target_compression": cell.target, **measured,
     }
 
 
 def run_sweep(
-    spec: SweepSpec, out_dir: Path, run_cell: RunCell, progress: bool = True, jobs: int = 1
+    spec: SweepSpec, out_dir: Path, run_cell: RunCell, progress: bool = True, jobs: int = 1, info=None
 ) -> list[dict[str, Any]]:
     """Run every cell of ``spec`` not yet finished under ``out_dir``; return all rows.
 
     Each finished cell is written atomically to ``out_dir/cells/<key>.json`` and the tables are
     rewritten, so an interrupted sweep loses at most the cells in flight, and rerunning the same
     command continues where it stopped. ``jobs > 1`` runs that many cells at once in worker
-    processes (``run_cell`` must then be a picklable module-level function).
+    processes (``run_cell`` must then be a picklable module-level function). ``info`` is the
+    dataset's ``DatasetInfo``, which the budget study needs.
     """
     cells_dir, scratch = out_dir / "cells", out_dir / "scratch"
-    cells = spec.cells()
+    cells = spec.cells(info)
     done = {p.stem for p in cells_dir.glob("*.json")}
     todo = [c for c in cells if c.key not in done]
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="run", desc="sweep", disable=not progress)

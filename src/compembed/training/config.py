@@ -127,12 +127,13 @@ def _plain(value: Any) -> Any:
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
-    """TOML-ready nested dict: ``[train]``, ``[model]``, ``[optim]``, ``[data]`` (None values left out)."""
+    """TOML-ready nested dict: ``[train]``, ``[model]``, ``[optim]``, ``[data]`` (None values, empty
+    strings and empty tables left out, so configs written before a field existed keep their meaning and their sweep keys)."""
     out: dict[str, Any] = {"train": {}}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name in _SECTIONS:
-            out[f.name] = {k: _plain(v) for k, v in dataclasses.asdict(value).items() if v is not None}
+            out[f.name] = {k: _plain(v) for k, v in dataclasses.asdict(value).items() if v is not None and v != {} and v != ""}
         else:
             out["train"][f.name] = _plain(value)
     return out

@@ -1,13 +1,15 @@
 """What a run cost and gave: memory per scheme, metrics, throughput, as records and as a text table."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-__all__ = ["MemoryReport", "memory_report", "format_table"]
+__all__ = ["MemoryReport", "memory_report", "format_table", "format_seed_table"]
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,49 @@ def format_table(rows: Sequence[dict[str, Any]], split: str = "test") -> str:
             _fmt(ev.get("accuracy"), ".4f"), _fmt(ev.get("auc"), ".4f"), _fmt(ev.get("bayes_loss"), ".5f"),
             _fmt(r.get("samples_per_s"), ",.0f"),
         ])
-    if full is None:
-        for line in lines:
-            del line[6]
+    return _render(lines, drop=6 if full is None else None)
+
+
+def _render(lines: list[list[str]], drop: int | None = None) -> str:
+    """Aligned columns (the first two left, the rest right) under a rule; ``drop`` leaves one column out."""
+    if drop is not None:
+        lines = [line[:drop] + line[drop + 1:] for line in lines]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.5f} ± {sd:.5f}"
+
+
+def format_seed_table(runs: Mapping[str, Sequence[dict[str, Any]]], baseline: str | None = None,
+                      split: str = "test") -> str:
+    """A comparison over seeds: per label (its run summaries, one per seed, in the same seed order)
+    the mean ± std of the loss and AUC, the gap to full tables, and the paired difference to
+    ``baseline`` per seed (mean, t statistic and how many seeds had the lower loss)."""
+    def losses(label: str) -> list[float]:
+        return [r["evals"][split]["loss"] for r in runs[label]]
+
+    full = statistics.fmean(losses("full")) if "full" in runs else None
+    header = ["model", "embedding", "emb params", "emb MiB", "vs full", f"{split} loss (mean ± std)", "loss gap",
+              "AUC (mean ± std)", f"- {baseline} (paired)" if baseline else "", "samples/s"]
+    lines = [header]
+    for label, rs in runs.items():
+        mem, loss = rs[0]["memory"], losses(label)
+        gap = "-" if full is None else f"{100 * (statistics.fmean(loss) / full - 1):+.2f}%"
+        aucs = [r["evals"][split]["auc"] for r in rs]
+        vs = ""
+        if baseline and label != baseline and baseline in runs:
+            diffs = [a - b for a, b in zip(loss, losses(baseline))]
+            sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+            t = statistics.fmean(diffs) / (sd / math.sqrt(len(diffs))) if sd > 0 else float("nan")
+            vs = f"{statistics.fmean(diffs):+.5f} (t={t:+.1f}, {sum(d < 0 for d in diffs)}/{len(diffs)} lower)"
+        rates = [r["samples_per_s"] for r in rs if r.get("samples_per_s")]
+        lines.append([rs[0]["arch"], label, f"{mem['embedding_parameters']:,}", f"{mem['embedding_bytes'] / 2**20:.2f}",
+                      f"{mem['compression_ratio']:.2f}x", _mean_std(loss), gap,
+                      f"{statistics.fmean(aucs):.4f} ± {statistics.stdev(aucs) if len(aucs) > 1 else 0.0:.4f}", vs,
+                      f"{statistics.fmean(rates):,.0f}" if rates else "-"])
+    return _render(lines, drop=None if baseline else 8)

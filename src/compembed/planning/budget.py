@@ -1,0 +1,94 @@
+"""Byte arithmetic of embedding tables: rows per scheme, optimizer state, budgets as text.
+
+Everything here is closed-form on the partitions (no tensor is allocated), so a planner can try
+thousands of configurations; ``tests/planning`` checks it against the bytes that
+``EmbeddingCollection`` actually allocates.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+from ..embedding import FeatureConfig
+from ..partitions import ChineseRemainder, GeneralizedQuotientRemainder, QuotientRemainder, choose_divisors, choose_moduli
+
+__all__ = ["STATE_FACTORS", "state_factor", "feature_rows", "feature_bytes", "parse_bytes", "format_bytes"]
+
+# Optimizer state per parameter, in parameters: Adagrad keeps one sum of squares per value, Adam two
+# moments, AMSGrad also the running maximum, row-wise Adagrad one value per row (1/D per value).
+STATE_FACTORS = {"sgd": 0.0, "adagrad": 1.0, "adam": 2.0, "amsgrad": 3.0, "rowwise_adagrad": None}
+
+
+def state_factor(optimizer: str, embedding_dim: int) -> float:
+    """Optimizer-state values per table value for ``optimizer`` (row-wise Adagrad: ``1 / D``)."""
+    if optimizer not in STATE_FACTORS:
+        raise ValueError(f"optimizer must be one of {sorted(STATE_FACTORS)}, got {optimizer!r}")
+    factor = STATE_FACTORS[optimizer]
+    return 1.0 / embedding_dim if factor is None else factor
+
+
+def _scheme_rows(scheme: str, n: int, config: FeatureConfig) -> int:
+    """Rows of an operation-based scheme over ``n`` ids (all tables of one width D, as mult/add use)."""
+    if scheme == "full":
+        return n
+    if scheme == "hashing":
+        return -(-n // config.num_collisions)
+    if scheme in ("qr", "path"):
+        return sum(QuotientRemainder(n, config.num_collisions).table_sizes)
+    if scheme == "gqr":
+        return sum(GeneralizedQuotientRemainder(n, config.factors or choose_divisors(n, config.num_partitions)).table_sizes)
+    if scheme == "crt":
+        return sum(ChineseRemainder(n, config.factors or choose_moduli(n, config.num_partitions)).table_sizes)
+    raise ValueError(f"feature {config.name!r}: no closed-form row count for scheme {scheme!r}")
+
+
+def feature_rows(config: FeatureConfig) -> int:
+    """Table rows of one feature's embedding, in units of ``embedding_dim`` values.
+
+    ``concat`` splits D across the tables, so its rows count as ``sum(rows_t * d_t) / D``; path-based
+    features also hold their MLPs, which this closed form does not cover (it raises).
+    """
+    if config.scheme == "path":
+        raise ValueError(f"feature {config.name!r}: path-based features hold MLPs; count them on the module")
+    if config.scheme == "hybrid":
+        cold = config.num_embeddings - config.hot_rows
+        return config.hot_rows + (_scheme_rows(config.cold_scheme, cold, config) if cold > 0 else 0)
+    if config.operation == "concat" and config.scheme in ("qr", "gqr", "crt"):
+        raise ValueError(f"feature {config.name!r}: concat tables have other widths; count them on the module")
+    return _scheme_rows(config.scheme, config.num_embeddings, config)
+
+
+def feature_bytes(config: FeatureConfig, optimizer: str = "sgd", itemsize: int = 4) -> int:
+    """Bytes of one feature's tables plus their optimizer state."""
+    values = feature_rows(config) * config.embedding_dim
+    return int(round(values * itemsize * (1.0 + state_factor(optimizer, config.embedding_dim))))
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """``"64MiB"``, ``"1.5GB"``, ``"200000"`` -> bytes (binary units ``KiB``/``MiB``/``GiB``, decimal ``KB``/``MB``/``GB``)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+        if not match or match.group(2).lower() not in _UNITS:
+            raise ValueError(f"budget {text!r} is not a size like 64MiB, 1.5GB or 200000 (bytes)")
+        value, unit = float(match.group(1)), match.group(2).lower()
+    size = value * _UNITS[unit]
+    if not math.isfinite(size) or size <= 0:
+        raise ValueError(f"budget must be a positive size, got {text!r}")
+    return int(size)
+
+
+def format_bytes(size: float) -> str:
+    """Bytes as ``812 B``, ``12.3 MiB`` (binary units)."""
+    if abs(size) < 1024:
+        return f"{size:,.0f} B"
+    for unit in ("KiB", "MiB"):
+        size /= 1024
+        if abs(size) < 1024:
+            return f"{size:,.1f} {unit}"
+    return f"{size / 1024:,.1f} GiB"

@@ -1,0 +1,84 @@
+"""Uniform schemes sized to a budget: the baselines that a plan is compared with at matched bytes.
+
+Each baseline has one knob, searched for the largest configuration that fits the budget, so that
+every method gets (up to its knob's granularity) the same bytes:
+
+- ``hashing``: ``ceil(n / c)`` rows per compressed feature, one ``c`` for all;
+- ``qr``: quotient-remainder with element-wise product at ``c`` collisions, each feature's ``c``
+  capped at ``ceil(sqrt(n))`` (beyond it QR grows again);
+- ``gqr``: mixed radix with 3 tables, divisors ``(m, m, ceil(n / m**2))``, each feature's ``m``
+  capped at its cube root (where the three tables are even, the smallest).
+
+Features with at most ``threshold`` categories keep full tables (the paper's rule, DLRM's default
+200), as the uniform methods are used in practice. The result is the ``ModelConfig.features``
+entry of every feature, so a run's config states every table exactly.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..embedding import FeatureConfig
+from ..partitions import integer_root
+from .budget import feature_bytes
+
+__all__ = ["UNIFORM_METHODS", "match_budget"]
+
+UNIFORM_METHODS = ("hashing", "qr", "gqr")
+
+
+def _feature(method: str, name: str, n: int, knob: int, dim: int, threshold: int) -> FeatureConfig:
+    if n <= threshold or knob <= 1:
+        return FeatureConfig(name, n, dim, scheme="full")
+    if method == "hashing":
+        return FeatureConfig(name, n, dim, scheme="hashing", num_collisions=knob)
+    if method == "qr":
+        return FeatureConfig(name, n, dim, scheme="qr", operation="mult", num_collisions=min(knob, math.isqrt(n - 1) + 1))
+    m = min(knob, max(2, integer_root(n, 3)))
+    return FeatureConfig(name, n, dim, scheme="gqr", operation="mult", factors=(m, m, -(-n // (m * m))))
+
+
+def _overrides(config: FeatureConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"scheme": config.scheme}
+    if config.scheme != "full":
+        out["operation"] = config.operation
+    if config.scheme in ("hashing", "qr"):
+        out["num_collisions"] = config.num_collisions
+    if config.scheme == "gqr":
+        out["factors"] = list(config.factors)
+    return out
+
+
+def match_budget(
+    method: str, cardinalities: Sequence[int], budget: int, names: Sequence[str] | None = None,
+    embedding_dim: int = 16, optimizer: str = "adagrad", itemsize: int = 4, threshold: int = 200,
+) -> tuple[dict[str, dict[str, Any]], int, int] | None:
+    """The largest ``method`` configuration within ``budget`` bytes (tables plus optimizer state).
+
+    Returns ``(features, bytes, knob)``: the per-feature overrides, their bytes and the knob
+    (``c`` or ``m``); or None when even the smallest configuration of ``method`` exceeds the budget.
+    """
+    if method not in UNIFORM_METHODS:
+        raise ValueError(f"method must be one of {UNIFORM_METHODS}, got {method!r}")
+    names = list(names) if names is not None else [f"C{j + 1}" for j in range(len(cardinalities))]
+    largest = max(int(n) for n in cardinalities)
+
+    def build(knob: int) -> tuple[list[FeatureConfig], int]:
+        configs = [_feature(method, name, int(n), knob, embedding_dim, threshold) for name, n in zip(names, cardinalities)]
+        return configs, sum(feature_bytes(c, optimizer, itemsize) for c in configs)
+
+    # Bytes do not grow with the knob (the caps keep QR and mixed radix at their smallest), so the
+    # smallest knob that fits is the largest configuration that fits.
+    lo, hi = 1, max(2, largest)
+    if build(hi)[1] > budget:
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if build(mid)[1] <= budget:
+            hi = mid
+        else:
+            lo = mid
+    knob = lo if build(lo)[1] <= budget else hi
+    configs, size = build(knob)
+    return {c.name: _overrides(c) for c in configs}, size, knob

@@ -1,0 +1,51 @@
+import pytest
+
+from compembed.embedding import EmbeddingCollection, FeatureConfig
+from compembed.planning import feature_bytes, format_bytes, parse_bytes, state_factor
+
+CONFIGS = [
+    FeatureConfig("full", 1000, scheme="full"),
+    FeatureConfig("hash", 1000, scheme="hashing", num_collisions=7),
+    FeatureConfig("qr", 100_003, scheme="qr", num_collisions=60),
+    FeatureConfig("qr_add", 5000, scheme="qr", operation="add", num_collisions=3),
+    FeatureConfig("gqr", 100_003, scheme="gqr", num_partitions=3),
+    FeatureConfig("gqr_f", 1000, scheme="gqr", factors=(10, 10, 10)),
+    FeatureConfig("crt", 100_003, scheme="crt", num_partitions=2),
+    FeatureConfig("hybrid", 100_003, scheme="hybrid", hot_rows=500, cold_scheme="qr", num_collisions=9),
+    FeatureConfig("hybrid_gqr", 100_003, scheme="hybrid", hot_rows=17, cold_scheme="gqr", num_partitions=3),
+    FeatureConfig("hybrid_all_hot", 50, scheme="hybrid", hot_rows=50),
+    FeatureConfig("hybrid_hash", 9000, scheme="hybrid", hot_rows=10, cold_scheme="hashing", num_collisions=4),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+@pytest.mark.parametrize("dim", [16, 8])
+def test_closed_form_bytes_equal_the_allocated_collection(config, dim):
+    import dataclasses
+
+    config = dataclasses.replace(config, embedding_dim=dim)
+    collection = EmbeddingCollection([config], device="meta")
+    assert feature_bytes(config) == collection.num_bytes
+    assert feature_bytes(config, "adagrad") == 2 * collection.num_bytes
+    assert feature_bytes(config, "amsgrad") == 4 * collection.num_bytes
+    assert feature_bytes(config, "rowwise_adagrad") == collection.num_bytes + collection.num_bytes // dim
+
+
+def test_state_factors():
+    assert state_factor("sgd", 16) == 0 and state_factor("adagrad", 16) == 1
+    assert state_factor("adam", 16) == 2 and state_factor("rowwise_adagrad", 16) == 1 / 16
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        state_factor("lamb", 16)
+
+
+def test_parse_and_format_bytes():
+    assert parse_bytes("64MiB") == 64 * 2**20
+    assert parse_bytes("1.5GB") == 1_500_000_000
+    assert parse_bytes("200000") == 200_000
+    assert parse_bytes(" 2 kib ") == 2048
+    for bad in ("64 apples", "-3MiB", "0", "MiB", ""):
+        with pytest.raises(ValueError, match="budget"):
+            parse_bytes(bad)
+    assert format_bytes(812) == "812 B"
+    assert format_bytes(64 * 2**20) == "64.0 MiB"
+    assert format_bytes(3 * 2**30) == "3.0 GiB"

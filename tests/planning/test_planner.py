@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+
+from compembed.data.dataset import DatasetInfo
+from compembed.embedding import EmbeddingCollection
+from compembed.models import ModelConfig, build_collection
+from compembed.planning import PlanError, budget_for_compression, plan_for_dataset, plan_tables
+
+CARDS = [3, 40, 700, 20_000, 90_000]
+
+
+def zipf_counts(n: int, rows: int, seed: int) -> np.ndarray:
+    p = 1.0 / np.arange(1, n + 1) ** 1.05
+    counts = np.random.default_rng(seed).multinomial(rows, p / p.sum())
+    return np.sort(counts)[::-1].copy()
+
+
+COUNTS = [zipf_counts(n, 50_000, j) for j, n in enumerate(CARDS)]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "amsgrad", "rowwise_adagrad"])
+@pytest.mark.parametrize("ratio", [1, 2, 4, 16, 64, 256])
+def test_plan_fits_the_budget_by_the_collections_own_count(optimizer, ratio):
+    budget = budget_for_compression(CARDS, ratio, optimizer=optimizer)
+    plan = plan_tables(CARDS, COUNTS, budget, optimizer=optimizer)
+    collection = EmbeddingCollection(plan.configs(), device="meta")
+    state = {"sgd": 0, "adagrad": 1, "amsgrad": 3, "rowwise_adagrad": 1 / 16}[optimizer]
+    allocated = collection.num_bytes * (1 + state)
+    assert plan.bytes == pytest.approx(allocated, abs=len(CARDS))  # per-feature rounding of 1/D state
+    assert plan.bytes <= budget
+    assert plan.bytes >= 0.9 * budget or ratio == 1  # leftover rows are spent, not wasted
+    assert plan.compression == pytest.approx(plan.full_bytes / plan.bytes)
+
+
+def test_generous_budget_gives_full_tables_and_tight_budget_compresses_the_big_features():
+    assert all(f.config.scheme == "full" for f in plan_tables(CARDS, COUNTS, 10**9).features)
+    plan = plan_tables(CARDS, COUNTS, budget_for_compression(CARDS, 64))
+    schemes = {f.name: f.config.scheme for f in plan.features}
+    assert schemes["C1"] == "full"  # 3 frequent ids: all hot
+    assert schemes["C5"] == "hybrid"
+    big = plan.features[4]
+    assert 0 < big.hot_rows < 90_000 and big.coverage > big.hot_rows / 90_000  # hot ids carry more than their share
+
+
+def test_hot_rows_go_to_the_globally_most_frequent_ids():
+    plan = plan_tables(CARDS, COUNTS, budget_for_compression(CARDS, 16))
+    cut_in = [c[f.hot_rows - 1] for f, c in zip(plan.features, COUNTS) if 0 < f.hot_rows < len(c)]
+    cut_out = [c[f.hot_rows] for f, c in zip(plan.features, COUNTS) if 0 < f.hot_rows < len(c)]
+    assert min(cut_in) >= max(cut_out)  # no id left cold is more frequent than an id given a row
+
+
+def test_coverage_is_the_share_of_occurrences_on_own_rows():
+    plan = plan_tables(CARDS, COUNTS, budget_for_compression(CARDS, 16))
+    own = sum(c[: f.hot_rows].sum() for f, c in zip(plan.features, COUNTS))
+    assert plan.coverage == pytest.approx(own / sum(c.sum() for c in COUNTS))
+    looser = plan_tables(CARDS, COUNTS, budget_for_compression(CARDS, 4))
+    assert looser.coverage > plan.coverage
+
+
+def test_budget_below_the_minimum_names_the_minimum():
+    with pytest.raises(PlanError, match=r"below the smallest plan: .* rows of D=16 with adagrad state"):
+        plan_tables(CARDS, COUNTS, 1000)
+
+
+def test_value_ordered_counts_are_refused():
+    shuffled = [c.copy() for c in COUNTS]
+    shuffled[3] = shuffled[3][::-1].copy()
+    with pytest.raises(PlanError, match=r"feature 'C4': ids are not in frequency order .*--id-order frequency"):
+        plan_tables(CARDS, shuffled, 10**6)
+
+
+def test_dataset_without_counts_says_how_to_get_them():
+    info = DatasetInfo(dense_names=["I1"], categorical_names=["C1"], cardinalities=[10])
+    with pytest.raises(PlanError, match="no per-id training counts.*--id-order frequency"):
+        plan_for_dataset(info, 10**6)
+
+
+def test_plan_overrides_build_the_same_tables():
+    plan = plan_tables(CARDS, COUNTS, budget_for_compression(CARDS, 16))
+    info = DatasetInfo(dense_names=["I1"], categorical_names=[f"C{j + 1}" for j in range(len(CARDS))],
+                       cardinalities=CARDS)
+    model = ModelConfig(features=plan.overrides(), threshold=0)
+    for fused in (False, True):
+        tables = build_collection(model, info, fused=fused, device="meta")
+        assert tables.num_bytes * 2 == plan.bytes  # adagrad state doubles it
+    assert model.label().startswith("planned[")
