@@ -31,6 +31,13 @@ def test_synth_dataset_and_text(tmp_path: Path, capsys: pytest.CaptureFixture) -
     ds = open_dataset(tmp_path / "s")
     assert ds.info.bayes_known and ds.info.split_sizes == {"train": 4000, "val": 500, "test": 500}
     assert next(iter(ds.loader("test", 8))).click_prob is not None
+    train = np.asarray(ds.sparse)[:4000]
+    for j, name in enumerate(ds.info.categorical_names):
+        np.testing.assert_array_equal(ds.info.counts[name], np.bincount(train[:, j], minlength=ds.info.cardinalities[j]))
+    assert main(["synth", "--out", str(tmp_path / "f"), "--rows", "5000", "--quiet", "--id-order", "frequency"]) == 0
+    freq = open_dataset(tmp_path / "f")
+    assert freq.info.id_order == "frequency" and all((np.diff(c) <= 0).all() for c in freq.info.counts.values())
+    np.testing.assert_array_equal(np.asarray(freq.click_prob), np.asarray(ds.click_prob))  # a relabelling
     assert main(["synth", "--out", str(tmp_path / "s"), "--rows", "10", "--quiet"]) == 1  # exists
     assert "already exists" in capsys.readouterr().err
 
@@ -56,10 +63,20 @@ def test_prepare_real_samples(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert main(["prepare", "criteo", str(SAMPLE), "--out", str(tmp_path / "c"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "8,000 rows" in out and "train 6,858, val 571, test 571" in out
+    assert "dense transform: log1p (every column)" in out
     assert main(["prepare", "table", str(MOVIELENS), "--out", str(tmp_path / "m"), "--quiet", "--label", "label",
-                 "--categorical", "user_id,item_id,gender", "--multi-hot", "genres", "--split", "sequential"]) == 0
+                 "--categorical", "user_id,item_id,gender", "--multi-hot", "genres", "--split", "sequential",
+                 "--dense", "timestamp,age"]) == 0
     out = capsys.readouterr().out
     assert "100,000 rows" in out and "ignored columns (not features): rating" in out
+    assert "dense transforms: timestamp=standardize, age=log1p" in out  # --dense-transform auto
     ds = open_dataset(tmp_path / "m")
-    assert ds.info.cardinalities == [945, 1684, 4, 21]
+    # sequential split: vocabularies from the first 80,000 rows; 32 items appear only later
+    assert ds.info.cardinalities == [945, 1684 - 32, 4, 21] and ds.info.id_order == "value"
     assert np.asarray(ds.labels).sum() > 0
+    assert main(["prepare", "table", str(MOVIELENS), "--out", str(tmp_path / "f"), "--quiet", "--label", "label",
+                 "--categorical", "item_id", "--split", "sequential", "--id-order", "frequency"]) == 0
+    freq = open_dataset(tmp_path / "f")
+    counts = freq.info.counts["item_id"]
+    assert freq.info.id_order == "frequency" and (np.diff(counts) <= 0).all()
+    assert sorted(counts.tolist()) == sorted(ds.info.counts["item_id"].tolist())

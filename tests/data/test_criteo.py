@@ -13,6 +13,8 @@ from compembed.data.criteo import parse_block, read_criteo
 from compembed.data.errors import BadLineReport, InputError
 from compembed.data.export import write_criteo_text
 from compembed.data.prepare import CriteoPrepareConfig, day_split, prepare_criteo
+from compembed.data.transform import load_dense_transforms
+from compembed.data.vocab import frequency_ids, load_id_maps
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 SAMPLE = SHARED / "data" / "criteo" / "criteo_kaggle_head8000.tsv.gz"
@@ -31,12 +33,15 @@ def _prep(inputs, out, **kw) -> "object":
 def test_kaggle_sample_counts_cardinalities_and_splits(tmp_path: Path) -> None:
     result = _prep([SAMPLE], tmp_path / "ds")
     assert result.num_rows == 8000 and result.report.total == 0
-    assert list(result.extra["distinct_values"].values()) == README_DISTINCT
-    # ids: 0 missing, 1 rare, then every distinct value (min_freq 1)
-    assert result.info.cardinalities == [d + 2 for d in README_DISTINCT]
+    assert list(result.extra["distinct_values"].values()) == README_DISTINCT  # over all rows
     # the paper's split: 7 days of divmod(8000, 7) = (1142, 6) rows; day 7 halved into test and val
     assert result.info.split_sizes == {"train": 6 * 1143, "val": 571, "test": 571}
     assert result.extra["missing_counts"]["C22"] == 6538
+    # ids: 0 missing, 1 rare/unseen, then every distinct value of the train split (min_freq 1)
+    lines = gzip.open(SAMPLE, "rt").read().splitlines()
+    train_values = [{v for v in col if v} for col in zip(*(l.split("\t")[14:] for l in lines[:6858]))]
+    assert result.info.cardinalities == [len(v) + 2 for v in train_values]
+    assert result.info.cardinalities != [d + 2 for d in README_DISTINCT]  # some values occur only in val/test
 
     ds = open_dataset(tmp_path / "ds")
     assert ds.info.split_sizes == result.info.split_sizes and not ds.info.bayes_known
@@ -45,21 +50,24 @@ def test_kaggle_sample_counts_cardinalities_and_splits(tmp_path: Path) -> None:
     sparse = np.asarray(ds.sparse)
     assert (sparse[:, 21] == 0).sum() == 6538  # missing C22 -> id 0
     assert ((sparse >= 0) & (sparse < np.array(ds.info.cardinalities))).all()
-    assert (sparse != 1).all()  # no rare id with min_freq 1
+    assert (sparse[:6858] != 1).all()  # no rare id in train with min_freq 1
+    assert (sparse[6858:] == 1).any()  # values unseen in train map to the unseen id
+    for j, name in enumerate(ds.info.categorical_names):  # per-id counts: a bincount over the train rows
+        np.testing.assert_array_equal(ds.info.counts[name], np.bincount(sparse[:6858, j],
+                                                                        minlength=ds.info.cardinalities[j]))
 
     # compare with a plain Python reading of the text
-    lines = gzip.open(SAMPLE, "rt").read().splitlines()
     vocab = json.loads((tmp_path / "ds" / "vocab.json").read_text())
-    assert [len(vocab[f"C{j}"]) for j in range(1, 27)] == README_DISTINCT
+    assert [sorted(vocab[f"C{j + 1}"]) for j in range(26)] == [sorted(v) for v in train_values]
     dense = np.asarray(ds.dense)
-    for i in (0, 1, 2, 777, 7999):
+    for i in (0, 1, 2, 777, 6857, 6858, 7999):
         fields = lines[i].split("\t")
         assert labels[i] == int(fields[0])
         for j, v in enumerate(fields[1:14]):
             expect = 0.0 if v == "" else np.log1p(max(int(v), 0))
             assert dense[i, j] == pytest.approx(expect, rel=1e-6)
         for j, v in enumerate(fields[14:]):
-            expect = 0 if v == "" else vocab[f"C{j + 1}"].index(v) + 2
+            expect = 0 if v == "" else vocab[f"C{j + 1}"].index(v) + 2 if v in train_values[j] else 1
             assert sparse[i, j] == expect
     assert (dense[:, 1] >= 0).all() and any(int(l.split("\t")[2] or 0) < 0 for l in lines)  # I2 negatives clipped
 
@@ -85,6 +93,70 @@ def test_kaggle_sample_random_split_and_min_freq(tmp_path: Path) -> None:
     # every row is in exactly one split
     rows = np.concatenate([ds.splits[s] for s in ("train", "val", "test")])
     np.testing.assert_array_equal(np.sort(rows), np.arange(8000))
+
+
+def _sample_text() -> tuple[np.ndarray, np.ndarray]:
+    """The sample's categorical fields (str (8000, 26)) and raw dense values (float64 (8000, 13), NaN missing)."""
+    fields = [line.split("\t") for line in gzip.open(SAMPLE, "rt").read().splitlines()]
+    cats = np.array([f[14:] for f in fields])
+    dense = np.array([[float(v) if v else np.nan for v in f[1:14]] for f in fields])
+    return cats, dense
+
+
+@needs_sample
+def test_kaggle_sample_frequency_order_counts_and_vocab_round_trip(tmp_path: Path) -> None:
+    value = _prep([SAMPLE], tmp_path / "v", split="random", min_freq=2, seed=3)
+    freq = _prep([SAMPLE], tmp_path / "f", split="random", min_freq=2, seed=3, id_order="frequency")
+    assert value.info.cardinalities == freq.info.cardinalities and freq.info.id_order == "frequency"
+    v, f = open_dataset(tmp_path / "v"), open_dataset(tmp_path / "f")
+    train = np.asarray(v.splits["train"])
+    sv, sf = np.asarray(v.sparse), np.asarray(f.sparse)
+    special = json.loads((tmp_path / "f" / "meta.json").read_text())["special_ids"]
+    for j, name in enumerate(v.info.categorical_names):
+        card = v.info.cardinalities[j]
+        np.testing.assert_array_equal(v.info.counts[name], np.bincount(sv[train, j], minlength=card))
+        np.testing.assert_array_equal(f.info.counts[name], np.bincount(sf[train, j], minlength=card))
+        assert (np.diff(f.info.counts[name]) <= 0).all()  # id 0 is the most frequent; hot = id < K
+        new_ids = frequency_ids(v.info.counts[name])  # a bijection of the value order
+        np.testing.assert_array_equal(sf[:, j], new_ids[sv[:, j]])
+        assert special[name] == {"missing": int(new_ids[0]), "rare": int(new_ids[1])}
+    # raw values -> ids through vocab.json as prepared (both orders, every split), and ids -> values -> ids
+    cats, _ = _sample_text()
+    for path, sparse in ((tmp_path / "v", sv), (tmp_path / "f", sf)):
+        maps = load_id_maps(path)
+        for j in (0, 2, 21, 25):
+            m = maps[f"C{j + 1}"]
+            np.testing.assert_array_equal(m.ids(cats[:, j].tolist()), sparse[:, j])
+            ids = np.arange(m.cardinality)
+            keep = ~np.isin(ids, [m.missing_id, m.rare_id])
+            np.testing.assert_array_equal(m.ids(m.values_of(ids[keep])), ids[keep])
+        m = maps["C3"]  # hashes are compared as Criteo reads them: case and leading zeros do not matter
+        i = next(i for i, h in enumerate(cats[:, 2]) if h.startswith("0"))
+        np.testing.assert_array_equal(m.ids([cats[i, 2].upper(), cats[i, 2].lstrip("0"), "", None]),
+                                      [sparse[i, 2], sparse[i, 2], m.missing_id, m.missing_id])
+
+
+@needs_sample
+@pytest.mark.parametrize("transform", ["standardize", "auto"])
+def test_kaggle_sample_dense_transforms(tmp_path: Path, transform: str) -> None:
+    _prep([SAMPLE], tmp_path / "ds", dense_transform=transform)
+    ds = open_dataset(tmp_path / "ds")
+    _, raw = _sample_text()
+    train = raw[:6858]
+    transforms = load_dense_transforms(tmp_path / "ds")
+    kinds = {n: t.kind for n, t in transforms.items()}
+    if transform == "auto":
+        assert kinds["I2"] == "standardize" and kinds["I1"] == "log1p"  # I2 has negatives; I1 counts
+    else:
+        assert set(kinds.values()) == {"standardize"}
+    dense = np.asarray(ds.dense)
+    for j, (name, t) in enumerate(transforms.items()):
+        col = train[~np.isnan(train[:, j]), j]
+        assert t.stats["count"] == len(col) and t.stats["min"] == col.min() and t.stats["max"] == col.max()
+        if t.kind == "standardize":
+            assert t.mean == pytest.approx(col.mean()) and t.std == pytest.approx(col.std())
+        np.testing.assert_array_equal(t.apply(raw[:, j]), dense[:, j])  # new raw rows map as prepared
+    assert abs(dense[:6858, 1].mean()) < 0.05  # I2 standardized (missing -> 0, the mean)
 
 
 def test_day_split_of_the_full_kaggle_file() -> None:
@@ -317,8 +389,9 @@ def test_output_is_atomic(tmp_path: Path) -> None:
         open_dataset(tmp_path / "half")
 
 
-def test_synthetic_text_round_trip(tmp_path: Path) -> None:
-    syn = SyntheticCTR(SyntheticConfig(num_rows=3000, cardinality_scale=0.001, seed=2))
+@pytest.mark.parametrize("id_order", ["value", "frequency"])
+def test_synthetic_text_round_trip(tmp_path: Path, id_order: str) -> None:
+    syn = SyntheticCTR(SyntheticConfig(num_rows=3000, cardinality_scale=0.001, seed=2, id_order=id_order))
     path = write_criteo_text(syn, tmp_path / "s.tsv.gz", progress=False)
     result = _prep([path], tmp_path / "ds", split="none")
     rows = syn.rows(0, 3000)
@@ -326,7 +399,7 @@ def test_synthetic_text_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ds["labels"], rows["labels"])
     np.testing.assert_allclose(ds["dense"], rows["dense"], rtol=1e-6)
     # ids are renumbered, but missing stays 0 and equal ids stay equal
-    np.testing.assert_array_equal(ds["sparse"] == 0, rows["sparse"] == 0)
+    np.testing.assert_array_equal(ds["sparse"] == 0, rows["sparse"] == np.array(syn.missing_ids))
     for j in range(26):
         pairs = np.unique(np.stack([ds["sparse"][:, j], rows["sparse"][:, j]]), axis=1)
         assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
@@ -432,6 +505,8 @@ def test_interrupted_run_resumes_to_the_same_dataset(tmp_path: Path, monkeypatch
     for k in x:
         np.testing.assert_array_equal(x[k], y[k])
     assert res.info == ref.info
+    for name in ref.info.categorical_names:
+        np.testing.assert_array_equal(res.info.counts[name], ref.info.counts[name])
     assert (tmp_path / "ref" / "vocab.json").read_text() == (tmp_path / "out" / "vocab.json").read_text()
     assert not (tmp_path / "out.partial").exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())

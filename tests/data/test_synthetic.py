@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from compembed.data import SyntheticConfig, SyntheticCTR, bayes_loss, scaled_cardinalities
 from compembed.data.criteo_spec import KAGGLE_CARDINALITIES
 from compembed.data.synthetic import CHUNK_ROWS, _BlockOrder
+from compembed.data.vocab import frequency_ids
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +161,33 @@ def test_bad_config_is_rejected() -> None:
         SyntheticConfig(cardinalities=[5, 5])
     with pytest.raises(KeyError, match="unknown split"):
         next(iter(SyntheticCTR(SyntheticConfig(num_rows=100)).loader("dev", 10)))
+
+
+def test_train_counts_are_a_bincount_of_the_train_rows(ds: SyntheticCTR) -> None:
+    a, b = ds.split_ranges["train"]
+    sparse = ds.rows(a, b)["sparse"]
+    assert set(ds.info.counts) == set(ds.info.categorical_names) and ds.info.id_order == "value"
+    for j, name in enumerate(ds.info.categorical_names):
+        np.testing.assert_array_equal(ds.info.counts[name], np.bincount(sparse[:, j], minlength=ds.info.cardinalities[j]))
+
+
+def test_frequency_order_is_a_relabelling_by_train_counts() -> None:
+    cfg = dict(num_rows=50_000, cardinality_scale=0.001, seed=5)
+    value = SyntheticCTR(SyntheticConfig(**cfg))
+    freq = SyntheticCTR(SyntheticConfig(**cfg, id_order="frequency"))
+    rv, rf = value.rows(0, 50_000), freq.rows(0, 50_000)
+    for k in ("dense", "labels", "click_prob"):  # the same rows: only the ids' labels change
+        np.testing.assert_array_equal(rv[k], rf[k])
+    assert freq.bayes_loss("test") == value.bayes_loss("test")
+    n_train = freq.split_ranges["train"][1]
+    for j, name in enumerate(freq.info.categorical_names):
+        counts = freq.info.counts[name]
+        assert (np.diff(counts) <= 0).all()  # id 0 is the most frequent in train
+        np.testing.assert_array_equal(counts, np.bincount(rf["sparse"][:n_train, j], minlength=len(counts)))
+        new_ids = frequency_ids(value.info.counts[name])  # ties in value order
+        np.testing.assert_array_equal(rf["sparse"][:, j], new_ids[rv["sparse"][:, j]])
+        assert freq.missing_ids[j] == new_ids[0]
+    hidden = np.random.default_rng(0).standard_normal((100, 2))  # the planted model is relabelled with the ids
+    np.testing.assert_array_equal(freq._logit(rf["sparse"][:100], hidden), value._logit(rv["sparse"][:100], hidden))
+    with pytest.raises(ValueError, match="id_order"):
+        SyntheticConfig(id_order="random")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 from compembed.data import open_dataset
 from compembed.data.errors import InputError
 from compembed.data.table import TableSpec, prepare_table
+from compembed.data.transform import load_dense_transforms
+from compembed.data.vocab import frequency_ids, load_id_maps, relabelled_counts
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 MOVIELENS = SHARED / "data" / "movielens" / "ml100k_ctr.tsv.gz"
@@ -27,33 +30,56 @@ def test_movielens_as_ctr(tmp_path: Path) -> None:
     spec = TableSpec(label="label", categorical=ML_CATEGORICAL, dense=["timestamp"], multi_hot=["genres"])
     result = prepare_table([MOVIELENS], tmp_path / "ml", spec, progress=False)
     assert result.num_rows == 100_000 and result.report.total == 0
-    assert result.extra["distinct_values"] == ML_DISTINCT
+    assert result.extra["distinct_values"] == ML_DISTINCT  # over all rows
     assert "rating" in result.extra["ignored_columns"]
     info = result.info
     assert "rating" not in info.categorical_names + info.dense_names  # the label's source is never a feature
     assert info.categorical_names == ML_CATEGORICAL + ["genres"] and info.multi_hot_names == ["genres"]
-    assert info.cardinalities == [ML_DISTINCT[c] + 2 for c in info.categorical_names]
     assert sum(info.split_sizes.values()) == 100_000 and 9_000 < info.split_sizes["test"] < 11_000
 
     ds = open_dataset(tmp_path / "ml")
+    train = np.asarray(ds.splits["train"])
+    lines = gzip.open(MOVIELENS, "rt").read().splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    train_values = {c: {rows[i][c] for i in train} for c in ML_CATEGORICAL}
+    train_values["genres"] = {g for i in train for g in rows[i]["genres"].split("|")}
+    # vocabularies from the train rows only
+    assert info.cardinalities == [len(train_values[c]) + 2 for c in info.categorical_names]
+    assert info.cardinalities[1] < ML_DISTINCT["item_id"] + 2  # some items occur only in val/test
     assert np.asarray(ds.labels).mean() == pytest.approx(0.554, abs=5e-4)
     values, offsets = ds.multi_hot["genres"]
     lengths = np.diff(np.asarray(offsets))
     assert offsets[-1] == len(values) and (lengths >= 1).all() and lengths.max() > 3
-    # compare rows with the text
-    lines = gzip.open(MOVIELENS, "rt").read().splitlines()
-    header = lines[0].split("\t")
-    import json
-
+    # train counts: a bincount of each feature's ids over the train rows (every id of a bag counts)
+    sparse = np.asarray(ds.sparse)
+    for j, c in enumerate(ML_CATEGORICAL):
+        np.testing.assert_array_equal(info.counts[c], np.bincount(sparse[train, j], minlength=info.cardinalities[j]))
+        assert ds.info.counts[c].sum() == len(train)
+    in_train = np.zeros(len(lengths), dtype=bool)
+    in_train[train] = True
+    np.testing.assert_array_equal(ds.info.counts["genres"],
+                                  np.bincount(np.asarray(values)[np.repeat(in_train, lengths)], minlength=21))
+    # auto dense transform: timestamps are far from zero for their spread, so they are standardized
+    ts = np.array([float(r["timestamp"]) for r in rows])
+    meta = json.loads((tmp_path / "ml" / "meta.json").read_text())
+    t = meta["dense_transforms"]["timestamp"]
+    assert t["kind"] == "standardize"
+    assert t["mean"] == pytest.approx(ts[train].mean()) and t["std"] == pytest.approx(ts[train].std())
+    dense = np.asarray(ds.dense)[:, 0]
+    np.testing.assert_allclose(dense, (ts - ts[train].mean()) / ts[train].std(), rtol=1e-5, atol=1e-5)
+    assert abs(dense[train].mean()) < 1e-3 and dense[train].std() == pytest.approx(1.0, rel=1e-3)
+    # compare rows with the text: a value not seen in train maps to the unseen id 1
     vocab = json.loads((tmp_path / "ml" / "vocab.json").read_text())
-    for i in (0, 1, 4242, 99_999):
-        row = dict(zip(header, lines[i + 1].split("\t")))
+    unseen = [i for i in range(len(rows)) if rows[i]["item_id"] not in train_values["item_id"]]
+    assert unseen and (sparse[unseen, 1] == 1).all()
+    for i in (0, 1, 4242, 99_999, *unseen[:3]):
+        row = rows[i]
         assert ds.labels[i] == int(row["label"])
         for j, c in enumerate(ML_CATEGORICAL):
-            assert ds.sparse[i, j] == vocab[c].index(row[c]) + 2
+            assert ds.sparse[i, j] == (vocab[c].index(row[c]) + 2 if row[c] in train_values[c] else 1)
         bag = values[offsets[i] : offsets[i + 1]]
         assert sorted(bag) == sorted(vocab["genres"].index(g) + 2 for g in row["genres"].split("|"))
-        assert ds.dense[i, 0] == pytest.approx(np.log1p(float(row["timestamp"])), rel=1e-6)
 
     batch = next(iter(ds.loader("train", 64, shuffle=True, seed=1)))
     assert batch.sparse.shape == (64, 7) and batch.dense.shape == (64, 1)
@@ -124,12 +150,114 @@ def test_parquet_with_list_column_and_min_freq(tmp_path: Path) -> None:
                      split="sequential", val_fraction=1 / 6, test_fraction=1 / 6, dense_transform="none")
     result = prepare_table([tmp_path / "t.parquet"], tmp_path / "o", spec, progress=False)
     assert result.info.split_sizes == {"train": 4, "val": 1, "test": 1}
-    assert result.info.cardinalities == [3, 4]  # shop: {10} kept; items: {a, b} kept
+    # counted in the 4 train rows only: shop {10: 2, 11: 1, 12: 1} keeps 10; items {a: 2, b: 1} keeps a
+    assert result.info.cardinalities == [3, 3]
     ds = open_dataset(tmp_path / "o")
     np.testing.assert_array_equal(np.asarray(ds.sparse)[:, 0], [2, 2, 1, 1, 2, 0])
     values, offsets = ds.multi_hot["items"]
     bags = [list(values[offsets[i] : offsets[i + 1]]) for i in range(6)]
-    assert bags == [[2, 3], [2], [0], [0], [1, 2], [3]]
+    assert bags == [[2, 1], [2], [0], [0], [1, 2], [1]]  # b (once in train) and c (not in train) are rare
+    np.testing.assert_array_equal(ds.info.counts["shop"], [0, 2, 2])
+    np.testing.assert_array_equal(ds.info.counts["items"], [2, 1, 2])  # the empty and missing bags: [0]
     np.testing.assert_allclose(np.asarray(ds.dense)[:, 0], [1, 2, 0, 4, 5, 6])
     test = next(iter(ds.loader("test", 10)))
-    assert test.labels.tolist() == [0.0] and test.multi_hot["items"][0].tolist() == [3]
+    assert test.labels.tolist() == [0.0] and test.multi_hot["items"][0].tolist() == [1]
+
+
+TINY = ("y,u,n,ts,tags\n"
+        "1,a,1,1000000000,x|y\n"
+        "0,b,2,1000001000,x\n"
+        "1,a,3,1000002000,\n"
+        "0,,4,1000003000,y|y\n"
+        "1,a,5,1000004000,z\n"
+        "0,c,,1000005000,x\n"       # the first 6 rows are the train split
+        "1,d,7,1000006000,w\n"      # val: d and w are not in train
+        "0,a,8,,x\n"
+        "1,b,9,1000008000,q\n"      # test: q is not in train
+        "0,,100,1000009000,x|q\n")
+
+
+def _tiny(tmp_path: Path, name: str, **kw) -> tuple[object, Path]:
+    src = tmp_path / "tiny.csv"
+    src.write_text(TINY)
+    spec = TableSpec(label="y", categorical=["u"], dense=["n", "ts"], multi_hot=["tags"], split="sequential",
+                     val_fraction=0.2, test_fraction=0.2, **kw)
+    prepare_table([src], tmp_path / name, spec, progress=False)
+    return open_dataset(tmp_path / name), tmp_path / name
+
+
+def _bags(ds) -> list[list[int]]:
+    values, offsets = ds.multi_hot["tags"]
+    return [np.asarray(values[offsets[i] : offsets[i + 1]]).tolist() for i in range(len(offsets) - 1)]
+
+
+def test_tiny_table_vocabularies_and_counts_come_from_train(tmp_path: Path) -> None:
+    ds, _ = _tiny(tmp_path, "v")
+    assert ds.info.split_sizes == {"train": 6, "val": 2, "test": 2} and ds.info.id_order == "value"
+    assert ds.info.cardinalities == [5, 5]  # u: missing, rare, a b c; tags: missing, rare, x y z
+    # d (val), w (val) and q (test) were not seen in train: the unseen id 1, not ids of their own
+    np.testing.assert_array_equal(np.asarray(ds.sparse)[:, 0], [2, 3, 2, 0, 2, 4, 1, 2, 3, 0])
+    assert _bags(ds) == [[2, 3], [2], [0], [3, 3], [4], [2], [1], [2], [1], [2, 1]]
+    np.testing.assert_array_equal(ds.info.counts["u"], [1, 0, 3, 1, 1])
+    np.testing.assert_array_equal(ds.info.counts["tags"], [1, 0, 3, 3, 1])  # y twice in one bag counts twice
+    np.testing.assert_array_equal(ds.info.counts["u"], np.bincount(np.asarray(ds.sparse)[:6, 0], minlength=5))
+
+
+def test_tiny_table_frequency_order_is_a_relabelling(tmp_path: Path) -> None:
+    value, vpath = _tiny(tmp_path, "v")
+    freq, fpath = _tiny(tmp_path, "f", id_order="frequency")
+    assert freq.info.id_order == "frequency" and freq.info.cardinalities == value.info.cardinalities
+    for j, name in enumerate(["u", "tags"]):
+        counts = freq.info.counts[name]
+        assert (np.diff(counts) <= 0).all()  # id 0 is the most frequent
+        new_ids = frequency_ids(value.info.counts[name])  # ties in value order
+        np.testing.assert_array_equal(counts, relabelled_counts(value.info.counts[name], new_ids))
+        if name == "u":
+            np.testing.assert_array_equal(np.asarray(freq.sparse)[:, 0], new_ids[np.asarray(value.sparse)[:, 0]])
+        else:
+            assert _bags(freq) == [new_ids[b].tolist() for b in _bags(value)]
+    # u by count: a (3), then missing, b, c (1 each, in value order), then rare (0)
+    np.testing.assert_array_equal(np.asarray(freq.sparse)[:, 0], [0, 2, 0, 1, 0, 3, 4, 0, 2, 1])
+    meta = json.loads((fpath / "meta.json").read_text())
+    assert meta["special_ids"]["u"] == {"missing": 1, "rare": 4}
+    assert json.loads((vpath / "meta.json").read_text())["special_ids"]["u"] == {"missing": 0, "rare": 1}
+
+
+@pytest.mark.parametrize("id_order", ["value", "frequency"])
+def test_tiny_table_vocab_round_trip(tmp_path: Path, id_order: str) -> None:
+    ds, path = _tiny(tmp_path, "o", id_order=id_order)
+    maps = load_id_maps(path)
+    rows = [line.split(",") for line in TINY.splitlines()[1:]]
+    # raw values -> ids exactly as prepared, every split included (unseen values -> the rare id)
+    np.testing.assert_array_equal(maps["u"].ids([r[1] for r in rows]), np.asarray(ds.sparse)[:, 0])
+    tags = [t for r in rows for t in (r[4].split("|") if r[4] else [""])]
+    values, _ = ds.multi_hot["tags"]
+    np.testing.assert_array_equal(maps["tags"].ids(tags), np.asarray(values))
+    # ids -> values -> ids
+    for name, m in maps.items():
+        ids = np.arange(m.cardinality)
+        back = m.ids(m.values_of(ids))
+        special = np.isin(ids, [m.missing_id, m.rare_id])
+        np.testing.assert_array_equal(back[~special], ids[~special])
+        assert m.values_of(ids).null_count == 2
+
+
+def test_tiny_table_dense_transforms(tmp_path: Path) -> None:
+    ds, path = _tiny(tmp_path, "o")  # auto
+    transforms = load_dense_transforms(path)
+    assert {n: t.kind for n, t in transforms.items()} == {"n": "log1p", "ts": "standardize"}
+    ts = np.array([1e9 + 1000 * i for i in range(6)])
+    assert transforms["ts"].mean == ts.mean() and transforms["ts"].std == pytest.approx(ts.std(), rel=1e-12)
+    assert transforms["n"].stats == {"count": 5, "min": 1.0, "max": 5.0, "mean": 3.0, "std": pytest.approx(2 ** 0.5)}
+    raw = np.array([[np.nan if v == "" else float(v) for v in line.split(",")[2:4]] for line in TINY.splitlines()[1:]])
+    dense = np.asarray(ds.dense)
+    for j, name in enumerate(["n", "ts"]):  # new raw rows map exactly as prepared
+        np.testing.assert_array_equal(transforms[name].apply(raw[:, j]), dense[:, j])
+    assert dense[5, 0] == 0 and dense[7, 1] == 0  # missing -> 0 after the transform
+    np.testing.assert_allclose(dense[:, 1], (np.nan_to_num(raw[:, 1], nan=ts.mean()) - ts.mean()) / ts.std(),
+                               rtol=1e-6, atol=1e-6)
+    std, _ = _tiny(tmp_path, "s", dense_transform="standardize")
+    n = np.array([1, 2, 3, 4, 5.0])
+    np.testing.assert_allclose(np.asarray(std.dense)[:5, 0], (n - n.mean()) / n.std(), rtol=1e-6)
+    with pytest.raises(ValueError, match="dense_transform must be one of"):
+        TableSpec(label="y", dense=["n"], dense_transform="sqrt")

@@ -22,9 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "criteo", help="Criteo-format text files (Kaggle train.txt, Terabyte days), plain or gzip",
         formatter_class=fmt,
         description="Preprocess Criteo-format files: label, I1..I13, C1..C26, tab-separated, no header.\n"
-        "Dense: negatives clipped to 0, then log(1 + x); missing -> 0. Categorical: 8-hex-digit hashes\n"
-        "mapped to ids per feature: 0 = missing, 1 = rare (seen < --min-freq times), 2.. = values.\n"
-        "Output DIR: dense.npy, sparse.npy, labels.npy, meta.json, cardinalities.json, vocab.json;\n"
+        "Dense: negatives clipped to 0, then log(1 + x); missing -> 0 (see --dense-transform). Categorical:\n"
+        "8-hex-digit hashes mapped to ids per feature: 0 = missing, 1 = rare (seen < --min-freq times in the\n"
+        "train split, or not there), 2.. = values (see --id-order). Vocabularies, per-id counts (counts.npy)\n"
+        "and dense statistics come from the train split only.\n"
+        "Output DIR: dense.npy, sparse.npy, labels.npy, counts.npy, meta.json, cardinalities.json, vocab.json;\n"
         "it appears only when complete (built under DIR.partial, then renamed). An interrupted run\n"
         "(Ctrl-C, kill) goes on from its last checkpoint (every minute) with --resume.\n\n"
         "examples:\n"
@@ -43,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--min-freq", type=int, default=1,
                    help="values seen fewer times share the rare id 1 (default: 1, keep all)")
     c.add_argument("--no-vocab", action="store_true", help="do not write vocab.json (large for the full data)")
+    _id_order_option(c)
+    c.add_argument("--dense-transform", choices=["log1p", "standardize", "auto"], default="log1p",
+                   help="log1p: clip negatives to 0, then log(1 + x) (Criteo's standard); standardize: (x - mean) / "
+                   "std of the train split; auto: log1p for count-like columns, else standardize (default: log1p)")
     c.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last checkpoint (kept in DIR.partial; "
                    "same inputs and options), instead of starting over")
@@ -58,7 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "table", help="your own CTR table: CSV/TSV with a header (plain or gzip) or Parquet",
         formatter_class=fmt,
         description="Preprocess a CTR table whose columns you name. Only named columns are used: leave out\n"
-        "any column that leaks the label. Categorical ids: 0 = missing, 1 = rare/unseen, 2.. = values.\n\n"
+        "any column that leaks the label. Categorical ids: 0 = missing, 1 = rare/unseen, 2.. = values\n"
+        "(see --id-order). Vocabularies, per-id counts and dense statistics come from the train split only:\n"
+        "a value seen only in validation or test rows maps to the unseen id.\n\n"
         "example (MovieLens as CTR; `rating` is the label's source and is not named):\n"
         "  compembed prepare table ml100k_ctr.tsv.gz --out data/ml --label label \\\n"
         "      --categorical user_id,item_id,age,gender,occupation,zip_code,release_year \\\n"
@@ -74,13 +82,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--sep", default="|", help="separator inside multi-hot values (default: '|')")
     t.add_argument("--delimiter", default=None,
                    help="field delimiter of text files (default: tab for .tsv/.tsv.gz, else comma)")
-    t.add_argument("--dense-transform", choices=["log1p", "none"], default="log1p",
-                   help="log1p: clip negatives to 0, then log(1 + x); none: raw values (default: log1p)")
+    t.add_argument("--dense-transform", choices=["log1p", "standardize", "auto", "none"], default="auto",
+                   help="log1p: clip negatives to 0, then log(1 + x); standardize: (x - mean) / std of the train "
+                   "split; auto: per column, log1p if count-like (train min >= 0, max <= 1e6, min <= max - min), "
+                   "else standardize (e.g. timestamps); none: raw values. Missing -> 0 after it. The choice and its "
+                   "statistics are recorded in meta.json (default: auto)")
     t.add_argument("--split", choices=["random", "sequential", "none"], default="random",
                    help="random: per-row draw from --seed; sequential: first rows train, then val, then test "
                    "(time-ordered data); none: all train (default: random)")
     _split_options(t)
-    t.add_argument("--min-freq", type=int, default=1, help="values seen fewer times share the rare id 1 (default: 1)")
+    t.add_argument("--min-freq", type=int, default=1,
+                   help="values seen fewer times in the train split share the rare id 1 (default: 1)")
+    _id_order_option(t)
     _bad_line_options(t)
     _common(t)
     t.set_defaults(func=run_prepare_table)
@@ -106,6 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--format", choices=["dataset", "criteo"], default="dataset",
                    help="dataset: a directory `compembed train --data` reads; criteo: Criteo-format text "
                    "(gzip if PATH ends in .gz) to try `compembed prepare criteo` on (default: dataset)")
+    _id_order_option(s)
     _common(s)
     s.set_defaults(func=run_synth)
 
@@ -114,6 +128,13 @@ def _split_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1, help="validation share of a random/sequential split (default: 0.1)")
     p.add_argument("--test-fraction", type=float, default=0.1, help="test share of a random/sequential split (default: 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random split (default: 0)")
+
+
+def _id_order_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--id-order", choices=["value", "frequency"], default="value",
+                   help="value: ids in value order; frequency: ids by descending train-split count, so id 0 is the "
+                   "most frequent and the K hottest ids are those below K (the missing and rare ids go where their "
+                   "counts put them; meta.json records where) (default: value)")
 
 
 def _bad_line_options(p: argparse.ArgumentParser) -> None:
@@ -142,6 +163,11 @@ def _summary(result) -> None:
     print("splits: " + ", ".join(f"{k} {v:,}" for k, v in info.split_sizes.items()))
     print("cardinalities (incl. missing and rare ids): "
           + ", ".join(f"{n}={c:,}" for n, c in zip(info.categorical_names, info.cardinalities)))
+    kinds = {n: t["kind"] for n, t in result.extra.get("dense_transforms", {}).items()}
+    if len(set(kinds.values())) == 1:
+        print(f"dense transform: {next(iter(kinds.values()))} (every column)")
+    elif kinds:
+        print("dense transforms: " + ", ".join(f"{n}={k}" for n, k in kinds.items()))
     ignored = result.extra.get("ignored_columns")
     if ignored:
         print("ignored columns (not features): " + ", ".join(ignored))
@@ -157,6 +183,7 @@ def run_prepare_criteo(args: argparse.Namespace) -> int:
             split=args.split, days=args.days, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
             seed=args.seed, min_freq=args.min_freq, skip_bad_lines=args.skip_bad_lines,
             max_bad_lines=args.max_bad_lines, write_vocab=not args.no_vocab, workers=args.workers,
+            id_order=args.id_order, dense_transform=args.dense_transform,
         )
         result = prepare_criteo(args.inputs, args.out, cfg, overwrite=args.overwrite, progress=not args.quiet,
                                 resume=args.resume)
@@ -175,7 +202,7 @@ def run_prepare_table(args: argparse.Namespace) -> int:
             multi_hot=_cols(args.multi_hot), multi_hot_sep=args.sep, delimiter=args.delimiter,
             dense_transform=args.dense_transform, min_freq=args.min_freq, split=args.split,
             val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
-            skip_bad_lines=args.skip_bad_lines,
+            skip_bad_lines=args.skip_bad_lines, id_order=args.id_order,
         )
         result = prepare_table(args.inputs, args.out, spec, overwrite=args.overwrite, progress=not args.quiet)
     except (InputError, FileExistsError, FileNotFoundError, ValueError) as e:
@@ -192,7 +219,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
     try:
         ds = SyntheticCTR(SyntheticConfig(num_rows=args.rows, cardinality_scale=args.scale, seed=args.seed,
-                                          val_fraction=args.val_fraction, test_fraction=args.test_fraction))
+                                          val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                                          id_order=args.id_order))
         if args.format == "criteo":
             if Path(args.out).exists() and not args.overwrite:
                 raise FileExistsError(f"{args.out} already exists (pass --overwrite to replace it)")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Protocol, runtime_checkable
+from typing import Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from .batch import Batch
 
 __all__ = [
     "SPLITS",
+    "ID_ORDERS",
     "DatasetInfo",
     "CTRDataset",
     "ArrayDataset",
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
+ID_ORDERS = ("value", "frequency")
 
 
 @dataclass
@@ -46,6 +48,13 @@ class DatasetInfo:
     ``categorical_names`` lists the single-valued features first (the columns of ``Batch.sparse``), then
     the multi-hot ones (``Batch.multi_hot`` keys); ``cardinalities`` follows the same order. Ids of a
     feature with cardinality ``n`` lie in ``[0, n)``.
+
+    ``counts`` (None where unknown, e.g. a dataset prepared before counts were recorded): feature name ->
+    int64 ``(cardinality,)`` occurrences of each id in the train split (every id in a multi-hot bag
+    counts). ``id_order``: ``value`` (ids follow the sorted values) or ``frequency`` (id 0 is the most
+    frequent in the train split, ties in value order; so the ``K`` hottest ids are ``id < K``).
+    ``to_dict``/``from_dict`` (the JSON in ``meta.json``) leave ``counts`` out: it is stored as an array
+    beside the dataset, and it takes no part in ``==``.
     """
 
     dense_names: list[str]
@@ -54,6 +63,12 @@ class DatasetInfo:
     multi_hot_names: list[str] = field(default_factory=list)
     split_sizes: dict[str, int] = field(default_factory=dict)
     bayes_known: bool = False
+    counts: Mapping[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
+    id_order: str = "value"
+
+    def __post_init__(self) -> None:
+        if self.id_order not in ID_ORDERS:
+            raise ValueError(f"id_order must be one of {ID_ORDERS}, got {self.id_order!r}")
 
     @property
     def single_names(self) -> list[str]:
@@ -72,6 +87,7 @@ class DatasetInfo:
             "multi_hot_names": list(self.multi_hot_names),
             "split_sizes": {k: int(v) for k, v in self.split_sizes.items()},
             "bayes_known": bool(self.bayes_known),
+            "id_order": self.id_order,
         }
 
     @classmethod
@@ -81,7 +97,7 @@ class DatasetInfo:
             cardinalities=[int(c) for c in d["cardinalities"]],
             multi_hot_names=list(d.get("multi_hot_names", [])),
             split_sizes={k: int(v) for k, v in d.get("split_sizes", {}).items()},
-            bayes_known=bool(d.get("bayes_known", False)),
+            bayes_known=bool(d.get("bayes_known", False)), id_order=d.get("id_order", "value"),
         )
 
 
@@ -167,7 +183,8 @@ class ArrayDataset:
         self.click_prob = click_prob
         self.splits = splits
         sizes = {k: (v[1] - v[0] if isinstance(v, tuple) else len(v)) for k, v in splits.items()}
-        self.info = DatasetInfo(**{**info.to_dict(), "split_sizes": sizes, "bayes_known": click_prob is not None})
+        self.info = DatasetInfo(**{**info.to_dict(), "split_sizes": sizes, "bayes_known": click_prob is not None},
+                                counts=info.counts)
 
     def _rows(self, split: str) -> np.ndarray | tuple[int, int]:
         if split not in self.splits:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_replace
 from .store import StoreBuilder
-from .synthetic import CHUNK_ROWS, SyntheticCTR
+from .synthetic import CHUNK_ROWS, SyntheticCTR, add_id_counts
+from .transform import DenseTransform
 
 __all__ = ["save_synthetic", "write_criteo_text", "id_hashes"]
 
@@ -20,8 +22,12 @@ _HEX_CHARS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
 def save_synthetic(ds: SyntheticCTR, out: str | os.PathLike, overwrite: bool = False, progress: bool = True) -> Path:
-    """Write every row of ``ds`` (with ``click_prob``) as a prepared dataset directory, chunk by chunk."""
-    n, nf, nd = ds.config.num_rows, len(ds.info.categorical_names), len(ds.info.dense_names)
+    """Write every row of ``ds`` (with ``click_prob``) as a prepared dataset directory, chunk by chunk,
+    with the train-split id counts (counted from the rows written, so no extra pass)."""
+    info = ds.info
+    n, nf, nd = ds.config.num_rows, len(info.categorical_names), len(info.dense_names)
+    n_train = ds.split_ranges["train"][1]
+    counts = [np.zeros(c, dtype=np.int64) for c in info.cardinalities]
     with StoreBuilder(out, overwrite=overwrite) as store:
         names = {"sparse": ((n, nf), np.int32), "dense": ((n, nd), np.float32), "labels": ((n,), np.uint8),
                  "click_prob": ((n,), np.float32)}
@@ -30,10 +36,16 @@ def save_synthetic(ds: SyntheticCTR, out: str | os.PathLike, overwrite: bool = F
             rows = ds.rows(a, min(n, a + CHUNK_ROWS))
             for k, w in writers.items():
                 w.write(rows[k])
+            add_id_counts(counts, rows["sparse"][: max(0, n_train - a)])
         for w in writers.values():
             w.close()
         splits = {k: list(v) for k, v in ds.split_ranges.items()}
-        return store.commit(ds.info, n, splits, source={"kind": "synthetic", "config": ds.to_dict()})
+        return store.commit(
+            replace(info, counts=dict(zip(info.categorical_names, counts))), n, splits,
+            source={"kind": "synthetic", "config": ds.to_dict()},
+            special_ids={name: {"missing": m} for name, m in zip(info.categorical_names, ds.missing_ids)},
+            dense_transforms={name: DenseTransform("log1p").to_dict() for name in info.dense_names},
+        )
 
 
 def id_hashes(feature: int, ids: np.ndarray) -> np.ndarray:
@@ -54,7 +66,7 @@ def write_criteo_text(
     progress: bool = True,
 ) -> Path:
     """Write the first ``num_lines`` rows of ``ds`` as Criteo-format text (gzip if ``compress`` or the
-    name ends in ``.gz``): raw dense counts (missing empty), ids as 8-hex-digit hashes (id 0 empty).
+    name ends in ``.gz``): raw dense counts (missing empty), ids as 8-hex-digit hashes (the missing id empty).
 
     Written to a temporary name and renamed into place.
     """
@@ -73,7 +85,7 @@ def write_criteo_text(
                     cols.append(pc.if_else(pa.array(rows["dense_missing"][:, j]), "", s))
                 for j in range(rows["sparse"].shape[1]):
                     ids = rows["sparse"][:, j]
-                    cols.append(pc.if_else(pa.array(ids == 0), "", _hex8(id_hashes(j, ids))))
+                    cols.append(pc.if_else(pa.array(ids == ds.missing_ids[j]), "", _hex8(id_hashes(j, ids))))
                 cols[-1] = pc.binary_join_element_wise(cols[-1], "", "\n")  # "C26\n"
                 lines = pc.binary_join_element_wise(*cols, "\t")
                 offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]

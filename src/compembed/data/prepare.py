@@ -2,11 +2,16 @@
 
 Two passes, memory bounded by the vocabularies rather than the input:
 
-1. Parse the text in blocks (``criteo.read_criteo``), write labels, transformed dense features
-   (negatives clipped to 0, then ``log(1 + x)``, missing as 0) and raw 32-bit hashes to scratch files
-   inside the temporary output directory, and count every feature's values (``ValueCounter``).
-2. Build each feature's vocabulary (values seen at least ``min_freq`` times; id 0 = missing, 1 = rare),
-   map the hashes to ids block by block into ``sparse.npy``, assign splits, write JSON, commit.
+1. Parse the text in blocks (``criteo.read_criteo``), write labels, dense features (``log1p``: final
+   values, negatives clipped to 0, then ``log(1 + x)``, missing as 0; another transform: raw values)
+   and raw 32-bit hashes to scratch files inside the temporary output directory, and count every
+   feature's values (``ValueCounter``).
+2. Read back the rows outside the train split and subtract their counts, so that vocabularies and
+   per-id counts come from the train split only (a value seen only in validation or test data maps
+   to the rare/unseen id); with a transform other than ``log1p`` gather the dense train statistics.
+   Build each feature's vocabulary (values seen at least ``min_freq`` times in train; id 0 = missing,
+   1 = rare, or renumbered by frequency with ``id_order="frequency"``), map the hashes to ids block by
+   block into ``sparse.npy``, transform the dense values, write JSON and the counts, commit.
 
 Splits: ``days`` cuts the rows into ``days`` equal consecutive parts (``divmod``: the first parts one
 row longer), the first ``days - 1`` train, the last halved into test (first half, one row longer when
@@ -26,10 +31,11 @@ from tqdm.auto import tqdm
 
 from .criteo import CriteoBlock, read_criteo
 from .criteo_spec import CATEGORICAL_NAMES, DENSE_NAMES
-from .dataset import DatasetInfo
+from .dataset import ID_ORDERS, DatasetInfo
 from .errors import BadLineReport, InputError
 from .store import SPLIT_CODES, StoreBuilder
-from .vocab import ValueCounter, Vocabulary
+from .transform import DENSE_TRANSFORMS, DenseStats, apply_transforms, choose_transforms
+from .vocab import ValueCounter, Vocabulary, ids_doc, special_ids
 
 __all__ = ["CriteoPrepareConfig", "PrepareResult", "prepare_criteo", "day_split", "random_split_codes",
            "write_hex_vocab_json"]
@@ -55,6 +61,8 @@ class CriteoPrepareConfig:
     write_vocab: bool = True
     workers: int = 1
     checkpoint_seconds: float = 60.0
+    id_order: str = "value"
+    dense_transform: str = "log1p"
 
     def __post_init__(self) -> None:
         if self.split not in ("days", "random", "none"):
@@ -65,6 +73,10 @@ class CriteoPrepareConfig:
             raise ValueError(f"min_freq must be >= 1, got {self.min_freq}")
         if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
             raise ValueError("need val_fraction, test_fraction >= 0 with a sum below 1")
+        if self.id_order not in ID_ORDERS:
+            raise ValueError(f"id_order must be one of {ID_ORDERS}, got {self.id_order!r}")
+        if self.dense_transform not in DENSE_TRANSFORMS:
+            raise ValueError(f"dense_transform must be one of {DENSE_TRANSFORMS}, got {self.dense_transform!r}")
 
 
 @dataclass
@@ -114,7 +126,7 @@ def write_hex_vocab_json(path: Path, names: list[str], vocabs: list[Vocabulary])
         f.write(b"{")
         for j, (name, vocab) in enumerate(zip(names, vocabs)):
             f.write(b'%s"%s": [' % (b", " if j else b"", name.encode()))
-            v = vocab.values.astype(np.uint32)
+            v = vocab.values_by_id().astype(np.uint32)
             for a in range(0, len(v), _ROWS_PER_STEP):
                 part = v[a : a + _ROWS_PER_STEP]
                 rows = np.empty((len(part), 11), dtype=np.uint8)
@@ -130,7 +142,7 @@ def write_hex_vocab_json(path: Path, names: list[str], vocabs: list[Vocabulary])
 
 
 _SCRATCH = ("labels", "dense", "cats", "catmiss")
-_RESULT_OPTIONS = ("skip_bad_lines", "max_bad_lines")  # pass-1 options that change what is counted
+_RESULT_OPTIONS = ("skip_bad_lines", "max_bad_lines", "dense_transform")  # pass-1 options that change its output
 
 
 class _Pass1:
@@ -149,7 +161,10 @@ class _Pass1:
     def add(self, block: CriteoBlock) -> None:
         f = self.files
         f["labels"].write(block.labels.tobytes())
-        dense = np.log1p(np.maximum(block.dense, 0).astype(np.float64)).astype(np.float32)
+        if self.cfg.dense_transform == "log1p":  # final values (float32)
+            dense = np.log1p(np.maximum(block.dense, 0).astype(np.float64)).astype(np.float32)
+        else:  # raw values (float64, NaN = missing), transformed in pass 2 with train statistics
+            dense = np.where(block.dense_missing, np.nan, block.dense.astype(np.float64))
         f["dense"].write(dense.tobytes())
         f["cats"].write(block.cats.tobytes())
         f["catmiss"].write(np.packbits(block.cat_missing, axis=1).tobytes())
@@ -217,6 +232,67 @@ class _Pass1:
                 p.unlink()
 
 
+def _read_rows(fh, row: int, m: int, width: int, dtype) -> np.ndarray:
+    """Rows ``[row, row + m)`` of a scratch file of ``width`` values of ``dtype`` per row."""
+    fh.seek(row * width * np.dtype(dtype).itemsize)
+    return np.fromfile(fh, dtype=dtype, count=m * width).reshape(m, width)
+
+
+def _held_out(
+    store: StoreBuilder, n: int, cfg: CriteoPrepareConfig, raw_dense: bool, progress: bool,
+) -> tuple[dict | str, dict[str, int], list[ValueCounter], np.ndarray, DenseStats | None]:
+    """The split of ``n`` rows (writing ``split.npy`` for a random split) and what pass 1's scratch files
+    hold outside the train split: ``(splits, sizes, value counts per feature, missing counts per feature,
+    dense statistics of the train rows (raw dense scratch only, else None))``.
+
+    Only the rows needed are read: the held-out tail of a day split, every row for a random split or for
+    dense statistics.
+    """
+    nf, nd = len(CATEGORICAL_NAMES), len(DENSE_NAMES)
+    held = [ValueCounter() for _ in range(nf)]
+    held_missing = np.zeros(nf, dtype=np.int64)
+    stats = DenseStats(nd) if raw_dense else None
+    if cfg.split == "days":
+        splits: dict | str = {k: list(v) for k, v in day_split(n, cfg.days).items()}
+    else:
+        splits = {"train": [0, n], "val": [n, n], "test": [n, n]}  # random: replaced by split.npy
+    train_end = splits["train"][1]
+    sizes = {k: b - a for k, (a, b) in splits.items()}
+    random = cfg.split == "random"
+    start = 0 if raw_dense or random else train_end
+    codes = store.writer("split", (n,), np.uint8) if random else None
+    split_counts = np.zeros(3, dtype=np.int64)
+    nbytes_miss = (nf + 7) // 8
+    files = {k: open(store.file(f"{k}.scratch"), "rb") for k in ("cats", "catmiss", "dense")}
+    try:
+        for a in tqdm(range(start, n, _ROWS_PER_STEP), desc="train counts", unit="blocks", disable=not progress):
+            b = min(n, a + _ROWS_PER_STEP)
+            if random:
+                part = random_split_codes(a, b, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+                codes.write(part)
+                split_counts += np.bincount(part, minlength=3)
+                train = part == SPLIT_CODES["train"]
+            else:
+                train = np.arange(a, b) < train_end
+            if not train.all():
+                c = _read_rows(files["cats"], a, b - a, nf, np.uint32)[~train]
+                mm = np.unpackbits(_read_rows(files["catmiss"], a, b - a, nbytes_miss, np.uint8)[~train],
+                                   axis=1, count=nf).astype(bool)
+                for f in range(nf):
+                    held[f].add(c[~mm[:, f], f])
+                held_missing += mm.sum(0)
+            if stats is not None and train.any():
+                stats.add(_read_rows(files["dense"], a, b - a, nd, np.float64)[train])
+        if codes is not None:
+            codes.close()
+    finally:
+        for fh in files.values():
+            fh.close()
+    if random:
+        splits, sizes = "split.npy", {name: int(split_counts[code]) for name, code in SPLIT_CODES.items()}
+    return splits, sizes, held, held_missing, stats
+
+
 def prepare_criteo(
     inputs: list[str | os.PathLike], out: str | os.PathLike, config: CriteoPrepareConfig | None = None,
     overwrite: bool = False, progress: bool = True, resume: bool = False,
@@ -275,14 +351,22 @@ def prepare_criteo(
             raise InputError(", ".join(map(str, inputs)), 0, 0, "empty_dataset",
                              "no valid lines" + (f"\n{report.summary()}" if report.total else ""))
 
-        # ---- pass 2: vocabularies, ids, splits
+        # ---- splits; train-split value counts (held-out rows subtracted) and dense statistics
+        raw_dense = cfg.dense_transform != "log1p"
+        splits, sizes, held, held_missing, stats = _held_out(store, n, cfg, raw_dense, progress)
+        train_missing = missing_counts[:nf] - held_missing
         distinct, vocabs = [], []
         for f in range(nf):
             values, counts = counters[f].result()
             distinct.append(len(values))
-            vocabs.append(Vocabulary.from_counts(values, counts, cfg.min_freq))
-            counters[f] = None  # free the counts as we go
-        scratch = {k: open(store.file(f"{k}.scratch"), "rb") for k in ("labels", "dense", "cats", "catmiss")}
+            held_values, held_counts = held[f].result()
+            counts[np.searchsorted(values, held_values)] -= held_counts  # held-out values are distinct, all counted
+            vocabs.append(Vocabulary.from_counts(values, counts, cfg.min_freq, int(train_missing[f]), cfg.id_order))
+            counters[f] = held[f] = None  # free the counts as we go
+        transforms = choose_transforms(cfg.dense_transform, stats, nd)
+
+        # ---- pass 2: ids, dense transforms
+        scratch = {k: open(store.file(f"{k}.scratch"), "rb") for k in _SCRATCH}
         nbytes_miss = (nf + 7) // 8
         with store.writer("sparse", (n, nf), np.int32) as sparse, store.writer("dense", (n, nd), np.float32) as dense, \
                 store.writer("labels", (n,), np.uint8) as labels:
@@ -295,35 +379,26 @@ def prepare_criteo(
                 for f in range(nf):
                     ids[:, f] = vocabs[f].lookup(c[:, f], mm[:, f])
                 sparse.write(ids)
-                dense.write(np.fromfile(scratch["dense"], dtype=np.float32, count=m * nd).reshape(m, nd))
+                if raw_dense:
+                    dense.write(apply_transforms(transforms, np.fromfile(scratch["dense"], dtype=np.float64,
+                                                                         count=m * nd).reshape(m, nd)))
+                else:
+                    dense.write(np.fromfile(scratch["dense"], dtype=np.float32, count=m * nd).reshape(m, nd))
                 labels.write(np.fromfile(scratch["labels"], dtype=np.uint8, count=m))
         for fh in scratch.values():
             fh.close()
         state.finish()
-        if cfg.split == "days":
-            splits: dict | str = {k: list(v) for k, v in day_split(n, cfg.days).items()}
-            sizes = {k: b - a for k, (a, b) in splits.items()}
-        elif cfg.split == "random":
-            counts = np.zeros(3, dtype=np.int64)
-            with store.writer("split", (n,), np.uint8) as codes:
-                for a in range(0, n, _ROWS_PER_STEP):
-                    part = random_split_codes(a, min(n, a + _ROWS_PER_STEP), cfg.seed, cfg.val_fraction,
-                                              cfg.test_fraction)
-                    codes.write(part)
-                    counts += np.bincount(part, minlength=3)
-            sizes = {name: int(counts[code]) for name, code in SPLIT_CODES.items()}
-            splits = "split.npy"
-        else:
-            splits = {"train": [0, n], "val": [n, n], "test": [n, n]}
-            sizes = {"train": n, "val": 0, "test": 0}
         info = DatasetInfo(dense_names=list(DENSE_NAMES), categorical_names=list(CATEGORICAL_NAMES),
-                           cardinalities=[v.cardinality for v in vocabs], split_sizes=sizes)
+                           cardinalities=[v.cardinality for v in vocabs], split_sizes=sizes,
+                           counts={name: v.counts for name, v in zip(CATEGORICAL_NAMES, vocabs)}, id_order=cfg.id_order)
         if cfg.write_vocab:
             write_hex_vocab_json(store.file("vocab.json"), CATEGORICAL_NAMES, vocabs)
         extra = {
             "source": {"kind": "criteo", "files": [str(p) for p in inputs], "bytes": total_bytes},
-            "preprocessing": {**asdict(cfg), "dense": "log1p(max(x, 0)), missing -> 0",
-                              "ids": "0 = missing, 1 = rare/unseen, 2.. = kept values in ascending hash order"},
+            "preprocessing": {**asdict(cfg), "dense": "per column, see dense_transforms (missing -> 0)",
+                              "ids": ids_doc(cfg.id_order, "hash")},
+            "dense_transforms": {name: t.to_dict() for name, t in zip(DENSE_NAMES, transforms)},
+            "special_ids": special_ids(CATEGORICAL_NAMES, vocabs),
             "distinct_values": dict(zip(CATEGORICAL_NAMES, distinct)),
             "missing_counts": dict(zip(CATEGORICAL_NAMES + DENSE_NAMES, map(int, missing_counts))),
             "bad_lines": report.to_dict(),

@@ -2,9 +2,13 @@
 
 Layout of a prepared dataset directory::
 
-    meta.json           format tag, DatasetInfo, row count, splits, provenance (written last)
+    meta.json           format tag, DatasetInfo, row count, splits, provenance (written last); where the
+                        special ids are (``special_ids``), the dense transforms (``dense_transforms``)
     cardinalities.json  {feature: cardinality}
-    vocab.json          {feature: [raw value of id 2, id 3, ...]} (id 0 = missing, id 1 = rare/unseen)
+    vocab.json          {feature: [raw value of each id in increasing id order, the special ids left out]}
+                        (value order: id 0 = missing, id 1 = rare/unseen, so the list starts at id 2)
+    counts.npy          int64 (sum of cardinalities,) train-split occurrences of every id, the features'
+                        arrays one after the other in ``categorical_names`` order (absent in old datasets)
     dense.npy           float32 (N, num_dense), already transformed
     sparse.npy          int32 (N, F) ids of the single-valued categorical features
     labels.npy          uint8 (N,)
@@ -95,7 +99,10 @@ class StoreBuilder:
         write_json_atomic(self.tmp / name, obj)
 
     def commit(self, info: DatasetInfo, num_rows: int, splits: dict[str, Any], **extra: Any) -> Path:
-        """Flush every array, write ``meta.json`` and move the directory into place; returns the path."""
+        """Write ``info.counts`` (if any), flush every array, write ``meta.json`` and move the directory into
+        place; returns the path."""
+        if info.counts is not None:
+            self.save("counts", _concat_counts(info))
         for arr in self._arrays.values():
             arr.flush()
         self._arrays.clear()
@@ -119,6 +126,26 @@ class StoreBuilder:
     def abort(self) -> None:
         self._arrays.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _concat_counts(info: DatasetInfo) -> np.ndarray:
+    parts = []
+    for name, card in zip(info.categorical_names, info.cardinalities):
+        c = np.asarray(info.counts[name], dtype=np.int64)
+        if c.shape != (card,):
+            raise ValueError(f"counts of feature {name!r}: shape {c.shape}, expected ({card},) (its cardinality)")
+        parts.append(c)
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
+def _split_counts(path: Path, info: DatasetInfo, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-feature views of ``counts.npy`` (memory-mapped when it is)."""
+    ends = np.cumsum(info.cardinalities, dtype=np.int64)
+    if counts.shape != (int(ends[-1]) if len(ends) else 0,):
+        raise DatasetFormatError(f"{path}/counts.npy: shape {counts.shape}, the cardinalities in meta.json "
+                                 f"add up to {int(ends[-1]) if len(ends) else 0}")
+    return {name: counts[int(e) - int(c) : int(e)]
+            for name, c, e in zip(info.categorical_names, info.cardinalities, ends)}
 
 
 class NpyWriter:
@@ -212,4 +239,7 @@ def open_dataset(path: str | os.PathLike, mmap: bool = True) -> ArrayDataset:
     else:
         for name, (a, b) in meta["splits"].items():
             splits[name] = (int(a), int(b))
+    counts = load("counts", required=False)
+    if counts is not None:
+        info.counts = _split_counts(path, info, counts)
     return ArrayDataset(info, dense, sparse, labels, splits, multi, load("click_prob", required=False))

@@ -3,7 +3,7 @@
 The planted model ("world", fixed by ``seed`` and the config):
 
 * 26 categorical features with the Criteo Kaggle cardinalities times ``cardinality_scale``. Id 0 of
-  every feature means *missing* (as in prepared Criteo data); ids ``1..n-1`` are drawn from a Zipf-like
+  every feature means *missing* (as in prepared Criteo data; in value order); ids ``1..n-1`` are drawn from a Zipf-like
   law with a per-feature exponent over a random ranking of the ids (frequent ids are not small ids).
 * Every id has its own random logit effect and a small latent vector: the click logit is
   ``bias + sum_f effect_f[id_f] + sum_{(f,g) in pairs} <v_f[id_f], v_g[id_g]> + <c, h>``,
@@ -18,22 +18,30 @@ Rows are generated in chunks of ``CHUNK_ROWS`` with a generator seeded by ``(see
 row ``i``'s content depends only on the config and ``i`` (not on ``num_rows``, batch size or order), and
 any number of rows streams in bounded memory. The splits are consecutive row ranges: train first,
 then validation, then test.
+
+``info.counts`` holds every id's occurrences in the train split, computed on first use by drawing
+only the ids of the train rows (a ``np.bincount`` per chunk and feature). With ``id_order="frequency"``
+they are computed up front and the planted model is relabelled so that ids follow descending train
+counts (ties in value order, the missing id included: ``missing_ids`` says where it went). Only the
+labels of the ids change, so the click probabilities and the Bayes loss are exactly those of value
+order; the labelling then depends on the train split (``num_rows`` and the fractions) too.
 """
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 
 from .batch import Batch
 from .criteo_spec import CATEGORICAL_NAMES, DENSE_NAMES, KAGGLE_CARDINALITIES
-from .dataset import DatasetInfo, _check_batching, count_batches, shard_bounds
+from .dataset import ID_ORDERS, DatasetInfo, _check_batching, count_batches, shard_bounds
+from .vocab import frequency_ids, relabelled_counts
 
-__all__ = ["CHUNK_ROWS", "SyntheticConfig", "SyntheticCTR", "scaled_cardinalities"]
+__all__ = ["CHUNK_ROWS", "SyntheticConfig", "SyntheticCTR", "scaled_cardinalities", "add_id_counts"]
 
 CHUNK_ROWS = 16384  # fixed: changing it changes every row of every seed
 
@@ -64,6 +72,7 @@ class SyntheticConfig:
         interaction_std: std of the total interaction term.
         dense_signal: std of the dense (hidden-factor) term of the logit.
         positive_rate: the intercept is set so about this share of labels is 1.
+        id_order: ``value`` (ids as drawn) or ``frequency`` (ids relabelled by descending train count).
     """
 
     num_rows: int = 200_000
@@ -81,6 +90,7 @@ class SyntheticConfig:
     interaction_std: float = 0.6
     dense_signal: float = 0.6
     positive_rate: float = 0.25
+    id_order: str = "value"
 
     def __post_init__(self) -> None:
         if self.num_rows < 1:
@@ -94,6 +104,8 @@ class SyntheticConfig:
             raise ValueError(f"cardinality_scale must be > 0, got {self.cardinality_scale}")
         if not 0 < self.positive_rate < 1:
             raise ValueError("positive_rate must be in (0, 1)")
+        if self.id_order not in ID_ORDERS:
+            raise ValueError(f"id_order must be one of {ID_ORDERS}, got {self.id_order!r}")
 
 
 @dataclass
@@ -101,8 +113,16 @@ class _Feature:
     cdf: np.ndarray  # float64 (v,) cumulative Zipf probabilities of ranks 1..v
     ids: np.ndarray  # int32 (v,) the id of rank r (a permutation of 1..v)
     missing: float
-    effect: np.ndarray  # float32 (n,) logit effect per id (id 0 = missing)
+    effect: np.ndarray  # float32 (n,) logit effect per id (id ``missing_id`` = missing)
     latent: np.ndarray  # float32 (n, k)
+    missing_id: int = 0
+
+    def relabel(self, new_ids: np.ndarray) -> None:
+        """Give every id ``i`` the label ``new_ids[i]`` (the same model under other labels)."""
+        self.ids = new_ids[self.ids].astype(np.int32)
+        self.missing_id = int(new_ids[self.missing_id])
+        self.effect = relabelled_counts(self.effect, new_ids)
+        self.latent = relabelled_counts(self.latent, new_ids)
 
 
 class SyntheticCTR:
@@ -125,11 +145,33 @@ class SyntheticCTR:
         self.info = DatasetInfo(
             dense_names=list(DENSE_NAMES), categorical_names=list(CATEGORICAL_NAMES),
             cardinalities=list(cards), split_sizes={k: b - a for k, (a, b) in self.split_ranges.items()},
-            bayes_known=True,
+            bayes_known=True, id_order=cfg.id_order,
         )
         self._build_world(cards)
+        counts = None
+        if cfg.id_order == "frequency":
+            counts = self._count_train_ids()
+            for f, feat in enumerate(self.features):
+                new_ids = frequency_ids(counts[f])
+                feat.relabel(new_ids)
+                counts[f] = relabelled_counts(counts[f], new_ids)
+        self.info.counts = _LazyCounts(self.info.categorical_names, self._count_train_ids, counts)
         self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self._cache_chunks = max(2, cache_rows // CHUNK_ROWS)
+
+    @property
+    def missing_ids(self) -> list[int]:
+        """The id that means *missing*, per feature (0 in value order)."""
+        return [feat.missing_id for feat in self.features]
+
+    def _count_train_ids(self) -> list[np.ndarray]:
+        """int64 ``(cardinality,)`` occurrences of every id in the train rows, per feature (ids drawn only)."""
+        n_train = self.split_ranges["train"][1]
+        counts = [np.zeros(n, dtype=np.int64) for n in self.info.cardinalities]
+        for c in range(math.ceil(n_train / CHUNK_ROWS)):
+            ids = self._draw_ids(np.random.default_rng([self.config.seed, 1, c]), CHUNK_ROWS)
+            add_id_counts(counts, ids[: n_train - c * CHUNK_ROWS])
+        return counts
 
     # ----------------------------------------------------------------- the planted model
     def _build_world(self, cards: list[int]) -> None:
@@ -178,14 +220,19 @@ class SyntheticCTR:
                 hi = mid
         self.bias = (lo + hi) / 2
 
-    def _draw(self, rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``m`` rows of (ids int32 (m, 26), hidden (m, 2), raw dense int64 (m, 13), dense missing (m, 13))."""
+    def _draw_ids(self, rng: np.random.Generator, m: int) -> np.ndarray:
+        """int32 ``(m, 26)`` ids: the first draws from ``rng`` of every chunk."""
         ids = np.empty((m, len(self.features)), dtype=np.int32)
         for f, feat in enumerate(self.features):
             rank = np.searchsorted(feat.cdf, rng.random(m), side="right").clip(max=len(feat.ids) - 1)
             col = feat.ids[rank]
-            col[rng.random(m) < feat.missing] = 0
+            col[rng.random(m) < feat.missing] = feat.missing_id
             ids[:, f] = col
+        return ids
+
+    def _draw(self, rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``m`` rows of (ids int32 (m, 26), hidden (m, 2), raw dense int64 (m, 13), dense missing (m, 13))."""
+        ids = self._draw_ids(rng, m)
         hidden = rng.standard_normal((m, 2))
         z = hidden @ self.dense_load.T + rng.standard_normal((m, len(self.dense_mu))) * 0.6
         raw = np.floor(np.expm1(np.maximum(0.0, self.dense_mu + self.dense_sd * z))).astype(np.int64)
@@ -285,6 +332,32 @@ class SyntheticCTR:
 
     def to_dict(self) -> dict:
         return asdict(self.config)
+
+
+def add_id_counts(counts: list[np.ndarray], ids: np.ndarray) -> None:
+    """Add the occurrences of the ids ``(m, F)`` to ``counts`` (one int64 array per column), in place."""
+    for f, c in enumerate(counts):
+        c += np.bincount(ids[:, f], minlength=len(c))
+
+
+class _LazyCounts(Mapping):
+    """Feature name -> id counts, from ``compute()`` (a list in ``names`` order) on first use."""
+
+    def __init__(self, names: list[str], compute: Callable[[], list[np.ndarray]],
+                 counts: list[np.ndarray] | None = None) -> None:
+        self._names, self._compute = list(names), compute
+        self._counts = None if counts is None else dict(zip(self._names, counts))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if self._counts is None:
+            self._counts = dict(zip(self._names, self._compute()))
+        return self._counts[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 @dataclass

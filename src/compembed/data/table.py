@@ -3,9 +3,14 @@
 The user names the label column (values 0/1), the categorical columns, the dense (numeric) columns
 and the multi-valued columns (``a|b|c``, or Parquet lists); every other column is ignored, so a
 column that leaks the label (e.g. MovieLens' ``rating``) is simply not named. Two streaming passes
-(pyarrow): count values and validate, then map to ids (0 = missing, 1 = rare/unseen, 2.. = kept values
-in sorted order) and write. Bad rows (wrong field count, label not 0/1, non-numeric dense value)
-raise ``InputError`` with file, line and column, or are skipped and counted with ``skip_bad_lines``.
+(pyarrow): validate, count rows and collect the distinct values; then write the labels, the raw dense
+values (a scratch file) and provisional ids (a value's rank among all distinct values), counting the
+provisional ids and the dense statistics of the train split. The vocabularies come from those train
+counts (0 = missing, 1 = rare/unseen, 2.. = values seen at least ``min_freq`` times in train, in sorted
+order, or all renumbered by train frequency), so a value seen only in validation or test data gets
+the unseen id; the provisional ids are then relabelled in place and the dense columns transformed
+(``transform``). Bad rows (wrong field count, label not 0/1, non-numeric dense value) raise
+``InputError`` with file, line and column, or are skipped and counted with ``skip_bad_lines``.
 """
 from __future__ import annotations
 
@@ -23,14 +28,16 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from .dataset import DatasetInfo
+from .dataset import ID_ORDERS, DatasetInfo
 from .errors import BadLine, BadLineReport, InputError
 from .prepare import PrepareResult, random_split_codes
 from .store import SPLIT_CODES, StoreBuilder
-from .vocab import MISSING_ID, RARE_ID
+from .transform import DENSE_TRANSFORMS, DenseStats, apply_transforms, choose_transforms
+from .vocab import MISSING_ID, RARE_ID, Vocabulary, ids_doc, kept_ids, special_ids
 
 __all__ = ["TableSpec", "prepare_table"]
 
+_REMAP_ROWS = 1 << 20  # rows per step of the in-place relabelling and the dense transform
 _NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 
 
@@ -44,8 +51,11 @@ class TableSpec:
         dense: numeric columns (missing -> 0 after the transform).
         multi_hot: multi-valued columns, tokens joined by ``multi_hot_sep`` (or Parquet lists).
         delimiter: field separator of text files; None: tab for ``.tsv``/``.tsv.gz``, else comma.
-        dense_transform: ``log1p`` (negatives clipped to 0, then log(1 + x)) or ``none``.
-        min_freq: values seen fewer times share the rare id 1.
+        dense_transform: ``log1p`` (negatives clipped to 0, then log(1 + x)), ``standardize`` (train mean
+            and std), ``auto`` (per column: log1p if count-like, else standardize; see ``transform``) or
+            ``none``.
+        min_freq: values seen fewer times in the train split share the rare id.
+        id_order: ``value`` (sorted values) or ``frequency`` (by descending train count).
         split: ``random`` (per row from ``seed``), ``sequential`` (first rows train, then val, test, in
             file order: use for time-ordered data) or ``none`` (all train).
     """
@@ -56,8 +66,9 @@ class TableSpec:
     multi_hot: list[str] = field(default_factory=list)
     multi_hot_sep: str = "|"
     delimiter: str | None = None
-    dense_transform: str = "log1p"
+    dense_transform: str = "auto"
     min_freq: int = 1
+    id_order: str = "value"
     split: str = "random"
     val_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -72,8 +83,10 @@ class TableSpec:
             raise ValueError(f"column(s) named twice (a column has one role; the label is never a feature): {dup}")
         if not (self.categorical or self.dense or self.multi_hot):
             raise ValueError("name at least one categorical, dense or multi-hot column")
-        if self.dense_transform not in ("log1p", "none"):
-            raise ValueError(f"dense_transform must be log1p or none, got {self.dense_transform!r}")
+        if self.dense_transform not in DENSE_TRANSFORMS:
+            raise ValueError(f"dense_transform must be one of {DENSE_TRANSFORMS}, got {self.dense_transform!r}")
+        if self.id_order not in ID_ORDERS:
+            raise ValueError(f"id_order must be one of {ID_ORDERS}, got {self.id_order!r}")
         if self.split not in ("random", "sequential", "none"):
             raise ValueError(f"split must be random, sequential or none, got {self.split!r}")
         if self.min_freq < 1:
@@ -201,14 +214,12 @@ def _check_rows(batch: pa.RecordBatch, lines: np.ndarray, spec: TableSpec, path:
     return keep
 
 
-def _dense_values(col: pa.Array, transform: str) -> np.ndarray:
+def _dense_raw(col: pa.Array) -> np.ndarray:
+    """float64 values of a (validated) dense column, NaN where missing."""
     if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
         s = pc.utf8_trim_whitespace(col)
         col = pc.cast(pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s), pa.float64())
-    x = np.asarray(pc.fill_null(pc.cast(col, pa.float64()), 0.0), dtype=np.float64)
-    if transform == "log1p":
-        x = np.log1p(np.maximum(x, 0.0))
-    return x.astype(np.float32)
+    return np.asarray(pc.fill_null(pc.cast(col, pa.float64()), np.nan), dtype=np.float64)
 
 
 def prepare_table(
@@ -252,20 +263,25 @@ def prepare_table(
     if n == 0:
         raise InputError(", ".join(map(str, paths)), 0, 0, "empty_dataset",
                          "no valid rows" + (f"\n{report.summary()}" if report.total else ""))
-    vocab = {c: sorted(v for v, k in counts[c].items() if k >= spec.min_freq) for c in counts}
-    value_sets = {c: pa.array(vocab[c], pa.string()) for c in vocab}
+    candidates = {c: sorted(counts[c]) for c in counts}  # every distinct value; provisional id = 2 + rank
+    value_sets = {c: pa.array(candidates[c], pa.string()) for c in candidates}
+    splits, sizes, codes = _split(n, spec)
 
-    # ---- pass 2: map and write
+    # ---- pass 2: labels, raw dense values, provisional ids; train counts and dense statistics
     single, multi = spec.categorical, spec.multi_hot
     names = single + multi
+    nd = len(spec.dense)
     with StoreBuilder(out, overwrite=overwrite) as store:
-        dense = store.array("dense", (n, len(spec.dense)), np.float32)
+        raw_path = store.file("dense.scratch")
+        raw = np.memmap(raw_path, dtype=np.float64, mode="w+", shape=(n, nd)) if nd else np.empty((n, 0))
         sparse = store.array("sparse", (n, len(single)), np.int32)
         labels = store.array("labels", (n,), np.uint8)
         bags = {c: (store.array(f"mh.{c}.values", (n_tokens[c],), np.int32),
                     store.array(f"mh.{c}.offsets", (n + 1,), np.int64)) for c in multi}
         for c in multi:
             bags[c][1][0] = 0
+        train_counts = {c: np.zeros(len(candidates[c]) + 2, dtype=np.int64) for c in names}
+        stats = DenseStats(nd)
         pos, tok = 0, {c: 0 for c in multi}
         bar = tqdm(total=n, desc="write", unit="rows", disable=not progress)
         for src in sources:
@@ -275,42 +291,57 @@ def prepare_table(
                 batch = batch.filter(pa.array(keep))
                 m = batch.num_rows
                 sl = slice(pos, pos + m)
+                train = codes[sl] == SPLIT_CODES["train"]
                 labels[sl] = np.asarray(pc.cast(pc.utf8_trim_whitespace(_as_strings(batch.column(spec.label))),
                                                 pa.uint8()))
                 for j, c in enumerate(spec.dense):
-                    dense[sl, j] = _dense_values(batch.column(c), spec.dense_transform)
+                    raw[sl, j] = _dense_raw(batch.column(c))
+                stats.add(np.asarray(raw[sl])[train])
                 for j, c in enumerate(single):
-                    sparse[sl, j] = _map_ids(_as_strings(batch.column(c)), value_sets[c])
+                    ids = _map_ids(_as_strings(batch.column(c)), value_sets[c])
+                    sparse[sl, j] = ids
+                    train_counts[c] += np.bincount(ids[train], minlength=len(train_counts[c]))
                 for c in multi:
                     lists = _tokens(batch.column(c), spec.multi_hot_sep)
                     values, lengths = _map_bags(lists, value_sets[c])
                     bags[c][0][tok[c] : tok[c] + len(values)] = values
                     bags[c][1][pos + 1 : pos + m + 1] = tok[c] + np.cumsum(lengths)
                     tok[c] += len(values)
+                    train_counts[c] += np.bincount(values[np.repeat(train, lengths)], minlength=len(train_counts[c]))
                 pos += m
                 bar.update(m)
         bar.close()
         assert pos == n, f"pass 2 read {pos} rows, pass 1 counted {n}"
+
+        # ---- vocabularies from the train counts; relabel the provisional ids; transform the dense values
+        vocabs = []
+        for j, c in enumerate(names):
+            tc = train_counts[c]
+            vocab = Vocabulary.from_counts(np.array(candidates[c], dtype=object), tc[2:], spec.min_freq, int(tc[0]),
+                                           spec.id_order)
+            remap = vocab.relabel(np.concatenate([[MISSING_ID, RARE_ID], kept_ids(tc[2:], spec.min_freq)]))
+            target = bags[c][0] if c in multi else sparse[:, j]
+            for a in range(0, len(target), _REMAP_ROWS):
+                target[a : a + _REMAP_ROWS] = remap[target[a : a + _REMAP_ROWS]]
+            vocabs.append(vocab)
+        transforms = choose_transforms(spec.dense_transform, stats, nd)
+        dense = store.array("dense", (n, nd), np.float32)
+        for a in range(0, n, _REMAP_ROWS):
+            dense[a : a + _REMAP_ROWS] = apply_transforms(transforms, np.asarray(raw[a : a + _REMAP_ROWS]))
+        del raw
+        raw_path.unlink(missing_ok=True)
         if spec.split == "random":
-            codes = random_split_codes(0, n, spec.seed, spec.val_fraction, spec.test_fraction)
             store.save("split", codes)
-            cnt = np.bincount(codes, minlength=3)
-            sizes = {s: int(cnt[code]) for s, code in SPLIT_CODES.items()}
-            splits: dict | str = "split.npy"
-        elif spec.split == "sequential":
-            n_val, n_test = int(round(n * spec.val_fraction)), int(round(n * spec.test_fraction))
-            n_train = n - n_val - n_test
-            splits = {"train": [0, n_train], "val": [n_train, n_train + n_val], "test": [n_train + n_val, n]}
-            sizes = {k: b - a for k, (a, b) in splits.items()}
-        else:
-            splits, sizes = {"train": [0, n], "val": [n, n], "test": [n, n]}, {"train": n, "val": 0, "test": 0}
         info = DatasetInfo(dense_names=list(spec.dense), categorical_names=names,
-                           cardinalities=[len(vocab[c]) + 2 for c in names], multi_hot_names=list(multi),
-                           split_sizes=sizes)
-        store.json("vocab.json", vocab)
+                           cardinalities=[v.cardinality for v in vocabs], multi_hot_names=list(multi),
+                           split_sizes=sizes, counts={c: v.counts for c, v in zip(names, vocabs)},
+                           id_order=spec.id_order)
+        store.json("vocab.json", {c: v.values_by_id().tolist() for c, v in zip(names, vocabs)})
         extra = {
             "source": {"kind": "table", "files": [str(p) for p in paths]},
-            "preprocessing": {**asdict(spec), "ids": "0 = missing, 1 = rare/unseen, 2.. = kept values, sorted"},
+            "preprocessing": {**asdict(spec), "ids": ids_doc(spec.id_order, "string")},
+            "dense_transforms": {c: t.to_dict() for c, t in zip(spec.dense, transforms)},
+            "special_ids": special_ids(names, vocabs),
             "distinct_values": {c: len(counts[c]) for c in counts},
             "ignored_columns": [c for c in sources[0].schema_names() if c not in spec.columns],
             "bad_lines": report.to_dict(),
@@ -318,6 +349,24 @@ def prepare_table(
         path = store.commit(info, n, splits, **extra)
     return PrepareResult(path, n, info, report, time.perf_counter() - t0,
                          sum(p.stat().st_size for p in paths), extra)
+
+
+def _split(n: int, spec: TableSpec) -> tuple[dict | str, dict[str, int], np.ndarray]:
+    """``(splits for meta.json, split sizes, uint8 (n,) split code of every row)``."""
+    if spec.split == "random":
+        codes = random_split_codes(0, n, spec.seed, spec.val_fraction, spec.test_fraction)
+        cnt = np.bincount(codes, minlength=3)
+        return "split.npy", {s: int(cnt[code]) for s, code in SPLIT_CODES.items()}, codes
+    if spec.split == "sequential":
+        n_val, n_test = int(round(n * spec.val_fraction)), int(round(n * spec.test_fraction))
+        n_train = n - n_val - n_test
+        splits = {"train": [0, n_train], "val": [n_train, n_train + n_val], "test": [n_train + n_val, n]}
+    else:
+        splits = {"train": [0, n], "val": [n, n], "test": [n, n]}
+    codes = np.empty(n, dtype=np.uint8)
+    for name, (a, b) in splits.items():
+        codes[a:b] = SPLIT_CODES[name]
+    return splits, {k: b - a for k, (a, b) in splits.items()}, codes
 
 
 def _map_ids(values: pa.Array, value_set: pa.Array) -> np.ndarray:
