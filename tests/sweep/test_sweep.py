@@ -107,3 +107,45 @@ def test_tiny_sweep_end_to_end(tmp_path):
         again = {r["key"]: r for r in csv.DictReader(f)}
     for r in rows:
         assert again[r["key"]]["test_loss"] == r["test_loss"]
+
+
+def test_budget_study_needs_the_data_info():
+    spec = dataclasses.replace(preset("tiny"), studies=("budget",))
+    with pytest.raises(ValueError, match="budget study needs the dataset's info"):
+        spec.cells()
+
+
+def test_budget_cells_match_bytes_and_report_unreachable_budgets():
+    from compembed.data.synthetic import SyntheticConfig, SyntheticCTR
+    from compembed.models import build_collection
+    from compembed.planning import budget_for_compression
+
+    spec = dataclasses.replace(preset("tiny"), studies=("budget",), budgets=(4, 64, 5000),
+                               budget_collisions=(2,))
+    data = SyntheticCTR(SyntheticConfig(num_rows=3000, cardinality_scale=0.0005, seed=0, id_order="frequency"))
+    cells = spec.cells(data.info)
+    methods = {(c.method, c.target) for c in cells}
+    assert ("full", 1.0) in methods and ("planner", 4.0) in methods and ("hashing", 2.0) in methods
+    models, missing = spec.budget_models(data.info, "adagrad")
+    assert ("qr", 5000.0) in [(m, r) for m, r, _ in missing]  # QR's smallest tables exceed that budget
+    for cell in cells:
+        if cell.method == "full":
+            continue
+        budget = budget_for_compression(data.info.cardinalities, cell.target)
+        tables = build_collection(cell.config.model, data.info, device="meta")
+        assert 2 * tables.num_bytes <= budget  # tables plus Adagrad state within the budget
+        assert 2 * tables.num_bytes >= 0.5 * budget or cell.method == "gqr"  # and close to it
+        assert cell.label == f"{cell.method}@{cell.target:g}x"
+
+
+def test_budget_sweep_end_to_end(tmp_path, capsys):
+    out = tmp_path / "budget"
+    args = ["sweep", "--preset", "tiny", "--studies", "budget", "--budgets", "4,64", "--budget-methods",
+            "planner,hashing", "--seeds", "0,1", "--id-order", "frequency", "--out", str(out)]
+    assert main(args) == 0
+    report = (out / "report.md").read_text()
+    assert "planner not worse than hashing beyond the seed std at 4x" in report
+    assert (out / "loss_vs_bytes_dlrm.png").stat().st_size > 10_000
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert {r["method"] for r in rows} == {"full", "planner", "hashing", "qr"}
+    assert len(rows) == 2 * (1 + 2 * 2 + 2)  # seeds x (full + 2 methods x 2 budgets + qr and hashing at 2x)

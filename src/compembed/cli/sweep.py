@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="'synthetic' or a folder prepared by `compembed prepare` (default: the preset's synthetic data)")
     p.add_argument("--rows", type=int, default=None, help="synthetic rows over all splits (default: the preset's)")
     p.add_argument("--scale", type=float, default=None, help="synthetic cardinality scale vs Criteo Kaggle")
+    p.add_argument("--id-order", choices=("value", "frequency"), default=None,
+                   help="synthetic ids in value or frequency order (the planner needs frequency)")
     p.add_argument("--archs", type=_words, default=None, help="comma-separated models: dlrm,dcn")
     p.add_argument("--studies", type=_words, default=None, help=f"comma-separated studies from {','.join(STUDIES)}")
     p.add_argument("--collisions", type=_ints, default=None, help="comma-separated collision counts, e.g. 2,4,60")
@@ -72,6 +74,8 @@ def build_spec(args: argparse.Namespace):
         data = dataclasses.replace(data, rows=args.rows)
     if args.scale is not None:
         data = dataclasses.replace(data, cardinality_scale=args.scale)
+    if args.id_order is not None:
+        data = dataclasses.replace(data, id_order=args.id_order)
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("threads", args.threads))
                if v is not None}
     base = dataclasses.replace(base, data=data, **changes)

@@ -52,6 +52,8 @@ OPTIONS: list[tuple[str, str, str, dict]] = [
     ("data", "rows", "--rows", dict(type=int, help="synthetic rows in all splits")),
     ("data", "cardinality_scale", "--scale", dict(type=float, help="synthetic cardinalities = Criteo's x this")),
     ("data", "seed", "--data-seed", dict(type=int, help="seed of the synthetic data")),
+    ("data", "id_order", "--id-order", dict(choices=("value", "frequency"),
+                                            help="synthetic ids in value or frequency order (id 0 most frequent)")),
     ("train", "batch_size", "--batch-size", dict(type=int, help="training batch size")),
     ("train", "eval_batch_size", "--eval-batch-size", dict(type=int, help="evaluation batch size")),
     ("train", "epochs", "--epochs", dict(type=int, help="passes over the training split")),

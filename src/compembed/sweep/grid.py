@@ -10,7 +10,8 @@ from ..training.config import TrainConfig, config_to_dict
 
 __all__ = ["STUDIES", "SweepSpec", "Cell", "PRESETS", "cell_key"]
 
-STUDIES = ("collisions", "generalized", "path", "threshold", "budget")
+PAPER_STUDIES = ("collisions", "generalized", "path", "threshold")
+STUDIES = (*PAPER_STUDIES, "budget")
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class SweepSpec:
         budget: at each compression in ``budgets``, every method of ``budget_methods`` sized to the
             same bytes (tables plus optimizer state): ``planner`` (``compembed plan``) and the
             uniform ``qr``, ``gqr`` and ``hashing`` of ``planning.match_budget``; also ``qr`` and
-            ``hashing`` at each compression of ``budget_collisions``, and full tables. It needs the
+            ``hashing`` at each compression of ``budget_collisions``, the (method, compression)
+            pairs of ``budget_extra``, and full tables. It needs the
             dataset's ``info`` (cardinalities; counts for the planner).
     Every cell runs once per optimizer and seed; the report keeps, per configuration, the
     optimizer with the better validation loss (as the paper did).
@@ -61,7 +63,7 @@ class SweepSpec:
 
     base: TrainConfig = field(default_factory=TrainConfig)
     archs: tuple[str, ...] = ("dlrm", "dcn")
-    studies: tuple[str, ...] = STUDIES
+    studies: tuple[str, ...] = PAPER_STUDIES
     operations: tuple[str, ...] = ("concat", "add", "mult")
     collisions: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 60)
     threshold: int = 1
@@ -75,6 +77,7 @@ class SweepSpec:
     budgets: tuple[float, ...] = (4, 16, 64, 256, 1000)
     budget_methods: tuple[str, ...] = ("planner", "qr", "gqr", "hashing")
     budget_collisions: tuple[float, ...] = (2, 4, 8, 16, 60)
+    budget_extra: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.studies) - set(STUDIES))
@@ -113,7 +116,9 @@ class SweepSpec:
         out = [("full", 1.0, dict(scheme="full", threshold=0, name="full"))]
         missing = []
         wanted = [(m, r) for r in self.budgets for m in self.budget_methods]
-        wanted += [(m, r) for r in self.budget_collisions for m in ("qr", "hashing") if (m, r) not in wanted]
+        wanted += [(m, r) for r in self.budget_collisions for m in ("qr", "hashing")]
+        wanted += [(m, float(r)) for m, r in self.budget_extra]
+        wanted = list(dict.fromkeys(wanted))
         for method, ratio in wanted:
             budget = budget_for_compression(info.cardinalities, ratio, dim, optimizer)
             name = f"{method}@{ratio:g}x"

@@ -65,18 +65,24 @@ class DataConfig:
         rows: synthetic rows in all (split into train/val/test by the generator).
         cardinality_scale: synthetic cardinalities are the Criteo Kaggle ones times this factor.
         seed: seed of the synthetic generator (the data itself; ``train.seed`` drives the model).
+        id_order: synthetic ids in ``value`` order or ``frequency`` order (id 0 the most frequent in
+            the training split; what ``compembed plan`` and hybrid tables need). A prepared dataset
+            has the order it was prepared with.
     """
 
     source: str = "synthetic"
     rows: int = 200_000
     cardinality_scale: float = 0.01
     seed: int = 0
+    id_order: str = "value"
 
     def __post_init__(self) -> None:
         if self.rows < 1:
             raise ValueError(f"data config: rows must be >= 1, got {self.rows}")
         if not self.cardinality_scale > 0:
             raise ValueError(f"data config: cardinality_scale must be > 0, got {self.cardinality_scale}")
+        if self.id_order not in ("value", "frequency"):
+            raise ValueError(f"data config: id_order must be 'value' or 'frequency', got {self.id_order!r}")
 
 
 @dataclass

@@ -72,7 +72,7 @@ def open_data(config: DataConfig) -> CTRDataset:
         from ..data.synthetic import SyntheticConfig, SyntheticCTR
 
         return SyntheticCTR(SyntheticConfig(num_rows=config.rows, cardinality_scale=config.cardinality_scale,
-                                            seed=config.seed))
+                                            seed=config.seed, id_order=config.id_order))
     from ..data import open_dataset
 
     return open_dataset(config.source)
