@@ -47,16 +47,16 @@ def test_live_shares_equal_a_direct_computation():
     x = torch.randn(32, 4)
     live = LiveUnits(model)
     assert [name for name, _ in live.layers] == ["bottom.0", "bottom.1", "top.0"]
-    model(x)  # not armed: nothing recorded
-    assert live.collect() == {}
     live.arm()
+    assert model.bottom[1]._forward_hooks
     model(x)
     shares = live.collect()
+    assert not model.bottom[1]._forward_hooks  # hooks only between arm() and collect()
     expected = direct_shares(model, x)
     assert shares.keys() == expected.keys() and all(shares[k] == pytest.approx(expected[k]) for k in shares)
     assert shares["bottom.0"] == 5 / 8
-    live.close()
-    assert not model.bottom[1]._forward_hooks
+    model(x)  # not armed: nothing recorded
+    assert live.collect() == shares
 
 
 def test_relu_layers_of_the_models():

@@ -45,39 +45,39 @@ def dead_layer_message(layer: str, units: int, step: int) -> str:
 
 
 class LiveUnits:
-    """Forward hooks on ``model``'s ReLUs (``relu_layers``) that record which units fire while armed.
+    """Forward hooks on ``model``'s ReLUs (``relu_layers``) that record which units fire.
 
-    Use: ``arm()`` before a forward pass, ``collect(ctx)`` after it gives ``{layer: live share}``
-    (1.0: every unit was > 0 for some sample; 0.0: the layer is dead) and disarms. Works with
-    in-place ReLUs: the hook reads the output, the activation itself. ``close()`` removes the hooks.
+    Use: ``arm()`` before a forward pass adds the hooks; ``collect(ctx)`` after it removes them and
+    gives ``{layer: live share}`` (1.0: every unit was > 0 for some sample; 0.0: the layer is dead).
+    Other steps run without hooks. Works with in-place ReLUs: the hook reads the output, the
+    activation itself. ``close()`` removes hooks left by an ``arm()`` without ``collect()``.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.layers = relu_layers(model)
         self.live: dict[str, Tensor] = {}
-        self.armed = False
-        self.handles = [module.register_forward_hook(self._hook(name)) for name, module in self.layers]
+        self.handles: list = []
 
     def _hook(self, name: str):
         def hook(module: nn.Module, inputs, output: Tensor) -> None:
-            if not self.armed:
-                return
             with torch.no_grad():
                 live = output.detach().reshape(-1, output.shape[-1]).gt(0).any(0)  # (width,)
             self.live[name] = live | self.live[name] if name in self.live else live
         return hook
 
     def arm(self) -> None:
-        self.live, self.armed = {}, True
+        self.close()
+        self.live = {}
+        self.handles = [module.register_forward_hook(self._hook(name)) for name, module in self.layers]
 
     def collect(self, ctx: DistContext | None = None) -> dict[str, float]:
         """``{layer: share of live units}`` over the armed forward passes (over every rank's shard of
-        the batch with a multi-process ``ctx``: a unit is live if it fired on any rank); disarms.
+        the batch with a multi-process ``ctx``: a unit is live if it fired on any rank); removes the hooks.
 
         Every rank must call it on the same steps (one all-reduce when distributed). Layers that did
         not run while armed are left out.
         """
-        self.armed = False
+        self.close()
         names = [name for name, _ in self.layers if name in self.live]
         if ctx is not None and ctx.distributed and names:
             flags = torch.cat([self.live[n] for n in names]).to(torch.uint8)
