@@ -59,6 +59,32 @@ def test_write_config_then_train_and_evaluate(tmp_path, capsys):
     assert f"{summary['evals']['test']['loss']:.5f}" in printed and f"{summary['evals']['val']['loss']:.5f}" in printed
 
 
+def test_training_recipe_options(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    assert main(["train", "--write-config", str(cfg), "--warmup-steps", "7", "--eval-every", "3",
+                 "--early-stopping", "2", "--no-keep-best", "--lr", "0.01", "--embedding-lr", "0.1"]) == 0
+    config = load_config(cfg)
+    assert (config.optim.warmup_steps, config.eval_every, config.early_stopping, config.keep_best) == (7, 3, 2, False)
+    assert (config.optim.lr, config.optim.embedding_lr) == (0.01, 0.1)
+    capsys.readouterr()
+
+    # lr 0.1 on the tiny set: val loss lowest at step 30, then 3 evaluations without improvement
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY, "--lr", "0.1", "--epochs", "2", "--eval-every", "5",
+                 "--early-stopping", "3"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (f"best val loss {summary['best']['val_loss']:.5f} at step 30 (epoch 1): the final evaluation uses its "
+            "parameters; stopped early") in capsys.readouterr().out
+    assert summary["steps"] == 45 and summary["stopped_early"] and summary["best"]["step"] == 30
+    assert (out / "best.safetensors").exists()
+    # `evaluate` scores the parameters the summary reports (the best); --last the checkpoint's
+    assert main(["evaluate", str(out)]) == 0
+    best_loss = f"{summary['evals']['test']['loss']:.5f}"
+    assert best_loss in capsys.readouterr().out
+    assert main(["evaluate", str(out), "--last"]) == 0
+    assert best_loss not in capsys.readouterr().out
+
+
 def test_clear_errors(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[model]\nschema = 'qr'\n")
@@ -76,7 +102,7 @@ def test_clear_errors(tmp_path, capsys):
 
 
 def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
-    options = [*TINY, "--rows", "8000", "--checkpoint-every", "10", "--log-every", "10"]
+    options = [*TINY, "--rows", "8000", "--checkpoint-every", "10", "--log-every", "10", "--eval-every", "15"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main(["train", "--out", str(whole), *options]) == 0
 
@@ -94,10 +120,11 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     assert not killed_at["done"] and 0 < killed_at["batch"] < 100  # 6,400 train rows / 64: mid-epoch
 
     assert main(["train", "--out", str(cut), "--resume", "--no-progress"]) == 0
-    a, b = load_file(whole / "checkpoint.safetensors"), load_file(cut / "checkpoint.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "optim.")))
+    for name in ("checkpoint.safetensors", "best.safetensors"):
+        a, b = load_file(whole / name), load_file(cut / name)
+        assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "optim."))), name
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
-    assert sa["evals"] == sb["evals"] and sa["train_loss"] == sb["train_loss"]
+    assert sa["evals"] == sb["evals"] and sa["train_loss"] == sb["train_loss"] and sa["best"] == sb["best"]
 
 
 @pytest.mark.skipif(not CRITEO.exists(), reason=f"real Criteo sample not present at {CRITEO} (../shared data missing)")

@@ -1,4 +1,4 @@
-"""Optimizer choice per parameter group, and the lazy SparseAMSGrad against torch's AMSGrad."""
+"""Optimizer choice per parameter group, the lazy SparseAMSGrad against torch's AMSGrad, the warm-up."""
 from __future__ import annotations
 
 import pytest
@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from compembed.models import ModelConfig, build_model
-from compembed.training import OptimConfig, SparseAMSGrad, build_optimizers
+from compembed.training import LinearWarmup, OptimConfig, SparseAMSGrad, TrainConfig, build_optimizers, train
+from compembed.training.loop import METRICS
 
 from models.toy import toy_dataset
+from training.runs import records
 
 
 def run(optimizer_cls, weight, grads, **kwargs):
@@ -83,3 +85,32 @@ def test_config_errors():
         OptimConfig(embedding_update="lazy")
     with pytest.raises(ValueError, match="lr must be > 0"):
         OptimConfig(lr=0)
+
+
+def test_linear_warmup_rates_per_step():
+    dataset = toy_dataset(rows=256)
+    model = build_model(ModelConfig(embedding_dim=8, bottom_mlp=(8,), top_mlp=(8,)), dataset.info)
+    optimizers = build_optimizers(model, OptimConfig(name="adagrad", lr=0.05, embedding_lr=0.2))
+    warmup = LinearWarmup(optimizers, 4)
+    rates = []
+    for step in (1, 2, 3, 4, 5, 50):
+        warmup.apply(step)
+        rates.append([opt.param_groups[0]["lr"] for opt in optimizers])
+    assert rates == [[0.2 * s / 4, 0.05 * s / 4] for s in (1, 2, 3)] + [[0.2, 0.05]] * 3
+    still = LinearWarmup(optimizers, 0)
+    still.apply(1)
+    assert [opt.param_groups[0]["lr"] for opt in optimizers] == [0.2, 0.05] and still.factor(1) == 1.0
+
+
+def test_training_uses_the_warmup_rates_of_each_step(tmp_path):
+    config = TrainConfig(model=ModelConfig(embedding_dim=8, bottom_mlp=(8,), top_mlp=(8,)),
+                         optim=OptimConfig(name="adam", lr=0.01, embedding_lr=0.03, warmup_steps=5),
+                         batch_size=64, max_steps=8, log_every=1, threads=1)
+    train(config, toy_dataset(rows=1024), out_dir=tmp_path, progress=False)
+    logged = [r["lr"] for r in records(tmp_path / METRICS) if r["kind"] == "train"]
+    assert logged == [[0.03 * min(1, s / 5), 0.01 * min(1, s / 5)] for s in range(1, 9)]
+
+
+def test_warmup_config_error():
+    with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+        OptimConfig(warmup_steps=-1)

@@ -43,8 +43,10 @@ OPTIONS: list[tuple[str, str, str, dict]] = [
     ("model", "cross_layers", "--cross-layers", dict(type=int, help="DCN cross layers")),
     ("model", "deep_mlp", "--deep-mlp", dict(type=_ints, help="DCN deep network sizes")),
     ("optim", "name", "--optimizer", dict(choices=OPTIMIZERS, help="optimizer")),
-    ("optim", "lr", "--lr", dict(type=float, help="learning rate")),
-    ("optim", "embedding_lr", "--embedding-lr", dict(type=float, help="learning rate of the tables (default: --lr)")),
+    ("optim", "lr", "--lr", dict(type=float, help="learning rate of the dense layers (MLPs, cross network)")),
+    ("optim", "embedding_lr", "--embedding-lr", dict(type=float, help="learning rate of the tables (unset: --lr)")),
+    ("optim", "warmup_steps", "--warmup-steps", dict(
+        type=int, help="linear learning-rate warm-up of tables and layers: step s uses lr x min(1, s/N)")),
     ("optim", "embedding_update", "--embedding-update", dict(
         choices=("sparse", "dense"),
         help="sparse: update only rows in the batch (lazy Adam/AMSGrad); dense: exact dense update")),
@@ -62,6 +64,13 @@ OPTIONS: list[tuple[str, str, str, dict]] = [
     ("train", "log_every", "--log-every", dict(type=int, help="steps between metric records")),
     ("train", "checkpoint_every", "--checkpoint-every", dict(type=int, help="steps between checkpoints (0: per epoch)")),
     ("train", "threads", "--threads", dict(type=int, help="torch CPU threads (0: torch's default)")),
+    ("train", "eval_every", "--eval-every", dict(
+        type=int, help="steps between validation evaluations (0: only at the end of each epoch and of the run)")),
+    ("train", "early_stopping", "--early-stopping", dict(
+        type=int, help="stop after N validation evaluations in a row without a lower val loss (0: never)")),
+    ("train", "keep_best", "--keep-best", dict(
+        action=argparse.BooleanOptionalAction,
+        help="evaluate at the end with the parameters of the lowest val loss (best.safetensors), not the last")),
 ]
 
 
@@ -73,7 +82,7 @@ def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
             continue
         kwargs = dict(kwargs)
         kwargs["help"] += f" (default: {_default(section, name)})"
-        if "choices" not in kwargs:
+        if "choices" not in kwargs and "action" not in kwargs:
             kwargs.setdefault("metavar", {int: "N", float: "X", _ints: "N,N,..."}.get(kwargs.get("type"), "VALUE"))
         groups[section].add_argument(flag, dest=f"{section}.{name}", default=None, **kwargs)
 
@@ -103,8 +112,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a recommendation model whose embedding tables may be compressed, evaluate it on "
         "validation and test (BCE loss, accuracy, ROC-AUC, and the Bayes-optimal loss on synthetic data), "
         "and print what the tables cost. The run's directory holds config.toml, an atomic checkpoint "
-        "(checkpoint.safetensors), metrics.jsonl and summary.json; --resume continues a killed run to "
-        "the same result.",
+        "(checkpoint.safetensors), the parameters of the best validation loss (best.safetensors), "
+        "metrics.jsonl and summary.json; --resume continues a killed run to the same result.",
         epilog="example: compembed train --scheme qr --operation mult --collisions 4 --out runs/qr4",
     )
     p.add_argument("--config", metavar="TOML", help="run config file (options given on the command line override it)")
@@ -122,7 +131,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e = subparsers.add_parser(
         "evaluate",
         help="evaluate a trained run's checkpoint on a split",
-        description="Load RUN_DIR/config.toml and RUN_DIR/checkpoint.safetensors, evaluate on the given "
+        description="Load RUN_DIR/config.toml and the run's parameters (best.safetensors, those of the best "
+        "validation loss, which the run's summary reports; else checkpoint.safetensors), evaluate on the given "
         "splits and print loss, accuracy, AUC (and the Bayes-optimal loss on synthetic data).",
     )
     e.add_argument("run_dir", metavar="RUN_DIR", help="directory of a run made by `compembed train`")
@@ -131,6 +141,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--data", metavar="DIR", default=None,
                    help="evaluate on this prepared dataset instead of the run's own (same features)")
     e.add_argument("--batch-size", type=int, default=8192, help="evaluation batch size (default: 8192)")
+    e.add_argument("--last", action="store_true",
+                   help="evaluate the last parameters (checkpoint.safetensors) even when best.safetensors exists")
     e.set_defaults(func=run_evaluate)
 
 
@@ -175,6 +187,13 @@ def run_train(args: argparse.Namespace) -> int:
         print(result.model.embeddings.summary())
     print(f"\n{result.steps:,} steps, {result.samples:,} samples, train loss {result.train_loss:.5f}; "
           f"run directory {out} (config.toml, checkpoint.safetensors, metrics.jsonl, summary.json)")
+    if result.best is not None:
+        used = "the final evaluation uses its parameters" if result.best["used"] else "not used (--no-keep-best)"
+        stopped = "; stopped early" if result.stopped_early else ""
+        print(f"best val loss {result.best['val_loss']:.5f} at step {result.best['step']:,} "
+              f"(epoch {result.best['epoch'] + 1}): {used}{stopped}")
+    for message in result.dead_layers:
+        print(f"warning: {message}", file=sys.stderr)
     return 0
 
 
@@ -184,7 +203,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..models import build_model
     from ..training.checkpoint import load_checkpoint
     from ..training.evaluate import evaluate
-    from ..training.loop import CHECKPOINT, CONFIG, open_data
+    from ..training.loop import BEST, CHECKPOINT, CONFIG, open_data
     from ..training.report import format_table, memory_report
 
     run_dir = Path(args.run_dir)
@@ -194,7 +213,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=args.data))
         dataset = open_data(config.data)
         model = build_model(config.model, dataset.info)
-        load_checkpoint(run_dir / CHECKPOINT, model)
+        best = run_dir / BEST
+        load_checkpoint(best if best.exists() and not args.last else run_dir / CHECKPOINT, model)
         with torch.no_grad():
             evals = {s: evaluate(model, dataset, s, args.batch_size) for s in args.split}
     except (ValueError, FileNotFoundError, KeyError) as err:

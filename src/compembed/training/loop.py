@@ -1,9 +1,14 @@
-"""The training loop: deterministic, checkpointed, resumable to the same result, loud on NaN."""
+"""The training loop: deterministic, checkpointed, resumable to the same result, loud on NaN.
+
+The loop itself is here; the run directory and resume checks are in ``rundir``, the metrics log in
+``metrics_log``, validation, best parameters and early stopping in ``validation``, dead-ReLU
+detection in ``liveness`` and the learning-rate warm-up in ``optim``.
+"""
 from __future__ import annotations
 
-import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,22 +23,21 @@ from tqdm.auto import tqdm
 from ..data.batch import Batch
 from ..data.dataset import CTRDataset
 from ..distributed import (
-    DistContext, global_batch_loss, global_count, init_from_env, shutdown, sync_sparse_gradients, wrap_model,
+    DistContext, barrier, global_batch_loss, global_count, init_from_env, shutdown, sync_sparse_gradients, wrap_model,
 )
 from ..models import build_model
-from ..io import atomic_write_bytes
-from .checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
-from .config import DataConfig, TrainConfig, config_to_dict, save_config
+from .config import TrainConfig, config_to_dict
+from .datasets import open_data
 from .evaluate import EvalResult, evaluate
-from .optim import build_optimizers, uses_sparse_gradients
+from .liveness import DeadUnitsWarning, LiveUnits
+from .metrics_log import MetricsLog
+from .optim import LinearWarmup, build_optimizers, uses_sparse_gradients
 from .report import MemoryReport, memory_report
+from .rundir import BEST, CHECKPOINT, CONFIG, METRICS, SUMMARY, RunDir
+from .validation import Validation
 
-__all__ = ["NonFiniteLossError", "RunResult", "open_data", "train", "train_step", "CHECKPOINT", "METRICS",
-           "SUMMARY", "CONFIG"]
-
-CHECKPOINT, METRICS, SUMMARY, CONFIG = "checkpoint.safetensors", "metrics.jsonl", "summary.json", "config.toml"
-# Config fields that do not change the result, so a run may be resumed with other values.
-_RESULT_NEUTRAL = {"eval_batch_size", "threads"}
+__all__ = ["DeadUnitsWarning", "NonFiniteLossError", "RunResult", "open_data", "train", "train_step", "CHECKPOINT",
+           "METRICS", "SUMMARY", "CONFIG", "BEST"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -42,7 +46,10 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class RunResult:
-    """The outcome of a run (``to_dict()`` is what ``summary.json`` holds)."""
+    """The outcome of a run (``to_dict()`` is what ``summary.json`` holds).
+
+    ``evals`` and ``model`` hold the parameters of the best ``val`` loss with ``keep_best``, else the last.
+    """
 
     config: TrainConfig
     memory: MemoryReport
@@ -52,30 +59,24 @@ class RunResult:
     train_loss: float | None
     train_seconds: float
     model: nn.Module | None = field(default=None, repr=False)
+    best: dict[str, Any] | None = None
+    stopped_early: bool = False
+    dead_layers: list[str] = field(default_factory=list)
 
     @property
     def samples_per_s(self) -> float | None:
         return self.samples / self.train_seconds if self.train_seconds > 0 else None
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary; ``best`` is the lowest ``val`` loss seen (step, epoch, val_loss, and whether the
+        final ``evals`` use its parameters), ``dead_layers`` the dead-ReLU warnings of the run."""
         return {
             "arch": self.config.model.arch, "label": self.config.model.label(), "steps": self.steps,
             "samples": self.samples, "train_loss": self.train_loss, "train_seconds": self.train_seconds,
             "samples_per_s": self.samples_per_s, "memory": self.memory.to_dict(),
-            "evals": {k: v.to_dict() for k, v in self.evals.items()}, "config": config_to_dict(self.config),
+            "evals": {k: v.to_dict() for k, v in self.evals.items()}, "best": self.best,
+            "stopped_early": self.stopped_early, "dead_layers": self.dead_layers, "config": config_to_dict(self.config),
         }
-
-
-def open_data(config: DataConfig) -> CTRDataset:
-    """The dataset a data config names: the synthetic generator or a prepared directory."""
-    if config.source == "synthetic":
-        from ..data.synthetic import SyntheticConfig, SyntheticCTR
-
-        return SyntheticCTR(SyntheticConfig(num_rows=config.rows, cardinality_scale=config.cardinality_scale,
-                                            seed=config.seed, id_order=config.id_order))
-    from ..data import open_dataset
-
-    return open_dataset(config.source)
 
 
 def train_step(model: nn.Module, optimizers: list[Optimizer], batch: Batch, names: list[str],
@@ -100,44 +101,6 @@ def train_step(model: nn.Module, optimizers: list[Optimizer], batch: Batch, name
     for optimizer in optimizers:
         optimizer.step()
     return value
-
-
-class _MetricsLog:
-    """Append-only JSONL of training and evaluation records.
-
-    The loop state counts the records written; on resume the file is cut back to the count the
-    checkpoint saw, so records from after the checkpoint (rewritten by the resumed run) are not doubled.
-    """
-
-    def __init__(self, path: Path | None, state: dict[str, Any]) -> None:
-        self.path, self.state = path, state
-        if path is None:
-            return
-        lines = path.read_text().splitlines()[: state["records"]] if path.exists() else []
-        atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode())
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.state["records"] += 1
-        if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def _fresh_state() -> dict[str, Any]:
-    return {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "loss_sum": 0.0, "loss_count": 0,
-            "interval_loss_sum": 0.0, "interval_count": 0, "train_seconds": 0.0, "records": 0, "done": False}
-
-
-def _check_resumable(stored: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    current = config_to_dict(config)
-    diffs = []
-    for section in sorted(set(stored) | set(current)):
-        a, b = stored.get(section, {}), current.get(section, {})
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key) and not (section == "train" and key in _RESULT_NEUTRAL):
-                diffs.append(f"[{section}] {key}: checkpoint {a.get(key)!r}, now {b.get(key)!r}")
-    if diffs:
-        raise ValueError(f"cannot resume from {path}: the config differs, so the result would too:\n  " + "\n  ".join(diffs))
 
 
 def train(
@@ -185,106 +148,147 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
     torch.sparse.check_sparse_tensor_invariants.disable()
     model = build_model(config.model, dataset.info, sparse=uses_sparse_gradients(config.optim))
     optimizers = build_optimizers(model, config.optim)
+    warmup = LinearWarmup(optimizers, config.optim.warmup_steps)
     names = list(dataset.info.categorical_names)
-    state = {**_fresh_state(), "world_size": ctx.world_size}
-
-    out = Path(out_dir) if out_dir is not None else None
-    ckpt = out / CHECKPOINT if out is not None else None
-    if out is not None:
-        if ckpt.exists() and not resume:
-            raise FileExistsError(f"{out} already holds a run ({CHECKPOINT}); pass resume (--resume) to continue it "
-                                  "or choose another output directory")
-        if ckpt.exists():
-            stored = read_checkpoint_state(ckpt)
-            _check_resumable(stored["config"], config, ckpt)
-            state = load_checkpoint(ckpt, model, optimizers)["loop"]
-            if state.get("world_size", 1) != ctx.world_size:
-                raise ValueError(f"cannot resume from {ckpt}: it was written by {state.get('world_size', 1)} "
-                                 f"process(es), now {ctx.world_size}; resume with the same torchrun --nproc-per-node")
-        out.mkdir(parents=True, exist_ok=True)
-        if ctx.is_main:  # only rank 0 writes
-            save_config(config, out / CONFIG)
-    log = _MetricsLog(out / METRICS if out is not None and ctx.is_main else None, state)
+    run = RunDir(out_dir, ctx)
+    state = run.start(config, model, optimizers, resume)
+    log = MetricsLog(run.file(METRICS, writer=True), state)
+    validation = Validation(config, model, dataset, state["val"], log, run.file(BEST), ctx)
 
     def checkpoint() -> None:
-        if ckpt is not None and ctx.is_main:
-            save_checkpoint(ckpt, model, optimizers, {"loop": state, "config": config_to_dict(config)})
+        run.checkpoint(config, model, optimizers, state)
 
     def limit_reached() -> bool:
         return config.max_steps > 0 and state["step"] >= config.max_steps
 
-    splits = [s for s in config.eval_splits if dataset.info.split_sizes.get(s, 0) > 0]
-    net = wrap_model(model, ctx)  # DDP over the ranks (the model itself in one process)
-    model.train()
-    while not state["done"] and state["epoch"] < config.epochs and not limit_reached():
-        epoch = state["epoch"]
-        total = dataset.num_batches("train", config.batch_size, world_size=ctx.world_size)
-        if config.max_steps:
-            total = min(total, state["batch"] + config.max_steps - state["step"])
-        bar = tqdm(total=total, initial=state["batch"], unit="batch", desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=not progress or not ctx.is_main, dynamic_ncols=True, leave=False)
-        loader = dataset.loader("train", config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
-                                start_batch=state["batch"], rank=ctx.rank, world_size=ctx.world_size)
-        interval_start, interval_samples = time.perf_counter(), 0
-        for batch in loader:
-            started = time.perf_counter()
-            try:
-                loss = train_step(net, optimizers, batch, names, ctx)
-            except NonFiniteLossError as err:
-                bar.close()
-                where = f"epoch {epoch + 1}, batch {state['batch']} (step {state['step'] + 1})"
-                hint = f"; the last good checkpoint is {ckpt}" if ckpt is not None and ckpt.exists() else ""
-                raise NonFiniteLossError(f"{err} at {where}: training stopped (try a lower learning rate, "
-                                         f"check the input for NaN/inf){hint}") from None
-            state["train_seconds"] += time.perf_counter() - started
-            state["batch"] += 1
-            state["step"] += 1
-            rows = global_count(len(batch), ctx)  # all ranks' rows of this global batch
-            state["samples"] += rows
-            state["loss_sum"] += loss * rows
-            state["loss_count"] += rows
-            state["interval_loss_sum"] += loss * rows
-            state["interval_count"] += rows
-            interval_samples += rows
-            bar.update(1)
-            if state["step"] % config.log_every == 0:
-                elapsed = time.perf_counter() - interval_start
-                mean = state["interval_loss_sum"] / state["interval_count"]
-                rate = interval_samples / elapsed if elapsed > 0 else None
-                log.write({"kind": "train", "step": state["step"], "epoch": epoch, "batch": state["batch"],
-                           "samples": state["samples"], "loss": mean, "samples_per_s": rate})
-                bar.set_postfix(loss=f"{mean:.4f}", samples_s=f"{rate:,.0f}" if rate else "-")
-                state["interval_loss_sum"], state["interval_count"] = 0.0, 0
-                interval_start, interval_samples = time.perf_counter(), 0
-            if config.checkpoint_every and state["step"] % config.checkpoint_every == 0:
-                checkpoint()
-            if on_step is not None:
-                on_step(state)
-            if limit_reached():
-                break
-        bar.close()
-        if limit_reached() and state["batch"] < dataset.num_batches("train", config.batch_size,
-                                                                    world_size=ctx.world_size):
-            break  # stopped mid-epoch by max_steps: the final evaluation follows
-        state["epoch"] += 1
-        state["batch"] = 0
-        if state["epoch"] < config.epochs and not limit_reached() and "val" in splits:
-            result = evaluate(model, dataset, "val", config.eval_batch_size)
-            log.write({"kind": "eval", "step": state["step"], "epoch": epoch, **result.to_dict()})
-        checkpoint()
+    def epoch_batches() -> int:
+        return dataset.num_batches("train", config.batch_size, world_size=ctx.world_size)
 
-    evals = {split: evaluate(model, dataset, split, config.eval_batch_size) for split in splits}
+    net = wrap_model(model, ctx)  # DDP over the ranks (the model itself in one process)
+    live_units = LiveUnits(model)
+    model.train()
+    try:
+        while not state["done"] and not validation.stopped and state["epoch"] < config.epochs and not limit_reached():
+            epoch = state["epoch"]
+            total = epoch_batches()
+            if config.max_steps:
+                total = min(total, state["batch"] + config.max_steps - state["step"])
+            bar = tqdm(total=total, initial=state["batch"], unit="batch", desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=not progress or not ctx.is_main, dynamic_ncols=True, leave=False)
+            loader = dataset.loader("train", config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
+                                    start_batch=state["batch"], rank=ctx.rank, world_size=ctx.world_size)
+            interval = _Interval()
+            for batch in loader:
+                step = state["step"] + 1
+                logged = step % config.log_every == 0
+                warmup.apply(step)
+                if logged:
+                    live_units.arm()  # measured in this step's forward pass
+                started = time.perf_counter()
+                try:
+                    loss = train_step(net, optimizers, batch, names, ctx)
+                except NonFiniteLossError as err:
+                    bar.close()
+                    where = f"epoch {epoch + 1}, batch {state['batch']} (step {step})"
+                    last = run.last_checkpoint()
+                    hint = f"; the last good checkpoint is {last}" if last is not None else ""
+                    raise NonFiniteLossError(f"{err} at {where}: training stopped (try a lower learning rate, "
+                                             f"check the input for NaN/inf){hint}") from None
+                state["train_seconds"] += time.perf_counter() - started
+                state["batch"] += 1
+                state["step"] = step
+                rows = global_count(len(batch), ctx)  # all ranks' rows of this global batch
+                state["samples"] += rows
+                state["loss_sum"] += loss * rows
+                state["loss_count"] += rows
+                state["interval_loss_sum"] += loss * rows
+                state["interval_count"] += rows
+                interval.samples += rows
+                bar.update(1)
+                if logged:
+                    mean, rate = _log_train(state, epoch, interval, optimizers, live_units, log, ctx)
+                    bar.set_postfix(loss=f"{mean:.4f}", samples_s=f"{rate:,.0f}" if rate else "-")
+                if validation.due(step):
+                    validation.run(step, epoch)
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    checkpoint()
+                if on_step is not None:
+                    on_step(state)
+                if limit_reached() or validation.stopped:
+                    break
+            bar.close()
+            if validation.stopped or (limit_reached() and state["batch"] < epoch_batches()):
+                break  # stopped mid-epoch (early stopping, max_steps): the final evaluation follows
+            state["epoch"] += 1
+            state["batch"] = 0
+            validation.run(state["step"], epoch)
+            checkpoint()
+    finally:
+        live_units.close()
+
     if not state["done"]:
-        for result in evals.values():
-            log.write({"kind": "eval", "step": state["step"], "epoch": state["epoch"], "final": True,
-                       **result.to_dict()})
+        # the end of the run is evaluated too (unless it was at the end of an epoch); it is in the last epoch
+        in_epoch = state["epoch"] - 1 if state["batch"] == 0 and state["epoch"] > 0 else state["epoch"]
+        validation.run(state["step"], in_epoch)
         state["done"] = True
-        checkpoint()
-    result = RunResult(
+        checkpoint()  # the last parameters
+    barrier(ctx)  # rank 0 has written the best parameters before any rank reads them
+    result = _final_evaluation(config, model, dataset, state, validation, log)
+    run.write_summary(result.to_dict())
+    return result
+
+
+class _Interval:
+    """Wall-clock time and samples since the last training record (not part of the loop state)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.samples = time.perf_counter(), 0
+
+    def rate(self) -> float | None:
+        elapsed = time.perf_counter() - self.start
+        return self.samples / elapsed if elapsed > 0 else None
+
+
+def _log_train(state: dict[str, Any], epoch: int, interval: _Interval, optimizers: list[Optimizer],
+               live_units: LiveUnits, log: MetricsLog, ctx: DistContext) -> tuple[float, float | None]:
+    """Write the training record of the step just taken, warn of newly dead ReLU layers, start the next
+    interval; returns the interval's mean loss and samples/s."""
+    mean, rate = state["interval_loss_sum"] / state["interval_count"], interval.rate()
+    live = live_units.collect(ctx)
+    log.write({"kind": "train", "step": state["step"], "epoch": epoch, "batch": state["batch"],
+               "samples": state["samples"], "loss": mean, "samples_per_s": rate,
+               "lr": [group["lr"] for opt in optimizers for group in opt.param_groups], "live_units": live})
+    for message in live_units.newly_dead(live, state["step"], state["dead_layers"]):
+        if ctx.is_main:
+            warnings.warn(message, DeadUnitsWarning)
+    state["interval_loss_sum"], state["interval_count"] = 0.0, 0
+    interval.reset()
+    return mean, rate
+
+
+def _final_evaluation(config: TrainConfig, model: nn.Module, dataset: CTRDataset, state: dict[str, Any],
+                      validation: Validation, log: MetricsLog) -> RunResult:
+    """Evaluate every split with the final parameters (the best ones with ``keep_best``) and log it.
+
+    Its records follow the done checkpoint, so a resumed finished run rewrites them (the log is cut
+    back to the checkpoint's count) instead of doubling them.
+    """
+    params_step, known_val = validation.final_parameters(state["step"])
+    splits = [s for s in config.eval_splits if dataset.info.split_sizes.get(s, 0) > 0]
+    evals = {split: known_val if split == "val" and known_val is not None
+             else evaluate(model, dataset, split, config.eval_batch_size) for split in splits}
+    for result in evals.values():
+        log.write({"kind": "eval", "step": state["step"], "epoch": state["epoch"], "final": True,
+                   "params_step": params_step, **result.to_dict()})
+    best = state["val"]["best"]
+    return RunResult(
         config=config, memory=memory_report(model), evals=evals, steps=state["step"], samples=state["samples"],
         train_loss=state["loss_sum"] / state["loss_count"] if state["loss_count"] else None,
         train_seconds=state["train_seconds"], model=model,
+        best=None if best is None else {"step": best["step"], "epoch": best["epoch"], "val_loss": best["loss"],
+                                        "used": params_step == best["step"]},
+        stopped_early=state["val"]["stopped_early"], dead_layers=list(state["dead_layers"].values()),
     )
-    if out is not None and ctx.is_main:
-        atomic_write_bytes(out / SUMMARY, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
-    return result

@@ -11,6 +11,9 @@ torch has no sparse AMSGrad (``SparseAdam`` has no ``amsgrad``), so ``SparseAMSG
 lazy variant: rows a batch does not touch keep their moments unchanged instead of decaying them.
 With ``embedding_update="dense"`` the tables get dense gradients and the dense optimizer's exact
 update instead (every row's moments decay each step; costs time proportional to the table size).
+
+``LinearWarmup`` scales both optimizers' learning rates during the first steps; it derives them from
+the step number alone, so a resumed run needs no scheduler state.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from torch.optim import Optimizer
 
 from .config import OptimConfig
 
-__all__ = ["SparseAMSGrad", "build_optimizers", "uses_sparse_gradients", "split_parameters"]
+__all__ = ["LinearWarmup", "SparseAMSGrad", "build_optimizers", "uses_sparse_gradients", "split_parameters"]
 
 
 class SparseAMSGrad(Optimizer):
@@ -113,3 +116,30 @@ def build_optimizers(model: nn.Module, config: OptimConfig) -> list[Optimizer]:
     if dense:
         optimizers.append(_dense_optimizer(config, dense, config.lr))
     return optimizers
+
+
+class LinearWarmup:
+    """Linear learning-rate warm-up: step ``s`` (1, 2, ...) uses ``base_lr * min(1, s / warmup_steps)``.
+
+    The base rates are the param groups' rates when it is built. ``apply(step)`` sets them before
+    that step; being a function of the step alone, it continues a resumed run exactly.
+    """
+
+    def __init__(self, optimizers: list[Optimizer], warmup_steps: int) -> None:
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.optimizers, self.warmup_steps = optimizers, warmup_steps
+        self.base_lrs = [[group["lr"] for group in opt.param_groups] for opt in optimizers]
+
+    def factor(self, step: int) -> float:
+        """The share of the base rates that step ``step`` (1-based) uses."""
+        return min(1.0, step / self.warmup_steps) if self.warmup_steps else 1.0
+
+    def apply(self, step: int) -> None:
+        """Set every param group's rate for step ``step`` (1-based)."""
+        if not self.warmup_steps:
+            return
+        factor = self.factor(step)
+        for opt, bases in zip(self.optimizers, self.base_lrs):
+            for group, base in zip(opt.param_groups, bases):
+                group["lr"] = base * factor

@@ -1,0 +1,125 @@
+"""A run's directory: its files, the loop state, and the checks that make a resume continue the same run.
+
+- ``config.toml``: the run's config, written at the start.
+- ``checkpoint.safetensors``: the last parameters, the optimizers' state, the loop state and the RNG;
+  written every ``checkpoint_every`` steps, at the end of each epoch and of the run.
+- ``best.safetensors``: the parameters of the lowest ``val`` loss so far (with ``keep_best``).
+- ``metrics.jsonl``: training and evaluation records, as they come (see ``MetricsLog``).
+- ``summary.json``: ``RunResult.to_dict()``, at the end.
+
+Every file is written atomically, and only by rank 0 of a distributed job.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.optim import Optimizer
+
+from ..distributed import DistContext
+from ..io import atomic_write_bytes
+from .checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
+from .config import TrainConfig, config_from_dict, config_to_dict, save_config
+
+__all__ = ["CHECKPOINT", "METRICS", "SUMMARY", "CONFIG", "BEST", "RunDir", "fresh_state", "check_resumable"]
+
+CHECKPOINT, METRICS, SUMMARY, CONFIG = "checkpoint.safetensors", "metrics.jsonl", "summary.json", "config.toml"
+BEST = "best.safetensors"
+# Config fields that do not change the result, so a run may be resumed with other values.
+_RESULT_NEUTRAL = {"eval_batch_size", "threads"}
+
+
+def fresh_state(world_size: int = 1) -> dict[str, Any]:
+    """The loop state of a run that has not started (JSON-able; saved with every checkpoint).
+
+    ``val`` is the validation schedule's part (see ``validation.Validation``), ``dead_layers`` the
+    dead-ReLU warnings given so far (layer -> message).
+    """
+    return {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "loss_sum": 0.0, "loss_count": 0,
+            "interval_loss_sum": 0.0, "interval_count": 0, "train_seconds": 0.0, "records": 0, "done": False,
+            "world_size": world_size, "val": {"last": None, "best": None, "bad": 0, "stopped_early": False},
+            "dead_layers": {}}
+
+
+def check_resumable(stored: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Raise unless ``config`` gives the same result as the checkpoint's ``stored`` config (as a dict).
+
+    Keys the stored config lacks (written before they existed) count as their defaults.
+    """
+    try:
+        stored = config_to_dict(config_from_dict(stored, where=str(path)))
+    except ValueError:
+        pass  # compare as stored: the differences name what changed
+    current = config_to_dict(config)
+    diffs = []
+    for section in sorted(set(stored) | set(current)):
+        a, b = stored.get(section, {}), current.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key) and not (section == "train" and key in _RESULT_NEUTRAL):
+                diffs.append(f"[{section}] {key}: checkpoint {a.get(key)!r}, now {b.get(key)!r}")
+    if diffs:
+        raise ValueError(f"cannot resume from {path}: the config differs, so the result would too:\n  " + "\n  ".join(diffs))
+
+
+class RunDir:
+    """The run directory ``out`` (None: nothing is written and nothing can be resumed).
+
+    Every rank reads it (to resume); only the main rank of ``ctx`` writes.
+    """
+
+    def __init__(self, out: str | Path | None, ctx: DistContext) -> None:
+        self.path = Path(out) if out is not None else None
+        self.ctx = ctx
+
+    def file(self, name: str, writer: bool = False) -> Path | None:
+        """The path of ``name`` in the directory; None without a directory, or for ``writer`` on a rank
+        that does not write."""
+        if self.path is None or (writer and not self.ctx.is_main):
+            return None
+        return self.path / name
+
+    def start(self, config: TrainConfig, model: nn.Module, optimizers: list[Optimizer], resume: bool) -> dict[str, Any]:
+        """Prepare the directory and return the loop state: fresh, or restored with ``model`` and
+        ``optimizers`` from the checkpoint when ``resume`` (after checking that it is the same run).
+
+        Raises:
+            FileExistsError: the directory holds a run and ``resume`` is False.
+            ValueError: the checkpoint's config or world size differs from this run's.
+        """
+        state = fresh_state(self.ctx.world_size)
+        if self.path is None:
+            return state
+        ckpt = self.path / CHECKPOINT
+        if ckpt.exists() and not resume:
+            raise FileExistsError(f"{self.path} already holds a run ({CHECKPOINT}); pass resume (--resume) to "
+                                  "continue it or choose another output directory")
+        if ckpt.exists():
+            check_resumable(read_checkpoint_state(ckpt)["config"], config, ckpt)
+            # keys a checkpoint lacks (written before they existed) start fresh; its world size is 1
+            state = {**fresh_state(), **load_checkpoint(ckpt, model, optimizers)["loop"]}
+            if state["world_size"] != self.ctx.world_size:
+                raise ValueError(f"cannot resume from {ckpt}: it was written by {state['world_size']} process(es), "
+                                 f"now {self.ctx.world_size}; resume with the same torchrun --nproc-per-node")
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.ctx.is_main:
+            save_config(config, self.path / CONFIG)
+        return state
+
+    def checkpoint(self, config: TrainConfig, model: nn.Module, optimizers: list[Optimizer],
+                   state: dict[str, Any]) -> None:
+        """Save the last parameters, the optimizers' state and the loop state (main rank only)."""
+        path = self.file(CHECKPOINT, writer=True)
+        if path is not None:
+            save_checkpoint(path, model, optimizers, {"loop": state, "config": config_to_dict(config)})
+
+    def last_checkpoint(self) -> Path | None:
+        """The checkpoint on disk, if any (for error messages)."""
+        path = self.file(CHECKPOINT)
+        return path if path is not None and path.exists() else None
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        path = self.file(SUMMARY, writer=True)
+        if path is not None:
+            atomic_write_bytes(path, (json.dumps(summary, indent=2) + "\n").encode())
