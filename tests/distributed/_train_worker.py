@@ -17,7 +17,7 @@ def make_config(batch_size: int) -> TrainConfig:
         model=ModelConfig(scheme="qr", embedding_dim=8, bottom_mlp=(16,), top_mlp=(16,), threshold=0),
         optim=OptimConfig(name="adagrad", lr=0.05),
         data=DataConfig(source="synthetic", rows=421, cardinality_scale=0.0005, seed=3),
-        batch_size=batch_size, epochs=2, log_every=2, checkpoint_every=2, threads=1, eval_every=2, early_stopping=2,
+        batch_size=batch_size, epochs=3, log_every=2, checkpoint_every=2, threads=1, eval_every=2, early_stopping=2,
     )
 
 

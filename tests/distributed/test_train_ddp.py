@@ -30,11 +30,12 @@ def test_torchrun_training_resumes_and_equals_one_process(tmp_path):
     # The CLI spelling of _train_worker.make_config(batch_size=64).
     cli = ["train", "--scheme", "qr", "--dim", "8", "--bottom-mlp", "16", "--top-mlp", "16", "--threshold", "0",
            "--optimizer", "adagrad", "--lr", "0.05", "--rows", "421", "--scale", "0.0005", "--data-seed", "3",
-           "--epochs", "2", "--log-every", "2", "--checkpoint-every", "2", "--threads", "1", "--no-progress",
+           "--epochs", "3", "--log-every", "2", "--checkpoint-every", "2", "--threads", "1", "--no-progress",
            "--eval-every", "2", "--early-stopping", "2"]
     run([*cli, "--batch-size", "64", "--out", str(one)], nproc=1, worker="-m compembed")
     # 337 train rows, 6 global batches an epoch; checkpoints every 2 steps: stop at 7, resume from 6.
-    # Validation every 2 steps: val loss lowest at step 4, higher at 6 and 8, so patience 2 ends the run at 8.
+    # Validation every 2 steps: val loss lowest at step 8, higher at 10 and 12, so patience 2 ends the run
+    # at 12, mid-way through its 18 steps.
     run([str(two), "--batch-size", "32", "--stop-after", "7"], nproc=2, worker=WORKER)
     assert not (two / SUMMARY).exists()
     interrupted = load_file(two / CHECKPOINT)
@@ -60,8 +61,8 @@ def test_torchrun_training_resumes_and_equals_one_process(tmp_path):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
         assert y.get("live_units") == x.get("live_units")  # a unit is live if it fired on either rank's shard
     sa, sb = json.loads((one / SUMMARY).read_text()), json.loads((two / SUMMARY).read_text())
-    assert sb["samples"] == sa["samples"] == 337 + 2 * 64 and sb["steps"] == sa["steps"] == 8
-    assert sb["stopped_early"] and sa["stopped_early"] and sb["best"]["step"] == sa["best"]["step"] == 4
+    assert sb["samples"] == sa["samples"] == 2 * 337 and sb["steps"] == sa["steps"] == 12
+    assert sb["stopped_early"] and sa["stopped_early"] and sb["best"]["step"] == sa["best"]["step"] == 8
     assert sb["evals"]["test"]["loss"] == pytest.approx(sa["evals"]["test"]["loss"], rel=1e-5)
     assert sorted(p.name for p in two.iterdir()) == sorted([BEST, CHECKPOINT, CONFIG, METRICS, SUMMARY])
 

@@ -17,9 +17,10 @@ from compembed.training.loop import BEST, CHECKPOINT, METRICS, SUMMARY
 from models.toy import toy_dataset
 from training.runs import Interrupt, config, interrupt_at, params, records
 
-# Adagrad at lr 0.3 on the toy task: the val loss, evaluated every 3 steps over 3 epochs of 24 steps, is
-# lowest at step 48 (the end of epoch 2) and higher at 51, 54 and 57, so patience 3 stops the run at 57.
-NOISY = dict(optim=OptimConfig(name="adagrad", lr=0.3), epochs=3, eval_every=3)
+# Adagrad at lr 0.3 (dense and tables) on the toy task: the val loss, evaluated every 3 steps over 3 epochs
+# of 24 steps, is lowest at step 45 over the whole run; with patience 3 the run stops at step 36, 3
+# evaluations after the best one so far (step 27).
+NOISY = dict(optim=OptimConfig(name="adagrad", lr=0.3, embedding_lr=0.3), epochs=3, eval_every=3)
 
 
 def val_records(path, final: bool = False):
@@ -80,20 +81,20 @@ def test_no_early_stop_while_the_loss_improves(monkeypatch):
 
 def test_real_overfitting_run_stops_early_and_keeps_the_best(tmp_path):
     result = train(config(**NOISY, early_stopping=3), toy_dataset(), out_dir=tmp_path, progress=False)
-    assert result.stopped_early and result.steps == 57
-    assert result.best["step"] == 48 and result.best["epoch"] == 1
+    assert result.stopped_early and result.steps == 36
+    assert result.best["step"] == 27 and result.best["epoch"] == 1
     evals = val_records(tmp_path / METRICS)
-    assert [r["step"] for r in evals][-4:] == [48, 51, 54, 57] and not any(r["improved"] for r in evals[-3:])
+    assert [r["step"] for r in evals][-4:] == [27, 30, 33, 36] and not any(r["improved"] for r in evals[-3:])
 
 
 @pytest.mark.parametrize("out", [True, False])
 def test_keep_best_final_metrics_are_those_of_the_best_checkpoint(tmp_path, out):
     dataset = toy_dataset()
     result = train(config(**NOISY), dataset, out_dir=tmp_path if out else None, progress=False)
-    assert result.steps == 72 and result.best["step"] == 48 and result.best["used"]
+    assert result.steps == 72 and result.best["step"] == 45 and result.best["used"]
     best = build_model(result.config.model, dataset.info)
     if out:
-        assert load_checkpoint(tmp_path / BEST, best)["best"]["step"] == 48
+        assert load_checkpoint(tmp_path / BEST, best)["best"]["step"] == 45
     else:  # kept in memory; the returned model holds the best parameters
         best.load_state_dict(params(result.model))
     for split in ("val", "test"):
@@ -113,26 +114,27 @@ def test_without_keep_best_the_last_parameters_are_evaluated(tmp_path):
     dataset = toy_dataset()
     result = train(config(**NOISY, keep_best=False), dataset, out_dir=tmp_path, progress=False)
     assert not (tmp_path / BEST).exists()
-    assert result.best["step"] == 48 and not result.best["used"]
+    assert result.best["step"] == 45 and not result.best["used"]
     for split in ("val", "test"):
         assert result.evals[split] == evaluate(result.model, dataset, split)
     assert result.evals["val"].loss > result.best["val_loss"]
 
 
-# With a 12-step warm-up the val loss is lowest at step 9 and patience 3 stops the run at 18. Evaluations
+# With a 12-step warm-up the val loss is lowest at step 21 and patience 3 stops the run at 30. Evaluations
 # every 3 steps, checkpoints every 5: kill during warm-up between evaluations (8: last checkpoint 5), right
-# after the best evaluation (9), after an evaluation not yet checkpointed (13: checkpoint 10, evaluation
-# 12), after a checkpointed one (16: evaluation and checkpoint 15).
-@pytest.mark.parametrize("kill_at", [8, 9, 13, 16])
+# after the best evaluation (21), after an evaluation not yet checkpointed (23: checkpoint 20, evaluation
+# 21), after a checkpointed one (26: evaluation 24, checkpoint 25).
+@pytest.mark.parametrize("kill_at", [8, 21, 23, 26])
 def test_resume_with_validation_early_stopping_and_warmup_equals_uninterrupted(tmp_path, kill_at):
     dataset = toy_dataset()
-    cfg = config(**{**NOISY, "optim": OptimConfig(name="adagrad", lr=0.3, warmup_steps=12)}, early_stopping=3)
+    cfg = config(**{**NOISY, "optim": OptimConfig(name="adagrad", lr=0.3, embedding_lr=0.3, warmup_steps=12)},
+                 early_stopping=3)
     whole = train(cfg, dataset, out_dir=tmp_path / "whole", progress=False)
     with pytest.raises(Interrupt):
         train(cfg, dataset, out_dir=tmp_path / "cut", progress=False, on_step=interrupt_at(kill_at))
     resumed = train(cfg, dataset, out_dir=tmp_path / "cut", resume=True, progress=False)
 
-    assert whole.steps == resumed.steps == 18 and whole.best["step"] == 9
+    assert whole.steps == resumed.steps == 30 and whole.best["step"] == 21
     assert whole.stopped_early and resumed.stopped_early and whole.best == resumed.best
     pw, pr = params(whole.model), params(resumed.model)
     assert all(torch.equal(pw[k], pr[k]) for k in pw)
