@@ -337,3 +337,10 @@ def test_property_hybrid_equal_to_collection(cards, hot_rows, cold_scheme, opera
     reference = EmbeddingCollection(configs, sparse=True)
     fused = FusedEmbeddingCollection.from_collection(reference)
     _check_equal(reference, fused, _ids(configs, 6, torch.Generator().manual_seed(seed)))
+
+
+def test_only_path_features_leave_nothing_to_gather():
+    configs = feature_configs([100, 200], scheme="path", embedding_dim=4, hidden_dims=(4,))
+    reference, fused = _pair(configs, sparse=True)
+    assert not fused.weights and not fused.groups
+    _check_equal(reference, fused, _ids(configs, 5))

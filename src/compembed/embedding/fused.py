@@ -247,8 +247,9 @@ class FusedEmbeddingCollection(EmbeddingCollection):
                 return self._forward_bags(features)
             features = one_hot
         self._check_ids(features)
-        rows, valid = zip(*(self._rows_of(features, w) for w in self._widths))
-        gathered = [_gather(self.weights[str(w)], r, self.sparse, v) for w, r, v in zip(self._widths, rows, valid)]
+        indices = [self._rows_of(features, w) for w in self._widths]
+        gathered = [_gather(self.weights[str(w)], r, self.sparse, v) for w, (r, v) in zip(self._widths, indices)]
+        valid = [v for _, v in indices]
         if self._gather_is_output:  # e.g. full or hashed tables only: the gathered rows are the output
             return gathered[0] if self.output == "stack" else gathered[0].flatten(1)
         paths = [self.embeddings[self.feature_names[j]](features[:, j : j + 1]).unsqueeze(1) for j in self._path_features]
