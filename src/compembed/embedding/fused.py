@@ -22,8 +22,12 @@ Hybrid features (``HybridEmbeddingBag``) are fused too: the hot table and the co
 fused tables whose ids are a range ``[low, high)`` (hot ``[0, K)``, cold ``[K, n)``), indexed by
 ``x - low``. Every table is gathered for every sample (an id outside a table's range reads that
 table's first row); the compose step selects the hot row or the combined cold rows with the mask
-``x < K``, the backward gives the unused slots a zero gradient, and the sparse gradient leaves
-them out, so only the rows an id used receive a gradient (lazy sparse optimizers see no others). Bags (a dict input with multi-hot features) compose each id's vector and then pool it,
+``x < K``; the sparse gradient leaves the unused slots out (the dense one gets zeros there), so
+only the rows an id used receive a gradient (lazy sparse optimizers see no others). On a one-hot
+batch of 2048 x 26 Criteo features (cardinalities / 10, hybrid 1% + QR-mult/4, sparse, CPU,
+forward + backward) this measured at least as fast as running each hybrid as its own module:
+best of 40, 7.1 vs 8.3 ms on 1 thread and 5.3 vs 8.1 ms on 2 (medians noisier: 8.5 vs 8.3 ms on 1
+thread; QR alone 4.5 ms). Bags (a dict input with multi-hot features) compose each id's vector and then pool it,
 as ``CompositionalEmbeddingBag`` does; they run one feature at a time over the fused weights.
 """
 from __future__ import annotations
@@ -98,6 +102,7 @@ class _Layout:
     out_shape: tuple[int, ...]
     num_gathered: int
     masks: tuple[Tensor | None, ...]  # per group: (B, n) hot mask of a select group, else None
+    zero_unused: bool  # dense gradients: the slots an id did not use must get exactly zero
 
 
 class FusedEmbeddingCollection(EmbeddingCollection):
@@ -257,6 +262,7 @@ class FusedEmbeddingCollection(EmbeddingCollection):
             groups=tuple(self.groups), out_shape=self._out_shape, num_gathered=len(gathered),
             places=tuple((getattr(self, f"_place_{i}"), span) for i, span in enumerate(self._spans)),
             masks=tuple(_run(g, 0, valid) if g.select else None for g in self.groups),  # the hot table's range
+            zero_unused=not self.sparse,
         )
         out = _Compose.apply(layout, *gathered, *paths)  # (B, F, D) or (B, sum D)
         return out.flatten(1) if self.output == "cat" and out.dim() == 3 else out
@@ -447,8 +453,8 @@ class _SparseGather(torch.autograd.Function):
         flat, valid = ctx.saved_tensors
         values = grad.reshape(flat.numel(), ctx.weight_shape[1])
         if valid is not None:  # only the rows the ids used
-            keep = valid.reshape(-1)
-            flat, values = flat[keep], values[keep]
+            keep = valid.reshape(-1).nonzero().squeeze(1)
+            flat, values = flat.index_select(0, keep), values.index_select(0, keep)
         return torch.sparse_coo_tensor(flat.unsqueeze(0), values, ctx.weight_shape, check_invariants=False), None, None
 
 
@@ -490,9 +496,11 @@ class _Compose(torch.autograd.Function):
             block = block.view(batch, len(group.features), -1)
             parts, targets = _parts(group, gathered), _parts(group, grads)
             if group.select:  # the hot row's gradient where the id is hot, the cold rows' elsewhere
+                # (a sparse gradient leaves the unused slots out; a dense one needs them zero)
                 hot = mask.unsqueeze(-1)
-                targets[0].copy_(torch.where(hot, block, 0.0))
-                _combine_backward(torch.where(hot, 0.0, block), parts[1:], targets[1:], group.operation)
+                targets[0].copy_(torch.where(hot, block, 0.0) if layout.zero_unused else block)
+                cold = torch.where(hot, 0.0, block) if layout.zero_unused else block
+                _combine_backward(cold, parts[1:], targets[1:], group.operation)
             else:
                 _combine_backward(block, parts, targets, group.operation)
         paths = [block.view(batch, 1, -1) for block in blocks[len(layout.groups) :]]
