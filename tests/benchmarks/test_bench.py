@@ -171,3 +171,12 @@ def test_cli_rejects_bad_counts(capsys):
 
     assert main(["bench", "--rounds", "0"]) == 2
     assert "--rounds must be >= 1" in capsys.readouterr().err
+
+
+def test_hybrid_variant_gives_one_percent_of_each_feature_its_own_rows():
+    cards = [500, 40, 3000, 100_000]
+    module = build_variant("hybrid", cards, dim=8, threshold=50, collisions=4)
+    reports = module.report()
+    assert [r.scheme for r in reports] == ["hybrid[5]+qr-mult", "full", "hybrid[30]+qr-mult", "hybrid[1000]+qr-mult"]
+    assert reports[3].table_sizes == (1000, 24_750, 4)
+    assert "hybrid" in PRESETS["full"].emb_variants and "hybrid" not in PRESETS["quick"].emb_variants

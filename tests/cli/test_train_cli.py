@@ -38,6 +38,16 @@ def test_every_option_has_help(name):
         assert action.help and len(action.help) > 8, action.dest
 
 
+def test_hybrid_options_reach_the_config(tmp_path):
+    cfg = tmp_path / "hybrid.toml"
+    assert main(["train", "--write-config", str(cfg), "--scheme", "hybrid", "--hot-rows", "100", "--cold-scheme",
+                 "crt", "--partitions", "2", *TINY]) == 0
+    model = load_config(cfg).model
+    assert (model.scheme, model.hot_rows, model.cold_scheme, model.label()) == ("hybrid", 100, "crt", "hybrid100+crt-mult/k2")
+    with pytest.raises(SystemExit):
+        main(["train", "--write-config", str(cfg), "--cold-scheme", "path"])
+
+
 def test_write_config_then_train_and_evaluate(tmp_path, capsys):
     cfg = tmp_path / "run.toml"
     assert main(["train", "--write-config", str(cfg), "--scheme", "hashing", "--collisions", "3", *TINY]) == 0

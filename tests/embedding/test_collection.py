@@ -6,10 +6,13 @@ from compembed.embedding import (
     EmbeddingCollection,
     FeatureConfig,
     FullEmbeddingBag,
+    SCHEMES,
     HashEmbeddingBag,
+    HybridEmbeddingBag,
     PathEmbeddingBag,
     feature_configs,
 )
+from compembed.embedding.collection import BUILDERS
 
 CARDINALITIES = [3, 50, 1000, 20_000]
 
@@ -25,10 +28,11 @@ def test_threshold_rule_compresses_only_large_features():
 @pytest.mark.parametrize(
     ("scheme", "kind"),
     [("full", FullEmbeddingBag), ("hashing", HashEmbeddingBag), ("qr", CompositionalEmbeddingBag),
-     ("gqr", CompositionalEmbeddingBag), ("crt", CompositionalEmbeddingBag), ("path", PathEmbeddingBag)],
+     ("gqr", CompositionalEmbeddingBag), ("crt", CompositionalEmbeddingBag), ("path", PathEmbeddingBag),
+     ("hybrid", HybridEmbeddingBag)],
 )
 def test_every_scheme_builds_and_runs(scheme, kind):
-    collection = EmbeddingCollection(feature_configs(CARDINALITIES, scheme=scheme, hidden_dims=(8,)))
+    collection = EmbeddingCollection(feature_configs(CARDINALITIES, scheme=scheme, hidden_dims=(8,), hot_rows=10))
     assert all(isinstance(m, kind) for m in collection.embeddings.values())
     ids = torch.stack([torch.randint(0, n, (5,)) for n in CARDINALITIES], dim=1)
     out = collection(ids)
@@ -92,3 +96,13 @@ def test_criteo_budget_matches_the_paper():
     qr = EmbeddingCollection(feature_configs(KAGGLE_CARDINALITIES, scheme="qr"), threshold=200, device="meta")
     assert full.num_parameters == 33_762_577 * 16  # 540.2M
     assert round(qr.num_parameters / 1e6, 2) == 135.05
+
+
+def test_schemes_come_from_one_registry():
+    assert SCHEMES == tuple(BUILDERS) == ("full", "hashing", "qr", "gqr", "crt", "path", "hybrid")
+    # A hybrid's cold part is built by the cold scheme's own builder, over the n - K cold ids.
+    collection = EmbeddingCollection([FeatureConfig("h", 1000, scheme="hybrid", hot_rows=100, cold_scheme="hashing",
+                                                    num_collisions=3)])
+    module = collection.embeddings["h"]
+    assert isinstance(module.cold, HashEmbeddingBag) and module.cold.partition.num_buckets == 300
+    assert collection.report()[0].table_sizes == (100, 300)

@@ -34,7 +34,7 @@ def _grads(module: torch.nn.Module, reference: EmbeddingCollection, fused: Fused
     dense = {k: (p.grad.to_dense() if p.grad is not None else torch.zeros_like(p)) for k, p in fused.weights.items()}
     for entry in fused.table_layout():
         start = entry["row_offset"]
-        out[f"embeddings.{entry['feature']}.weights.{entry['table']}"] = dense[entry["weight"]][start : start + entry["rows"]]
+        out[f"embeddings.{entry['feature']}.{entry['param']}"] = dense[entry["weight"]][start : start + entry["rows"]]
     for name, p in fused.embeddings.named_parameters():
         out[f"embeddings.{name}"] = p.grad.to_dense() if p.grad is not None else torch.zeros_like(p)
     return out
@@ -200,3 +200,147 @@ def test_works_inside_dlrm_and_trains():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.03
+
+
+# ---- hybrid features: the hot table and the cold tables in the fused gather ----------------------
+
+def _hybrid_configs(cold_scheme="qr", operation="mult", mode="sum", hot_rows=30):
+    return feature_configs(CARDS, scheme="hybrid", hot_rows=hot_rows, cold_scheme=cold_scheme, operation=operation,
+                           mode=mode, embedding_dim=8)
+
+
+def _boundary_ids(configs, batch=40, hot_rows=30):
+    ids = _ids(configs, batch, torch.Generator().manual_seed(2))
+    for j, c in enumerate(configs):  # K-1, K, n-1 where they exist, then some of each
+        ids[:3, j] = torch.tensor([min(hot_rows - 1, c.num_embeddings - 1), min(hot_rows, c.num_embeddings - 1),
+                                   c.num_embeddings - 1])
+    return ids
+
+
+@pytest.mark.parametrize("cold_scheme", ["full", "hashing", "qr", "gqr", "crt"])
+@pytest.mark.parametrize("operation", ["mult", "add", "concat"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_hybrid_one_hot_equals_collection(cold_scheme, operation, sparse):
+    configs = _hybrid_configs(cold_scheme, operation)
+    reference, fused = _pair(configs, sparse=sparse)
+    assert any(g.select for g in fused.groups)  # the hybrids are fused, not per-feature modules
+    assert not fused.embeddings
+    ids = _boundary_ids(configs)
+    assert torch.equal(fused(ids), reference(ids))  # same seed, same initial values
+    _check_equal(reference, fused, ids)
+    _check_equal(reference, fused, {c.name: ids[:, j : j + 1] for j, c in enumerate(configs)})
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("cold_scheme,operation", [("qr", "mult"), ("crt", "concat"), ("hashing", "add")])
+def test_hybrid_multi_hot_bags(mode, cold_scheme, operation):
+    configs = feature_configs([500, 90, 3000], names=["x", "y", "z"], scheme="hybrid", hot_rows=40,
+                              cold_scheme=cold_scheme, operation=operation, mode=mode, embedding_dim=6)
+    reference, fused = _pair(configs, sparse=(mode != "max"))
+    values = torch.tensor([0, 39, 40, 2999, 5, 1000, 7, 41, 2, 39, 3])
+    offsets = torch.tensor([0, 3, 3, 7])
+    inputs = {"x": torch.tensor([[0, 39, 40], [499, 1, 2], [41, 42, 43], [3, 4, 5]]),
+              "y": torch.randint(0, 90, (4, 1)), "z": (values, offsets)}
+    _check_equal(reference, fused, inputs)
+    if mode == "sum":
+        inputs["z"] = (values, offsets, torch.rand(values.shape))
+        _check_equal(*_pair(configs, sparse=True), inputs)
+
+
+def _touched(collection) -> dict:
+    """Per feature table: the rows its sparse gradient names (as rows of that table)."""
+    if isinstance(collection, FusedEmbeddingCollection):
+        rows = {k: set(p.grad.coalesce().indices()[0].tolist()) for k, p in collection.weights.items()}
+        return {(e["feature"], e["param"]): {r - e["row_offset"] for r in rows[e["weight"]]
+                                             if e["row_offset"] <= r < e["row_offset"] + e["rows"]}
+                for e in collection.table_layout()}
+    return {(name.split(".")[0], name.split(".", 1)[1]): set(p.grad.coalesce().indices()[0].tolist())
+            for name, p in collection.embeddings.named_parameters()}
+
+
+def test_hybrid_sparse_gradient_names_only_used_rows():
+    configs = _hybrid_configs("qr", "mult")
+    reference, fused = _pair(configs, sparse=True)
+    ids = _ids(configs, 16) % 30  # hot ids only: no cold row of any feature is used
+    ids[0, 0] = 1000  # except one cold id of C1
+    reference(ids).sum().backward()
+    fused(ids).sum().backward()
+    touched = _touched(fused)
+    assert touched == _touched(reference)
+    assert touched["C1", "cold.weights.0"] == {(1000 - 30) // 4} and touched["C1", "cold.weights.1"] == {(1000 - 30) % 4}
+    assert all(not rows for (f, p), rows in touched.items() if p.startswith("cold") and f != "C1")
+
+
+def test_hybrid_sparse_adam_keeps_the_state_of_unused_rows():
+    configs = _hybrid_configs("qr", "mult")
+    _, fused = _pair(configs, sparse=True)
+    optimizer = torch.optim.SparseAdam(fused.parameters(), lr=0.1)
+    fused(_ids(configs, 4000)).square().sum().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    weight = fused.weights["8"]
+    before, state = weight.detach().clone(), {k: optimizer.state[weight][k].clone() for k in ("exp_avg", "exp_avg_sq")}
+    ids = torch.zeros(2, len(configs), dtype=torch.int64)
+    ids[:, 0] = torch.tensor([3, 1000])  # C1: hot 3 and cold 1000; every other feature: hot 0
+    fused(ids).square().sum().backward()
+    optimizer.step()
+    offset = {(e["feature"], e["param"]): e["row_offset"] for e in fused.table_layout()}
+    used = {offset["C1", "hot"] + 3, offset["C1", "cold.weights.0"] + 242, offset["C1", "cold.weights.1"] + 2}
+    used |= {offset[c.name, "hot"] for c in configs[1:]}
+    moved = set((weight - before).abs().sum(1).nonzero().flatten().tolist())
+    assert moved == used
+    unused = torch.tensor(sorted(set(range(weight.shape[0])) - used))
+    for key, old in state.items():
+        assert torch.equal(optimizer.state[weight][key][unused], old[unused])
+
+
+def test_hybrid_state_layout_and_accounting():
+    configs = [FeatureConfig("h", 5000, embedding_dim=8, scheme="hybrid", hot_rows=50, cold_scheme="gqr"),
+               FeatureConfig("p", 777, embedding_dim=8, scheme="path", hidden_dims=(5,)),
+               FeatureConfig("small", 20, embedding_dim=4, scheme="hybrid", hot_rows=50),
+               FeatureConfig("zero", 300, embedding_dim=4, scheme="hybrid", hot_rows=0, cold_scheme="crt",
+                             operation="concat"),
+               FeatureConfig("q", 1000, embedding_dim=6, scheme="qr", operation="add")]
+    reference, fused = _pair(configs, output="cat", sparse=True)
+    assert fused.report() == reference.report() and fused.summary() == reference.summary()
+    assert fused.num_bytes == reference.num_bytes == sum(r.bytes for r in fused.report())
+    layout = {(e["feature"], e["table"]): e for e in fused.table_layout()}
+    assert [layout["h", t]["param"] for t in range(4)] == ["hot", "cold.weights.0", "cold.weights.1", "cold.weights.2"]
+    assert layout["small", 0]["param"] == "hot" and layout["zero", 0]["param"] == "cold.weights.0"
+    for name in ("h", "small", "zero", "q"):
+        mine, theirs = fused.table_weights(name), reference.table_weights(name)
+        assert [tuple(w.shape) for w in mine] == [tuple(w.shape) for w in theirs]
+        assert all(torch.equal(a, b) for a, b in zip(mine, theirs))
+    _check_equal(reference, fused, _ids(configs, 17))
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(1.0)
+    copy = FusedEmbeddingCollection.from_collection(reference)
+    ids = _ids(configs, 9)
+    assert torch.equal(copy(ids), reference(ids))
+    state = {k: v for k, v in reference.state_dict().items() if k != "embeddings.h.hot"}
+    with pytest.raises(KeyError, match="feature 'h': 'embeddings.h.hot' is missing"):
+        fused.load_collection_state_dict(state)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    cards=st.lists(st.integers(1, 3000), min_size=1, max_size=4),
+    hot_rows=st.integers(0, 400),
+    cold_scheme=st.sampled_from(["full", "hashing", "qr", "gqr", "crt"]),
+    operation=st.sampled_from(["mult", "add", "concat"]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_hybrid_equal_to_collection(cards, hot_rows, cold_scheme, operation, seed):
+    configs = feature_configs(cards, scheme="hybrid", hot_rows=hot_rows, cold_scheme=cold_scheme, operation=operation,
+                              num_collisions=3, embedding_dim=8)
+    reference = EmbeddingCollection(configs, sparse=True)
+    fused = FusedEmbeddingCollection.from_collection(reference)
+    _check_equal(reference, fused, _ids(configs, 6, torch.Generator().manual_seed(seed)))
+
+
+def test_only_path_features_leave_nothing_to_gather():
+    configs = feature_configs([100, 200], scheme="path", embedding_dim=4, hidden_dims=(4,))
+    reference, fused = _pair(configs, sparse=True)
+    assert not fused.weights and not fused.groups
+    _check_equal(reference, fused, _ids(configs, 5))

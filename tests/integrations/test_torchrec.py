@@ -156,3 +156,90 @@ def test_planner_storage_estimates_are_compressed_sizes():
     for (rows, d), ddr in ours.values():
         assert ddr == rows * d * 4 + overhead
     assert sum(ddr for _, ddr in ours.values()) < theirs["t"][1] / 3
+
+
+# ---- hybrid tables: a hot table for ids < K, the partition tables for the others --------------------
+
+HYBRID = [
+    FeatureConfig("h_mult", 300, 4, "hybrid", hot_rows=20, operation="mult"),  # multi-hot mult: per id
+    FeatureConfig("h_mean", 300, 4, "hybrid", hot_rows=20, operation="add", mode="mean"),  # mean: per id
+    FeatureConfig("h_concat", 300, 4, "hybrid", hot_rows=20, operation="concat", cold_scheme="crt"),  # pooled
+    FeatureConfig("h_one_hot", 300, 4, "hybrid", hot_rows=20, operation="mult", mode="mean"),  # declared: pooled
+    FeatureConfig("h_all_hot", 10, 4, "hybrid", hot_rows=20),  # a full table
+    FeatureConfig("h_none_hot", 50, 4, "hybrid", hot_rows=0, operation="add", cold_scheme="hashing"),
+]
+
+
+def hybrid_batch(features, seed: int, batch_size: int = 12, weighted: bool = False) -> KeyedJaggedTensor:
+    g = torch.Generator().manual_seed(seed)
+    keys, values, lengths = [], [], []
+    for f in features:
+        bag_lengths = torch.randint(0, 2 if f.name == "h_one_hot" else 5, (batch_size,), generator=g)
+        ids = torch.randint(0, f.num_embeddings, (int(bag_lengths.sum()),), generator=g)
+        ids[: min(2, ids.numel())] = torch.tensor([19, 20])[: ids.numel()] % f.num_embeddings  # K-1 and K
+        keys.append(f.name)
+        values.append(ids)
+        lengths.append(bag_lengths)
+    ids = torch.cat(values)
+    return KeyedJaggedTensor.from_lengths_sync(keys=keys, values=ids, lengths=torch.cat(lengths),
+                                               weights=torch.rand(ids.shape, generator=g) if weighted else None)
+
+
+def test_hybrid_id_transform_routes_hot_and_cold_ids():
+    qr = QuotientRemainder(80, 4)
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=["h", "b"], values=torch.tensor([3, 25, 99, 20, 19, 7]), lengths=torch.tensor([2, 1, 2, 1]),
+        weights=torch.tensor([0.5, 1.0, 2.0, 3.0, 4.0, 5.0]),
+    )
+    out = PartitionIdTransform({"h": qr}, hot_rows={"h": 20})(kjt)
+    assert out.keys() == ["h__hot", "h__p0", "h__p1", "b"]
+    got = out.to_dict()
+    assert got["h__hot"].values().tolist() == [3] and got["h__hot"].lengths().tolist() == [1, 0]
+    assert got["h__hot"].weights().tolist() == [0.5]
+    cold = [25 - 20, 99 - 20]
+    assert got["h__p0"].values().tolist() == [x // 4 for x in cold] and got["h__p1"].values().tolist() == [1, 3]
+    assert got["h__p0"].lengths().tolist() == [1, 1] and got["h__p1"].weights().tolist() == [1.0, 2.0]
+    assert got["b"].values().tolist() == [20, 19, 7]
+    bad = KeyedJaggedTensor.from_lengths_sync(keys=["h"], values=torch.tensor([100]), lengths=torch.tensor([1]))
+    with pytest.raises(IndexError, match="feature 'h'.*id 100"):
+        PartitionIdTransform({"h": qr}, hot_rows={"h": 20})(bad)
+
+
+def test_hybrid_table_configs():
+    table = EmbeddingBagConfig(num_embeddings=1000, embedding_dim=16, name="t", feature_names=["f"])
+    configs = partition_table_configs(table, QuotientRemainder(900, 4), "mult", hot_rows=100)
+    assert [(c.name, c.num_embeddings, c.feature_names) for c in configs] == [
+        ("t__hot", 100, ["f__hot"]), ("t__p0", 225, ["f__p0"]), ("t__p1", 4, ["f__p1"])]
+    with pytest.raises(ValueError, match=r"partition covers 1000 ids but the table has 900 cold ids"):
+        partition_table_configs(table, QuotientRemainder(1000, 4), hot_rows=100)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_hybrid_outputs_and_gradients_equal_compembed(weighted):
+    features = [f for f in HYBRID if not (weighted and f.mode == "mean")]
+    torch.manual_seed(0)
+    ours = EmbeddingCollection(features, output="cat")
+    trec = CompositionalEmbeddingBagCollection.from_collection(ours, one_hot=["h_one_hot"], is_weighted=weighted)
+    assert trec.hot_rows == {f.name: 20 for f in features if f.name not in ("h_all_hot", "h_none_hot")}
+    assert trec.unpooled_tables == ({"h_mult", "h_mean"} if not weighted else {"h_mult"})
+    assert trec.one_hot_features == (["h_one_hot"] if not weighted else [])
+    kjt = hybrid_batch(features, seed=1, weighted=weighted)
+    got, want = trec(kjt).values(), ours(as_dict(kjt, weighted))
+    torch.testing.assert_close(got, want)
+    upstream = torch.randn(want.shape, generator=torch.Generator().manual_seed(2))
+    (got * upstream).sum().backward()
+    (want * upstream).sum().backward()
+    for f in features:
+        mine, theirs = trec.partition_weights(f.name), ours.table_weights(f.name)
+        assert [tuple(w.shape) for w in mine] == [tuple(w.shape) for w in theirs]
+        for a, b in zip(mine, theirs):
+            torch.testing.assert_close(a.grad, b.grad)
+    fused = FusedEmbeddingCollection.from_collection(ours)
+    from_fused = CompositionalEmbeddingBagCollection.from_collection(fused, one_hot=["h_one_hot"], is_weighted=weighted)
+    torch.testing.assert_close(from_fused(kjt).values(), want)
+
+
+def test_hybrid_without_torchrec_form_names_feature_and_scheme():
+    ours = EmbeddingCollection([FeatureConfig("top", 300, 4, "hybrid", hot_rows=20, mode="max")])
+    with pytest.raises(ValueError, match="feature 'top': scheme 'hybrid' with mode 'max' has no TorchRec form"):
+        CompositionalEmbeddingBagCollection.from_collection(ours)

@@ -14,9 +14,9 @@ from compembed.optim import SparseAdagrad
 from .toy import toy_dataset
 
 SCHEMES = [("full", "mult"), ("hashing", "mult"), ("qr", "concat"), ("qr", "add"), ("qr", "mult"),
-           ("gqr", "mult"), ("crt", "mult"), ("path", "mult")]
+           ("gqr", "mult"), ("crt", "mult"), ("path", "mult"), ("hybrid", "mult")]
 SMALL = dict(threshold=0, embedding_dim=8, bottom_mlp=(32,), top_mlp=(32,), deep_mlp=(32, 16), cross_layers=2, num_collisions=4,
-             num_partitions=2, path_hidden=(8,))
+             num_partitions=2, path_hidden=(8,), hot_rows=5)
 
 
 def train_loss(model, dataset, steps: int, lr: float = 0.05) -> tuple[float, float]:
@@ -126,6 +126,8 @@ def test_no_dense_features():
     (dict(scheme="bloom"), "scheme must be one of"),
     (dict(operation="max"), "operation must be one of"),
     (dict(deep_mlp=()), "deep_mlp needs"),
+    (dict(hot_rows=-1), "hot_rows must be >= 0"),
+    (dict(cold_scheme="path"), "cold_scheme must be one of"),
 ])
 def test_config_errors(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -162,3 +164,14 @@ def test_sparse_gradients_on_every_table():
         model(batch.dense, batch.features(dataset.info.categorical_names)).sum().backward()
         grads = [p.grad for p in model.embeddings.parameters()]
         assert grads and all(g is not None and g.is_sparse for g in grads)
+
+
+def test_hybrid_config_reaches_every_feature_and_labels_itself():
+    config = ModelConfig(scheme="hybrid", hot_rows=1000, cold_scheme="qr", operation="mult", num_collisions=4)
+    assert config.label() == "hybrid1000+qr-mult/4"
+    assert ModelConfig(scheme="hybrid", hot_rows=50, cold_scheme="crt", num_partitions=3).label() == "hybrid50+crt-mult/k3"
+    assert ModelConfig(scheme="hybrid", hot_rows=7, cold_scheme="full").label() == "hybrid7+full"
+    dataset = toy_dataset(rows=64)
+    model = build_model(ModelConfig(scheme="hybrid", cold_scheme="hashing", **SMALL), dataset.info)
+    assert {(c.scheme, c.hot_rows, c.cold_scheme) for c in model.embeddings.configs} == {("hybrid", 5, "hashing")}
+    assert all(r.scheme.startswith("hybrid[5]") for r in model.embeddings.report())

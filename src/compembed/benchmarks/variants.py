@@ -7,6 +7,7 @@ SGD (``SparseSGD``: only the rows in the batch), except ``full-per-feature-torch
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,9 +33,12 @@ class Variant:
     full_tables: bool = False
 
 
-def _collection(cls, **options):
+def _collection(cls, per_feature: Callable[[int], dict] | None = None, **options):
+    """Build ``cls`` over the cardinalities with ``options``, plus ``per_feature(n)``'s options for each feature."""
     def build(cards, dim, threshold, collisions, device):
         configs = feature_configs(cards, embedding_dim=dim, num_collisions=collisions, **options)
+        if per_feature is not None:
+            configs = [dataclasses.replace(c, **per_feature(c.num_embeddings)) for c in configs]
         return cls(configs, threshold=threshold, sparse=True, device=device)
     return build
 
@@ -165,6 +169,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
             _collection(FusedEmbeddingCollection, scheme="gqr", operation="mult", num_partitions=3)),
     Variant("crt", "Chinese remainder (k=3 coprime moduli), mult, fused",
             _collection(FusedEmbeddingCollection, scheme="crt", operation="mult", num_partitions=3)),
+    Variant("hybrid", "hybrid: the 1% most frequent ids of a feature own rows, the rest QR-mult, fused",
+            _collection(FusedEmbeddingCollection, per_feature=lambda n: dict(hot_rows=n // 100), scheme="hybrid",
+                        cold_scheme="qr", operation="mult")),
     Variant("path", "path-based QR (quotient table + per-remainder MLP 16-64-16), per-feature modules",
             _collection(FusedEmbeddingCollection, scheme="path", hidden_dims=(64,))),
     Variant("mlp-only", "no tables: a fixed random (B, F, D) input, the DLRM step's dense work alone",

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..embedding import COLD_SCHEMES, SCHEMES
 from ..models import ARCHS, ModelConfig
 from ..training.config import OPTIMIZERS, DataConfig, OptimConfig, TrainConfig, load_config, save_config
 
@@ -29,13 +30,15 @@ def _default(section: str, name: str) -> str:
 
 OPTIONS: list[tuple[str, str, str, dict]] = [
     ("model", "arch", "--arch", dict(choices=ARCHS, help="model: dlrm or dcn")),
-    ("model", "scheme", "--scheme", dict(choices=("full", "hashing", "qr", "gqr", "crt", "path"),
-                                         help="embedding scheme of the compressed features")),
+    ("model", "scheme", "--scheme", dict(choices=SCHEMES, help="embedding scheme of the compressed features")),
     ("model", "operation", "--operation", dict(choices=("mult", "add", "concat"),
                                                help="how qr/gqr/crt combine their tables")),
     ("model", "num_collisions", "--collisions", dict(type=int, help="ids per shared row for hashing/qr/path")),
     ("model", "num_partitions", "--partitions", dict(type=int, help="number of tables k for gqr/crt")),
     ("model", "path_hidden", "--path-hidden", dict(type=_ints, help="hidden sizes of the path scheme's MLPs")),
+    ("model", "hot_rows", "--hot-rows", dict(
+        type=int, help="hybrid: the K most frequent ids (frequency-ordered ids) of a feature get rows of their own")),
+    ("model", "cold_scheme", "--cold-scheme", dict(choices=COLD_SCHEMES, help="hybrid: scheme of the other ids")),
     ("model", "threshold", "--threshold", dict(type=int, help="compress only features with more categories")),
     ("model", "embedding_dim", "--dim", dict(type=int, help="embedding dimension D")),
     ("model", "bottom_mlp", "--bottom-mlp", dict(type=_ints, help="DLRM bottom MLP hidden sizes (output: D)")),

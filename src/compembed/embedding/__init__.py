@@ -1,7 +1,17 @@
-"""Embedding modules: compositional, path-based, hashing and full tables, and a per-feature collection."""
-from .collection import SCHEMES, EmbeddingCollection, FeatureConfig, FeatureReport, build_embedding_bag, feature_configs
+"""Embedding modules: compositional, path-based, hybrid, hashing and full tables, and a per-feature collection."""
+from .collection import (
+    BUILDERS,
+    COLD_SCHEMES,
+    SCHEMES,
+    EmbeddingCollection,
+    FeatureConfig,
+    FeatureReport,
+    build_embedding_bag,
+    feature_configs,
+)
 from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, FullEmbeddingBag, HashEmbeddingBag, combine
 from .fused import FusedEmbeddingCollection
+from .hybrid import HybridEmbeddingBag
 from .init import default_std, factor_std, factor_stds
 from .path import ClassMLP, PathEmbedding, PathEmbeddingBag
 from .pooling import pool_bags
@@ -13,12 +23,15 @@ __all__ = [
     "FullEmbeddingBag",
     "PathEmbedding",
     "PathEmbeddingBag",
+    "HybridEmbeddingBag",
     "ClassMLP",
     "EmbeddingCollection",
     "FusedEmbeddingCollection",
     "FeatureConfig",
     "FeatureReport",
     "SCHEMES",
+    "COLD_SCHEMES",
+    "BUILDERS",
     "build_embedding_bag",
     "feature_configs",
     "combine",

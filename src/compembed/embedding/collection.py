@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -11,18 +11,21 @@ from torch import Tensor, nn
 from ..partitions import (
     ChineseRemainder,
     GeneralizedQuotientRemainder,
+    Partition,
     QuotientRemainder,
     choose_divisors,
     choose_moduli,
 )
 from .compositional import CompositionalEmbeddingBag, FullEmbeddingBag, HashEmbeddingBag
-from .init import OPERATIONS
+from .hybrid import HybridEmbeddingBag
+from .init import OPERATIONS, default_std
 from .path import PathEmbeddingBag
 from .pooling import MODES
 
-__all__ = ["SCHEMES", "FeatureConfig", "FeatureReport", "EmbeddingCollection", "build_embedding_bag", "feature_configs"]
+__all__ = ["SCHEMES", "COLD_SCHEMES", "BUILDERS", "FeatureConfig", "FeatureReport", "EmbeddingCollection", "build_embedding_bag", "feature_configs"]
 
-SCHEMES = ("full", "hashing", "qr", "gqr", "crt", "path")
+# The schemes a hybrid's cold ids may use: the operation-based ones.
+COLD_SCHEMES = ("full", "hashing", "qr", "gqr", "crt")
 
 # A bag input for one feature: ids (B, L), or 1-D ids with offsets, optionally with per-sample weights.
 FeatureInput = Tensor | tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]
@@ -38,13 +41,18 @@ class FeatureConfig:
         embedding_dim: output size D.
         scheme: ``full``, ``hashing`` (``ceil(n / num_collisions)`` buckets), ``qr`` (remainder
             modulus ``num_collisions``), ``gqr`` / ``crt`` (``num_partitions`` tables near
-            ``n**(1/k)`` rows, or explicit ``factors``), ``path`` (QR with per-remainder MLPs).
+            ``n**(1/k)`` rows, or explicit ``factors``), ``path`` (QR with per-remainder MLPs),
+            ``hybrid`` (the ``hot_rows`` first ids own rows, the others use ``cold_scheme``).
         operation: how ``qr``/``gqr``/``crt`` combine their rows: ``mult``, ``add`` or ``concat``.
         num_collisions: ids per shared row for ``hashing``, ``qr`` and ``path``.
         num_partitions: k for ``gqr`` and ``crt`` when ``factors`` is not given.
         factors: explicit divisors (``gqr``) or pairwise coprime moduli (``crt``).
         hidden_dims: hidden layer sizes of the per-class MLPs of ``path``.
         mode: bag pooling, ``sum``, ``mean`` or ``max``.
+        hot_rows: K for ``hybrid``: ids ``x < K`` (the most frequent, with frequency-ordered ids)
+            get rows of their own; ``K >= n`` makes a full table.
+        cold_scheme: for ``hybrid``, the scheme of the other ids, shifted to ``x - K``: one of
+            ``COLD_SCHEMES``, with this config's operation, num_collisions, num_partitions, factors.
     """
 
     name: str
@@ -57,13 +65,15 @@ class FeatureConfig:
     factors: tuple[int, ...] | None = None
     hidden_dims: tuple[int, ...] = (64,)
     mode: str = "sum"
+    hot_rows: int = 0
+    cold_scheme: str = "qr"
 
     def __post_init__(self) -> None:
         where = f"feature {self.name!r}"
         if isinstance(self.num_embeddings, bool) or not isinstance(self.num_embeddings, int) or self.num_embeddings < 1:
             raise ValueError(f"{where}: num_embeddings must be a positive int, got {self.num_embeddings!r}")
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"{where}: scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.scheme not in BUILDERS:
+            raise ValueError(f"{where}: scheme must be one of {tuple(BUILDERS)}, got {self.scheme!r}")
         if self.operation not in OPERATIONS:
             raise ValueError(f"{where}: operation must be one of {OPERATIONS}, got {self.operation!r}")
         if self.mode not in MODES:
@@ -72,6 +82,10 @@ class FeatureConfig:
             raise ValueError(f"{where}: num_collisions must be >= 1, got {self.num_collisions}")
         if self.num_partitions < 1:
             raise ValueError(f"{where}: num_partitions must be >= 1, got {self.num_partitions}")
+        if isinstance(self.hot_rows, bool) or not isinstance(self.hot_rows, int) or self.hot_rows < 0:
+            raise ValueError(f"{where}: hot_rows must be an int >= 0, got {self.hot_rows!r}")
+        if self.cold_scheme not in COLD_SCHEMES:
+            raise ValueError(f"{where}: cold_scheme must be one of {COLD_SCHEMES}, got {self.cold_scheme!r}")
         if self.factors is not None:
             self.factors = tuple(self.factors)
         self.hidden_dims = tuple(self.hidden_dims)
@@ -83,24 +97,53 @@ class FeatureConfig:
         return dataclasses.replace(self, scheme="full")
 
 
+# A builder makes the module of ``config`` over ``n`` ids (a hybrid's cold part has fewer than the
+# feature's), with the keyword options ``mode``, ``sparse``, ``device``, ``dtype`` (and ``init_std``).
+# A new scheme is one module file plus one line in ``BUILDERS``.
+Builder = Callable[..., nn.Module]
+
+
+def _full(c: FeatureConfig, n: int, **kw) -> nn.Module:
+    return FullEmbeddingBag(n, c.embedding_dim, **kw)
+
+
+def _hashing(c: FeatureConfig, n: int, **kw) -> nn.Module:
+    return HashEmbeddingBag(n, c.embedding_dim, num_buckets=-(-n // c.num_collisions), **kw)
+
+
+def _composed(partition: Callable[[FeatureConfig, int], Partition]) -> Builder:
+    def build(c: FeatureConfig, n: int, **kw) -> nn.Module:
+        return CompositionalEmbeddingBag(n, c.embedding_dim, partition(c, n), operation=c.operation, **kw)
+    return build
+
+
+def _path(c: FeatureConfig, n: int, **kw) -> nn.Module:
+    return PathEmbeddingBag(n, c.embedding_dim, QuotientRemainder(n, c.num_collisions), hidden_dims=c.hidden_dims, **kw)
+
+
+def _hybrid(c: FeatureConfig, n: int, **kw) -> nn.Module:
+    """The ``min(hot_rows, n)`` first ids get their own rows; the rest go through ``cold_scheme``."""
+    hot = min(c.hot_rows, n)
+    cold = BUILDERS[c.cold_scheme](c, n - hot, init_std=default_std(n), **kw) if hot < n else None
+    return HybridEmbeddingBag(n, c.embedding_dim, hot, cold, **kw)
+
+
+BUILDERS: dict[str, Builder] = {
+    "full": _full,
+    "hashing": _hashing,
+    "qr": _composed(lambda c, n: QuotientRemainder(n, c.num_collisions)),
+    "gqr": _composed(lambda c, n: GeneralizedQuotientRemainder(n, c.factors or choose_divisors(n, c.num_partitions))),
+    "crt": _composed(lambda c, n: ChineseRemainder(n, c.factors or choose_moduli(n, c.num_partitions))),
+    "path": _path,
+    "hybrid": _hybrid,
+}
+SCHEMES = tuple(BUILDERS)
+
+
 def build_embedding_bag(config: FeatureConfig, sparse: bool = False, **factory) -> nn.Module:
-    """The embedding-bag module that ``config`` describes."""
-    n, dim, c = config.num_embeddings, config.embedding_dim, config.num_collisions
-    common = dict(mode=config.mode, sparse=sparse, **factory)
+    """The embedding-bag module that ``config`` describes (built by its scheme's entry in ``BUILDERS``)."""
     try:
-        if config.scheme == "full":
-            return FullEmbeddingBag(n, dim, **common)
-        if config.scheme == "hashing":
-            return HashEmbeddingBag(n, dim, num_buckets=-(-n // c), **common)
-        if config.scheme == "path":
-            return PathEmbeddingBag(n, dim, QuotientRemainder(n, c), hidden_dims=config.hidden_dims, **common)
-        if config.scheme == "qr":
-            partition = QuotientRemainder(n, c)
-        elif config.scheme == "gqr":
-            partition = GeneralizedQuotientRemainder(n, config.factors or choose_divisors(n, config.num_partitions))
-        else:
-            partition = ChineseRemainder(n, config.factors or choose_moduli(n, config.num_partitions))
-        return CompositionalEmbeddingBag(n, dim, partition, operation=config.operation, **common)
+        return BUILDERS[config.scheme](config, config.num_embeddings, mode=config.mode, sparse=sparse, **factory)
     except (ValueError, TypeError) as err:
         raise type(err)(f"feature {config.name!r}: {err}") from None
 
@@ -207,7 +250,7 @@ class EmbeddingCollection(nn.Module):
         for config, module in zip(self.configs, self.embeddings.values()):
             params = list(module.parameters())
             itemsize = params[0].element_size()
-            sizes = tuple(getattr(getattr(module, "partition", None), "table_sizes", ()))
+            sizes = getattr(module, "table_sizes", None) or tuple(getattr(getattr(module, "partition", None), "table_sizes", ()))
             full = config.num_embeddings * config.embedding_dim
             reports.append(
                 FeatureReport(
@@ -263,6 +306,10 @@ def feature_configs(
 
 
 def _describe(config: FeatureConfig) -> str:
+    if config.scheme == "hybrid":
+        if config.hot_rows >= config.num_embeddings:
+            return f"hybrid[{config.num_embeddings}]"  # every id is hot: a full table
+        return f"hybrid[{config.hot_rows}]+{_describe(dataclasses.replace(config, scheme=config.cold_scheme))}"
     if config.scheme in ("full", "hashing", "path"):
         return config.scheme if config.scheme != "path" else f"path{list(config.hidden_dims)}"
     return f"{config.scheme}-{config.operation}"

@@ -15,6 +15,12 @@ pieces connect them to TorchRec:
   bags is not, so those tables are looked up unpooled (a TorchRec ``EmbeddingCollection``), combined
   per id, and pooled afterwards. Declared one-hot features take the cheaper pooled path with ``mult``.
 
+Hybrid tables (``hot_rows``: ids ``x < K`` own a row of a hot table ``"<table>__hot"``, the others are
+shifted to ``x - K`` and partitioned as above) add the hot table as one more TorchRec table; the
+transform routes each id to the hot feature ``"<feature>__hot"`` or to the partition features. Pooled,
+a bag's vector is the hot table's pooled row plus the combined pooled cold rows, which is exact for
+sums with ``add``/``concat`` and for one-hot bags; otherwise each id's vector is formed and then pooled.
+
 ``DistributedModelParallel`` finds the inner TorchRec collections and shards the partition tables like
 any other tables; the wrapper itself holds no parameters and is replicated.
 
@@ -43,12 +49,14 @@ except ImportError as err:  # pragma: no cover - exercised only without TorchRec
 
 from ..embedding import EmbeddingCollection, combine, default_std, factor_stds
 from ..embedding.compositional import CompositionalEmbeddingBag, _table_dims
+from ..embedding.hybrid import HybridEmbeddingBag, assemble
 from ..embedding.init import OPERATIONS, uniform_
-from ..partitions import Partition
+from ..partitions import Identity, Partition, check_ids
 
 __all__ = [
     "CompositionalEmbeddingBagCollection",
     "PartitionIdTransform",
+    "hot_key",
     "partition_key",
     "partition_table_configs",
     "table_wise_constraints",
@@ -62,34 +70,47 @@ def partition_key(name: str, j: int) -> str:
     return f"{name}__p{j}"
 
 
+def hot_key(name: str) -> str:
+    """Name of the hot table or feature of the hybrid logical table or feature ``name``."""
+    return f"{name}__hot"
+
+
 def partition_table_configs(
-    table: EmbeddingBagConfig, partition: Partition, operation: str = "mult"
+    table: EmbeddingBagConfig, partition: Partition, operation: str = "mult", hot_rows: int = 0
 ) -> list[EmbeddingBagConfig]:
-    """Standard TorchRec configs of the ``k`` tables that replace the logical ``table``.
+    """Standard TorchRec configs of the tables that replace the logical ``table``.
 
     Table ``j`` has ``partition.table_sizes[j]`` rows, feature names ``"<feature>__p{j}"`` and the
     centred init whose combination has the spread of the full table's init (see ``embedding.init``).
+    With ``hot_rows = K > 0`` (a hybrid) the partition covers the ``n - K`` cold ids and a first
+    table ``"<table>__hot"`` of ``K`` rows, drawn as a full table of ``n`` rows, comes before them.
     """
-    if partition.num_embeddings != table.num_embeddings:
+    n = table.num_embeddings
+    if not 0 <= hot_rows < n:
+        raise ValueError(f"table {table.name!r}: hot_rows must be in [0, {n}) with a partition, got {hot_rows}")
+    if partition.num_embeddings != n - hot_rows:
         raise ValueError(
             f"table {table.name!r}: partition covers {partition.num_embeddings} ids "
-            f"but the table has {table.num_embeddings}"
+            f"but the table has {n - hot_rows}" + (f" cold ids ({n} - hot_rows {hot_rows})" if hot_rows else "")
         )
     if operation not in OPERATIONS:
         raise ValueError(f"table {table.name!r}: operation must be one of {OPERATIONS}, got {operation!r}")
     dims = _table_dims(operation, table.embedding_dim, partition.num_tables, None)
-    stds = factor_stds(default_std(table.num_embeddings), operation, partition.table_sizes)
+    stds = factor_stds(default_std(n), operation, partition.table_sizes)
+    hot = [(hot_key, hot_rows, table.embedding_dim, default_std(n))] if hot_rows else []
+    tables = hot + [(functools.partial(partition_key, j=j), rows, dim, std)
+                    for j, (rows, dim, std) in enumerate(zip(partition.table_sizes, dims, stds))]
     return [
         EmbeddingBagConfig(
             num_embeddings=rows,
             embedding_dim=dim,
-            name=partition_key(table.name, j),
-            feature_names=[partition_key(f, j) for f in table.feature_names],
+            name=key(table.name),
+            feature_names=[key(f) for f in table.feature_names],
             pooling=table.pooling,
             data_type=table.data_type,
-            init_fn=functools.partial(uniform_, std=std),
+            init_fn=functools.partial(uniform_, std=table_std),
         )
-        for j, (rows, dim, std) in enumerate(zip(partition.table_sizes, dims, stds))
+        for key, rows, dim, table_std in tables
     ]
 
 
@@ -98,15 +119,20 @@ class PartitionIdTransform:
 
     Args:
         partitions: feature name -> partition. Features without one pass through unchanged.
+        hot_rows: feature name -> K for hybrid features: ids ``x < K`` go to feature ``f__hot`` (row
+            ``x``), the others, shifted to ``x - K``, to the partition features (whose partition
+            covers the ``n - K`` cold ids).
 
     Shape:
         ``(features)`` a KJT with keys ``[f, ...]`` and values ``(N,)`` -> a KJT with keys
         ``[f__p0, .., f__p{k-1}, ...]`` (in input key order), each with ``f``'s lengths and weights and
-        values the class of each id in that partition.
+        values the class of each id in that partition. A hybrid feature gives ``[f__hot, f__p0, ..]``:
+        its hot ids with their per-bag counts, then its cold ids' classes with theirs.
     """
 
-    def __init__(self, partitions: Mapping[str, Partition]) -> None:
+    def __init__(self, partitions: Mapping[str, Partition], hot_rows: Mapping[str, int] | None = None) -> None:
         self.partitions = dict(partitions)
+        self.hot_rows = dict(hot_rows or {})
 
     def __call__(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         keys: list[str] = []
@@ -118,16 +144,30 @@ class PartitionIdTransform:
             if partition is None:
                 keys.append(name)
                 values.append(bags.values())
-            else:
-                try:
-                    classes = partition(bags.values())  # (N, k), validates the ids
-                except (IndexError, TypeError) as err:
-                    raise type(err)(f"feature {name!r}: {err}") from None
-                keys.extend(partition_key(name, j) for j in range(k))
-                values.append(classes.t().reshape(-1))  # partition 0's classes, then partition 1's, ...
-            lengths.append(bags.lengths().repeat(k))
-            if has_weights:
-                weights.append(bags.weights().repeat(k))
+                lengths.append(bags.lengths())
+                weights.append(bags.weights_or_none())
+                continue
+            ids, bag_lengths, bag_weights = bags.values(), bags.lengths(), bags.weights_or_none()
+            hot = self.hot_rows.get(name, 0)
+            try:
+                if hot:
+                    check_ids(ids, hot + partition.num_embeddings)
+                    is_hot = ids < hot
+                    bag = torch.repeat_interleave(torch.arange(bag_lengths.numel(), device=ids.device), bag_lengths)
+                    hot_lengths = torch.bincount(bag[is_hot], minlength=bag_lengths.numel()).to(bag_lengths.dtype)
+                    keys.append(hot_key(name))
+                    values.append(ids[is_hot])
+                    lengths.append(hot_lengths)
+                    weights.append(bag_weights[is_hot] if has_weights else None)
+                    ids, bag_lengths = ids[~is_hot] - hot, bag_lengths - hot_lengths
+                    bag_weights = bag_weights[~is_hot] if has_weights else None
+                classes = partition(ids)  # (N, k), validates the ids
+            except (IndexError, TypeError) as err:
+                raise type(err)(f"feature {name!r}: {err}") from None
+            keys.extend(partition_key(name, j) for j in range(k))
+            values.append(classes.t().reshape(-1))  # partition 0's classes, then partition 1's, ...
+            lengths.append(bag_lengths.repeat(k))
+            weights.append(bag_weights.repeat(k) if has_weights else None)
         return KeyedJaggedTensor(
             keys=keys,
             values=torch.cat(values),
@@ -148,6 +188,8 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             pool each partition table first (cheaper, and identical for such bags); other ``mult``
             features are looked up unpooled and combined per id before pooling. Checked at forward.
         is_weighted: the input KJT carries per-id weights (sum pooling).
+        hot_rows: table name -> K for hybrid tables: ids ``x < K`` own a row of the table's hot
+            table, the others use its partition, which covers the ``n - K`` cold ids (``x - K``).
         device: where the tables live.
 
     Shape:
@@ -163,6 +205,7 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         one_hot: bool | Collection[str] = False,
         is_weighted: bool = False,
         device: torch.device | str | None = None,
+        hot_rows: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         names = [t.name for t in tables]
@@ -171,6 +214,10 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         unknown = sorted(set(partitions) - set(names))
         if unknown:
             raise ValueError(f"partitions name tables that do not exist: {unknown}")
+        self.hot_rows = {t: k for t, k in (hot_rows or {}).items() if k}
+        unknown = sorted(set(self.hot_rows) - set(partitions))
+        if unknown:
+            raise ValueError(f"hot_rows name tables without a partition of their cold ids: {unknown}")
         features = [f for t in tables for f in t.feature_names]
         if not all(t.feature_names for t in tables) or len(set(features)) != len(features):
             raise ValueError("every table needs feature names, and each feature may feed only one table")
@@ -181,6 +228,7 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         self.modes: dict[str, str] = {}
         pooled: list[EmbeddingBagConfig] = []
         unpooled: list[EmbeddingConfig] = []
+        checked: list[EmbeddingBagConfig] = []  # pooled although bags of several ids would differ
         self.unpooled_tables: set[str] = set()
         for table in self._tables:
             if table.pooling not in _MODES:
@@ -190,21 +238,25 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             if partition is None:
                 pooled.append(table)
                 continue
-            configs = partition_table_configs(table, partition, self.operations[table.name])
+            operation, hot = self.operations[table.name], self.hot_rows.get(table.name, 0)
+            configs = partition_table_configs(table, partition, operation, hot_rows=hot)
             declared = one_hot if isinstance(one_hot, bool) else all(f in one_hot for f in table.feature_names)
-            if self.operations[table.name] == "mult" and len(configs) > 1 and (is_weighted or not declared):
-                # mult of pooled rows is not the pooled mult (nor, with weights, of one-id bags): look up per id.
+            mult = operation == "mult" and partition.num_tables > 1
+            # Pooling each table first is exact when the combine is linear (and, for a hybrid, when
+            # hot and cold ids are summed, not averaged together); for one-id bags it is exact too,
+            # except for mult with weights.
+            exact = not mult and (not hot or self.modes[table.name] == "sum")
+            if exact or (declared and not (mult and is_weighted)):
+                pooled.extend(configs)
+                if not exact:
+                    checked.append(table)
+            else:
                 self.unpooled_tables.add(table.name)
                 unpooled.extend(_unpooled_config(c) for c in configs)
-            else:
-                pooled.extend(configs)
-        self.one_hot_features = sorted(
-            f for t in self._tables if t.name in self.partitions and t.name not in self.unpooled_tables
-            and self.operations[t.name] == "mult" and len(self.partitions[t.name].table_sizes) > 1
-            for f in t.feature_names
-        )
+        self.one_hot_features = sorted(f for t in checked for f in t.feature_names)
         self.transform = PartitionIdTransform(
-            {f: self.partitions[t.name] for t in self._tables if t.name in self.partitions for f in t.feature_names}
+            {f: self.partitions[t.name] for t in self._tables if t.name in self.partitions for f in t.feature_names},
+            {f: self.hot_rows[t.name] for t in self._tables if t.name in self.hot_rows for f in t.feature_names},
         )
         # TorchRec's sharders find these two by type; the planner sees only the compressed tables.
         self.pooled = EmbeddingBagCollection(pooled, is_weighted=is_weighted, device=device) if pooled else None
@@ -247,12 +299,15 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
                     outputs.append(pooled[name])
                     continue
                 keys = [partition_key(name, j) for j in range(partition.num_tables)]
-                operation = self.operations[table.name]
+                operation, hot = self.operations[table.name], self.hot_rows.get(table.name, 0)
                 if table.name in self.unpooled_tables:
                     vectors = combine([per_id[key].values() for key in keys], operation)  # (N, D)
+                    if hot:
+                        vectors = assemble(bags[name].values() < hot, per_id[hot_key(name)].values(), vectors)
                     outputs.append(self._pool(vectors, bags[name], self.modes[table.name]))
                 else:
-                    outputs.append(combine([pooled[key] for key in keys], operation))
+                    out = combine([pooled[key] for key in keys], operation)
+                    outputs.append(pooled[hot_key(name)] + out if hot else out)
         return KeyedTensor(
             keys=self._embedding_names,
             values=torch.cat(outputs, dim=1),
@@ -278,8 +333,10 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
 
     # Weights
     def partition_weights(self, table: str) -> list[Tensor]:
-        """The ``k`` stored tables of a partitioned logical table (unsharded module only)."""
+        """The ``k`` stored tables of a partitioned logical table, a hybrid's hot table first (unsharded
+        module only)."""
         keys = [partition_key(table, j) for j in range(self.partitions[table].num_tables)]
+        keys = [hot_key(table)] * (table in self.hot_rows) + keys
         if table in self.unpooled_tables:
             return [self.unpooled.embeddings[key].weight for key in keys]
         return [self.pooled.embedding_bags[key].weight for key in keys]
@@ -295,28 +352,34 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         """The TorchRec equivalent of a compembed ``EmbeddingCollection`` (per-feature or fused), with a
         copy of its weights.
 
-        Every feature must be an operation-based bag (full, hashing, qr, gqr, crt) with sum or mean
-        pooling; path-based embeddings have no TorchRec form here.
+        Every feature must be an operation-based bag (full, hashing, qr, gqr, crt), or a hybrid of one,
+        with sum or mean pooling; path-based embeddings have no TorchRec form here.
         """
-        tables, partitions, operations = [], {}, {}
+        tables, partitions, operations, hot_rows = [], {}, {}, {}
         for config in collection.configs:
             module = collection.feature_module(config.name)
-            if not isinstance(module, CompositionalEmbeddingBag) or module.mode not in ("sum", "mean"):
+            mode, composed = getattr(module, "mode", None), module
+            if isinstance(module, HybridEmbeddingBag):
+                composed = module.cold  # None when every id is hot: then a full table
+                hot_rows[config.name] = module.hot_rows if composed is not None else 0
+            if not isinstance(composed, (CompositionalEmbeddingBag, type(None))) or mode not in ("sum", "mean"):
                 raise ValueError(
                     f"feature {config.name!r}: scheme {config.scheme!r} with mode {config.mode!r} has no "
-                    "TorchRec form here (needs an operation-based scheme with sum or mean pooling)"
+                    "TorchRec form here (needs an operation-based scheme, or a hybrid of one, with sum or "
+                    "mean pooling)"
                 )
-            if module.padding_idx is not None:
+            if composed is not None and composed.padding_idx is not None:
                 raise ValueError(f"feature {config.name!r}: padding_idx has no TorchRec equivalent")
             tables.append(
                 EmbeddingBagConfig(
                     num_embeddings=config.num_embeddings, embedding_dim=config.embedding_dim, name=config.name,
-                    feature_names=[config.name], pooling=PoolingType[module.mode.upper()],
+                    feature_names=[config.name], pooling=PoolingType[mode.upper()],
                 )
             )
-            partitions[config.name] = module.partition
-            operations[config.name] = module.operation
-        out = cls(tables, partitions, operations, one_hot=one_hot, is_weighted=is_weighted, device=device)
+            partitions[config.name] = composed.partition if composed is not None else Identity(config.num_embeddings)
+            operations[config.name] = composed.operation if composed is not None else "mult"
+        out = cls(tables, partitions, operations, one_hot=one_hot, is_weighted=is_weighted, device=device,
+                  hot_rows=hot_rows)
         with torch.no_grad():
             for name in collection.feature_names:
                 for target, source in zip(out.partition_weights(name), collection.table_weights(name)):

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from ..embedding import SCHEMES, EmbeddingCollection, FeatureConfig, FusedEmbeddingCollection, feature_configs
+from ..embedding import COLD_SCHEMES, SCHEMES, EmbeddingCollection, FeatureConfig, FusedEmbeddingCollection, feature_configs
 from ..embedding.init import OPERATIONS
 from .dcn import DCN
 from .dlrm import DLRM
@@ -33,11 +33,15 @@ class ModelConfig:
     Attributes:
         arch: ``dlrm`` or ``dcn``.
         embedding_dim: D, the width of every feature's vector.
-        scheme: ``full``, ``hashing``, ``qr``, ``gqr``, ``crt`` or ``path`` (see ``FeatureConfig``).
+        scheme: ``full``, ``hashing``, ``qr``, ``gqr``, ``crt``, ``path`` or ``hybrid`` (see ``FeatureConfig``).
         operation: ``mult``, ``add`` or ``concat`` for ``qr``/``gqr``/``crt``.
         num_collisions: ids per shared row (``hashing``, ``qr``, ``path``).
         num_partitions: k tables for ``gqr`` and ``crt``.
         path_hidden: hidden sizes of the per-class MLPs of ``path``.
+        hot_rows: for ``hybrid``, the K most frequent ids (with frequency-ordered ids) of every
+            compressed feature get rows of their own (a feature with ``n <= K`` gets a full table).
+        cold_scheme: for ``hybrid``, the scheme of the other ids (``full``, ``hashing``, ``qr``,
+            ``gqr`` or ``crt``, with the options above).
         threshold: compress only features with more categories than this (0: all; 200 is DLRM's default).
         bottom_mlp: DLRM bottom MLP hidden sizes (output: ``embedding_dim``).
         top_mlp: DLRM top MLP hidden sizes (output: one logit).
@@ -57,6 +61,8 @@ class ModelConfig:
     num_collisions: int = 4
     num_partitions: int = 3
     path_hidden: tuple[int, ...] = (64,)
+    hot_rows: int = 0
+    cold_scheme: str = "qr"
     threshold: int = 200
     bottom_mlp: tuple[int, ...] = (512, 256, 64)
     top_mlp: tuple[int, ...] = (512, 256)
@@ -80,6 +86,8 @@ class ModelConfig:
             (self.operation in OPERATIONS, f"operation must be one of {OPERATIONS}, got {self.operation!r}"),
             (self.embedding_dim >= 1, f"embedding_dim must be >= 1, got {self.embedding_dim}"),
             (self.num_collisions >= 1, f"num_collisions must be >= 1, got {self.num_collisions}"),
+            (self.hot_rows >= 0, f"hot_rows must be >= 0, got {self.hot_rows}"),
+            (self.cold_scheme in COLD_SCHEMES, f"cold_scheme must be one of {COLD_SCHEMES}, got {self.cold_scheme!r}"),
             (self.threshold >= 0, f"threshold must be >= 0, got {self.threshold}"),
             (self.cross_layers >= 0, f"cross_layers must be >= 0, got {self.cross_layers}"),
             (len(self.deep_mlp) >= 1, "deep_mlp needs at least one layer"),
@@ -89,12 +97,15 @@ class ModelConfig:
                 raise ValueError(f"model config: {message}")
 
     def label(self) -> str:
-        """``name`` if set, else a short name of the scheme: ``qr-mult/4``, ``planned[full 12, hybrid 14]``."""
+        """``name`` if set, else a short name of the scheme: ``qr-mult/4``, ``hybrid1000+qr-mult/4``,
+        ``planned[full 12, hybrid 14]``."""
         if self.name:
             return self.name
         if self.features:
             schemes = [v.get("scheme", self.scheme) for v in self.features.values()]
             return "planned[" + ", ".join(f"{s} {schemes.count(s)}" for s in sorted(set(schemes))) + "]"
+        if self.scheme == "hybrid":
+            return f"hybrid{self.hot_rows}+{dataclasses.replace(self, scheme=self.cold_scheme).label()}"
         if self.scheme == "full":
             return "full"
         if self.scheme in ("hashing", "qr", "path"):
@@ -115,7 +126,7 @@ def build_collection(
     configs = feature_configs(
         info.cardinalities, info.categorical_names, embedding_dim=config.embedding_dim, scheme=config.scheme,
         operation=config.operation, num_collisions=config.num_collisions, num_partitions=config.num_partitions,
-        hidden_dims=config.path_hidden,
+        hidden_dims=config.path_hidden, hot_rows=config.hot_rows, cold_scheme=config.cold_scheme,
     )
     unknown = sorted(set(config.features) - set(info.categorical_names))
     if unknown:

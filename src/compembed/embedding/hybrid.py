@@ -1,0 +1,187 @@
+"""Frequency-aware hybrid embeddings: the most frequent ids get rows of their own, the rest are compressed.
+
+With frequency-ordered ids (id 0 the most frequent value of the feature), the ``K`` most frequent
+ids ("hot", ``x < K``) each own one row of a full table ``H`` of ``K`` rows, and the other
+``n - K`` ids ("cold") are shifted to ``x - K`` in ``[0, n - K)`` and embedded by any
+operation-based scheme (full, hashing, qr, gqr, crt)::
+
+    e(x) = H[x]          if x < K
+    e(x) = cold(x - K)   otherwise
+
+Only the tables an id actually uses take part in its lookup and its gradient: a hot id puts no
+row (not even a zero one) into the cold tables' sparse gradient, so lazy sparse optimizers
+(SparseAdam, sparse AMSGrad) leave the state of unused rows alone.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..partitions import Partition, check_ids
+from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag
+from .init import default_std, uniform_
+from .pooling import MODES, pool_bags
+
+__all__ = ["HybridEmbeddingBag", "assemble"]
+
+
+class HybridEmbeddingBag(nn.Module):
+    """Hot ids ``x < K`` look up their own row; cold ids go through a compressed scheme; then bags pool.
+
+    Args:
+        num_embeddings: number of categories n; ids must lie in ``[0, n)``.
+        embedding_dim: size D of each output vector.
+        hot_rows: K, the number of hot ids with rows of their own, ``0 <= K <= n``. ``K = 0`` is the
+            cold scheme over all ids; ``K = n`` is a full table (and needs ``cold=None``).
+        cold: the embedding of the ``n - K`` cold ids: a ``Partition`` of ``n - K`` ids (a
+            ``CompositionalEmbeddingBag`` with ``operation`` is built over it) or an already built
+            ``CompositionalEmbedding`` / ``CompositionalEmbeddingBag`` of ``n - K`` ids and width D.
+        operation: how a ``cold`` partition's tables combine: ``mult``, ``add`` or ``concat``.
+        mode: bag pooling, ``sum``, ``mean`` or ``max`` (each id's vector is composed first).
+        sparse: sparse gradients for the hot table (and for a cold module built from a partition;
+            a given cold module must have the same setting).
+        include_last_offset: as ``nn.EmbeddingBag``.
+        init_std: std of every id's vector at init: the hot rows are drawn with it, and a cold
+            module built from a partition composes to it. Default ``1/sqrt(3n)``, a full table's.
+
+    Parameters: ``hot`` ``(K, D)`` (absent when ``K = 0``) and the cold module's tables
+    (``cold.weights``). ``weights`` lists them all, hot first; ``table_sizes`` gives their rows.
+
+    Shape:
+        ``forward(input, offsets=None, per_sample_weights=None)`` takes what ``nn.EmbeddingBag``
+        takes: input ``(B, L)``, or 1-D input ``(N,)`` with ``offsets`` ``(B,)`` (``(B+1,)`` with
+        ``include_last_offset``). Output ``(B, D)``. ``embed(input)``: ids ``(*)`` -> ``(*, D)``.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        hot_rows: int,
+        cold: Partition | CompositionalEmbedding | None = None,
+        operation: str = "mult",
+        mode: str = "sum",
+        sparse: bool = False,
+        include_last_offset: bool = False,
+        init_std: float | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(hot_rows, bool) or not isinstance(hot_rows, int) or not 0 <= hot_rows <= num_embeddings:
+            raise ValueError(f"hot_rows must be an int in [0, num_embeddings={num_embeddings}], got {hot_rows!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.hot_rows = hot_rows
+        self.mode = mode
+        self.sparse = sparse
+        self.include_last_offset = include_last_offset
+        self.init_std = default_std(num_embeddings) if init_std is None else float(init_std)
+        self.cold = self._cold_module(cold, operation, device, dtype)  # initialised as it is built
+        if hot_rows:
+            self.hot = nn.Parameter(torch.empty(hot_rows, embedding_dim, device=device, dtype=dtype))
+            uniform_(self.hot, self.init_std)
+        else:
+            self.register_parameter("hot", None)
+
+    def _cold_module(self, cold, operation, device, dtype) -> CompositionalEmbedding | None:
+        num_cold = self.num_embeddings - self.hot_rows
+        if num_cold == 0:
+            if cold is not None:
+                raise ValueError(f"hot_rows = num_embeddings = {self.num_embeddings} leaves no cold ids: cold must be None")
+            return None
+        if cold is None:
+            raise ValueError(f"cold is needed for the {num_cold} cold ids (num_embeddings - hot_rows)")
+        if not isinstance(cold, (Partition, CompositionalEmbedding)):
+            raise TypeError(f"cold must be a Partition or a CompositionalEmbedding(Bag), got {type(cold).__name__}")
+        if cold.num_embeddings != num_cold:
+            raise ValueError(
+                f"cold covers {cold.num_embeddings} ids but there are num_embeddings - hot_rows = "
+                f"{self.num_embeddings} - {self.hot_rows} = {num_cold} cold ids"
+            )
+        if isinstance(cold, Partition):
+            return CompositionalEmbeddingBag(
+                num_cold, self.embedding_dim, cold, operation=operation, mode=self.mode, sparse=self.sparse,
+                init_std=self.init_std, device=device, dtype=dtype,
+            )
+        if cold.embedding_dim != self.embedding_dim:
+            raise ValueError(f"cold has embedding_dim {cold.embedding_dim}, the hybrid {self.embedding_dim}")
+        if cold.padding_idx is not None or cold.sparse != self.sparse:
+            raise ValueError(f"cold must have no padding_idx and sparse={self.sparse}")
+        return cold
+
+    def reset_parameters(self) -> None:
+        """Cold tables first (as the cold scheme draws them), then the hot rows."""
+        if self.cold is not None:
+            self.cold.reset_parameters()
+        if self.hot is not None:
+            uniform_(self.hot, self.init_std)
+
+    @property
+    def weights(self) -> list[Tensor]:
+        """Every table ``(rows_t, d_t)``: the hot table (when ``K > 0``), then the cold tables."""
+        return ([self.hot] if self.hot is not None else []) + (list(self.cold.weights) if self.cold is not None else [])
+
+    @property
+    def table_sizes(self) -> tuple[int, ...]:
+        return tuple(w.shape[0] for w in self.weights)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def full_table_parameters(self) -> int:
+        return self.num_embeddings * self.embedding_dim
+
+    def split(self, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Route valid int64 ids ``(*)``: ``(is_hot (*), hot rows (H,), cold ids (C,))``.
+
+        The hot rows are the hot ids themselves, the cold ids are shifted to ``x - K``; both keep
+        the order of ``ids`` (row-major).
+        """
+        is_hot = ids < self.hot_rows
+        return is_hot, ids[is_hot], ids[~is_hot] - self.hot_rows
+
+    def embed(self, input: Tensor) -> Tensor:
+        """Vectors ``(*, D)`` of ids ``(*)``, before pooling."""
+        check_ids(input, self.num_embeddings)
+        ids = input.long()
+        if self.cold is None:
+            return F.embedding(ids, self.hot, sparse=self.sparse)
+        if self.hot is None:
+            return self.cold.embed(ids)
+        is_hot, hot_rows, cold_ids = self.split(ids)
+        return assemble(is_hot, F.embedding(hot_rows, self.hot, sparse=self.sparse), self.cold.embed(cold_ids))
+
+    def forward(
+        self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
+    ) -> Tensor:
+        return pool_bags(
+            self.embed(input), input, offsets, per_sample_weights, self.mode, include_last_offset=self.include_last_offset
+        )
+
+    def extra_repr(self) -> str:
+        s = f"{self.num_embeddings}, {self.embedding_dim}, hot_rows={self.hot_rows}, mode={self.mode!r}"
+        if self.sparse:
+            s += ", sparse=True"
+        if self.include_last_offset:
+            s += ", include_last_offset=True"
+        return s
+
+
+def assemble(is_hot: Tensor, hot: Tensor, cold: Tensor) -> Tensor:
+    """Per-id vectors ``(*, D)``: ``hot`` ``(H, D)`` where ``is_hot`` ``(*)`` holds, ``cold`` ``(C, D)`` elsewhere.
+
+    Each gets the gradient of its own positions only.
+    """
+    out = hot.new_empty(*is_hot.shape, hot.shape[-1])
+    out[is_hot] = hot
+    out[~is_hot] = cold
+    return out
