@@ -166,6 +166,7 @@ def test_demo_tiny(capsys):
     assert ["lower)" in line for line in rows] == [True, False, True]  # paired to hashing, not hashing itself
     per_seed = out[out.index("per seed, test loss:"):].split("\n")[0]
     assert "seed 0: full" in per_seed and "seed 1: full" in per_seed
+    assert "dead ReLU layers: none in 6 runs" in out
 
 
 def test_demo_keeps_the_data_fixed_across_model_seeds(capsys):

@@ -145,6 +145,11 @@ def run(args: argparse.Namespace) -> int:
     print("\nper seed, test loss: " + "; ".join(
         f"seed {seed}: " + ", ".join(f"{label} {rs[i]['evals']['test']['loss']:.5f}" for label, rs in runs.items())
         for i, seed in enumerate(args.seeds)))
+    dead = [f"{label} seed {seed}: {message}" for label, rs in runs.items()
+            for seed, r in zip(args.seeds, rs) for message in r["dead_layers"]]
+    total = sum(len(rs) for rs in runs.values())
+    print(f"dead ReLU layers: none in {total} runs" if not dead else
+          f"dead ReLU layers in {len(dead)} of {total} runs: " + "; ".join(dead))
     print(f"\n({time.perf_counter() - started:.0f}s in all; 'vs full' is the tables' compression, 'loss gap' the "
           f"mean test loss relative to full tables, '- {hashing} (paired)' the per-seed difference to hashing: "
           f"its mean, t statistic and the seeds where the scheme's loss was lower)")
