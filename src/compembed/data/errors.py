@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 __all__ = ["InputError", "BadLine", "BadLineReport"]
 
 
+_NO_HINT = ("empty_dataset", "empty_file", "too_many_bad_lines")
+
+
 class InputError(ValueError):
     """Malformed input, located by file, line and column (1-based; 0 when not applicable)."""
 
@@ -16,7 +19,8 @@ class InputError(ValueError):
         where = f"{path}:{line}" if line else str(path)
         if column:
             where += f": column {column}" + (f" ({feature})" if feature else "")
-        hint = "" if kind in ("empty_dataset",) else " (use --skip-bad-lines to skip and count bad lines)"
+        # no hint where skipping cannot help, or was asked for (too many bad lines)
+        hint = "" if kind in _NO_HINT else " (use --skip-bad-lines to skip and count bad lines)"
         super().__init__(f"{where}: {message}{hint}")
 
     def __reduce__(self):  # picklable across worker processes

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..io import check_input_files
 from .criteo import CriteoBlock, read_criteo
 from .criteo_spec import CATEGORICAL_NAMES, DENSE_NAMES
 from .dataset import ID_ORDERS, DatasetInfo
@@ -71,6 +72,8 @@ class CriteoPrepareConfig:
             raise ValueError(f"days must be >= 2, got {self.days}")
         if self.min_freq < 1:
             raise ValueError(f"min_freq must be >= 1, got {self.min_freq}")
+        if not self.checkpoint_seconds >= 0:
+            raise ValueError(f"checkpoint_seconds must be >= 0, got {self.checkpoint_seconds}")
         if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
             raise ValueError("need val_fraction, test_fraction >= 0 with a sum below 1")
         if self.id_order not in ID_ORDERS:
@@ -222,13 +225,21 @@ class _Pass1:
         return True
 
     def close(self) -> None:
+        """Close every scratch file (all of them even when one fails, e.g. on a full disk; then raise)."""
+        failed = None
         for fh in self.files.values():
-            fh.close()
+            try:
+                fh.close()
+            except OSError as err:
+                failed = failed or err
+        if failed is not None:
+            raise failed
 
     def finish(self) -> None:
-        """Remove the scratch files and checkpoints once pass 2 has used them."""
+        """Remove the scratch files and checkpoints once pass 2 has used them (and the temporary file of a
+        checkpoint that failed, e.g. on a full disk)."""
         for p in self.store.tmp.iterdir():
-            if p.suffix in (".scratch", ".npz") or p.name == "checkpoint.json":
+            if p.suffix in (".scratch", ".npz", ".tmp") or p.name == "checkpoint.json":
                 p.unlink()
 
 
@@ -303,18 +314,17 @@ def prepare_criteo(
     ``max_bad_lines`` lines are bad or no valid line is left); ``FileExistsError`` if ``out`` exists and
     not ``overwrite``. The output appears atomically when everything is written.
 
-    Pass 1 checkpoints every ``checkpoint_seconds`` into ``<out>.partial``, which an interrupted run
-    (Ctrl-C or a kill) leaves behind: ``resume=True`` continues from the last checkpoint when the inputs
-    (paths, sizes, modification times) and options are the same, and gives the same dataset as an
-    uninterrupted run; otherwise the stale directory is discarded and the run starts over.
+    Pass 1 checkpoints every ``checkpoint_seconds`` and at its end into ``<out>.partial``, which an
+    interrupted run (Ctrl-C or a kill) or an I/O error (``OSError``: a full disk, say) leaves behind:
+    ``resume=True`` continues from the last checkpoint when the inputs (paths, sizes, modification times)
+    and options are the same, and gives the same dataset as an uninterrupted run; otherwise the stale
+    directory is discarded and the run starts over.
     """
     cfg = config or CriteoPrepareConfig()
     inputs = [Path(p) for p in inputs]
     if not inputs:
         raise ValueError("no input files")
-    for p in inputs:
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: no such file")
+    check_input_files(inputs)
     t0 = time.perf_counter()
     total_bytes = sum(p.stat().st_size for p in inputs)
     nf, nd = len(CATEGORICAL_NAMES), len(DENSE_NAMES)
@@ -328,6 +338,7 @@ def prepare_criteo(
         report = state.report
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="parse", disable=not progress)
         last_checkpoint = time.monotonic()
+        block, too_many = None, False
         try:
             blocks = read_criteo(inputs, cfg.block_bytes, report if cfg.skip_bad_lines else None,
                                  on_progress=bar.update, workers=cfg.workers, start=state.position,
@@ -335,18 +346,21 @@ def prepare_criteo(
             for block in blocks:
                 state.add(block)
                 bar.set_postfix(rows=state.rows, bad=report.total, refresh=False)
-                if cfg.max_bad_lines is not None and report.total > cfg.max_bad_lines:
+                too_many = cfg.max_bad_lines is not None and report.total > cfg.max_bad_lines
+                if too_many:
                     break
                 if block.synced and time.monotonic() - last_checkpoint >= cfg.checkpoint_seconds:
                     state.save(block.resume_at)
                     last_checkpoint = time.monotonic()
+            if block is not None and not too_many:
+                state.save(block.resume_at)  # the end of pass 1: an I/O error in pass 2 resumes there
         finally:
             bar.close()
             state.close()
         counters, missing_counts, n = state.counters, state.missing_counts, state.rows
-        if cfg.max_bad_lines is not None and report.total > cfg.max_bad_lines:
-            raise InputError(str(inputs[0]), 0, 0, "too_many_bad_lines",
-                             f"more than {cfg.max_bad_lines} bad lines:\n{report.summary()}")
+        if too_many:  # named by the file whose lines passed the limit (the report lists the others)
+            raise InputError(str(inputs[block.resume_at[0]]), 0, 0, "too_many_bad_lines",
+                             f"more than {cfg.max_bad_lines} bad lines (--max-bad-lines):\n{report.summary()}")
         if n == 0:
             raise InputError(", ".join(map(str, inputs)), 0, 0, "empty_dataset",
                              "no valid lines" + (f"\n{report.summary()}" if report.total else ""))

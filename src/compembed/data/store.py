@@ -22,6 +22,7 @@ dataset that opens.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import fsync_dir, write_json_atomic
+from ..io import fsync_dir, named_os_error, write_json_atomic
 from .dataset import SPLITS, ArrayDataset, DatasetInfo
 
 __all__ = ["FORMAT", "StoreBuilder", "open_dataset", "read_meta", "DatasetFormatError"]
@@ -48,12 +49,14 @@ class DatasetFormatError(ValueError):
 class StoreBuilder:
     """Builds a dataset directory under a temporary name; ``commit`` moves it into place.
 
-    Use as a context manager: leaving the block with an exception removes the temporary directory.
+    Use as a context manager: leaving the block with an exception removes the temporary directory (but see
+    ``resumable``); an I/O error that names no file (a write on an open file) is raised naming it.
     """
 
     def __init__(self, path: str | os.PathLike, overwrite: bool = False, resumable: bool = False) -> None:
         """``resumable``: build in the fixed directory ``<path>.partial`` (reusing one left by an
-        interrupted run) and keep it when interrupted by ``KeyboardInterrupt``."""
+        interrupted run) and keep it when interrupted by ``KeyboardInterrupt`` or an I/O error (``OSError``:
+        a full disk, say), so that the run can go on from its last checkpoint."""
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} already exists (pass overwrite=True / --overwrite to replace it)")
@@ -70,8 +73,13 @@ class StoreBuilder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and not (self.resumable and issubclass(exc_type, KeyboardInterrupt)):
+        if exc_type is None:
+            return
+        if not (self.resumable and issubclass(exc_type, (KeyboardInterrupt, OSError))):
             self.abort()
+        named = named_os_error(exc, self.tmp)
+        if named is not None:
+            raise named from exc
 
     def clear(self) -> None:
         """Empty the temporary directory (a stale one that is not resumed)."""
@@ -183,8 +191,11 @@ class NpyWriter:
 def read_meta(path: str | os.PathLike) -> dict:
     path = Path(path)
     meta_path = path / "meta.json"
+    made_by = "prepare one with `compembed prepare` or `compembed synth`"
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, f"no such dataset directory ({made_by})", str(path))
     if not path.is_dir():
-        raise DatasetFormatError(f"{path}: not a directory (prepare one with `compembed prepare` or `compembed synth`)")
+        raise NotADirectoryError(errno.ENOTDIR, f"not a directory, so not a dataset ({made_by})", str(path))
     if not meta_path.exists():
         raise DatasetFormatError(f"{path}: no meta.json, so not a complete prepared dataset")
     try:

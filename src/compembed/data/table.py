@@ -28,6 +28,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from ..io import check_input_files
 from .dataset import ID_ORDERS, DatasetInfo
 from .errors import BadLine, BadLineReport, InputError
 from .prepare import PrepareResult, random_split_codes
@@ -229,9 +230,8 @@ def prepare_table(
     """Prepare CSV/TSV (plain or gzip) or Parquet files ``inputs`` (same columns) into the dataset ``out``."""
     t0 = time.perf_counter()
     paths = [Path(p) for p in inputs]
+    check_input_files(paths)
     for p in paths:
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: no such file")
         if p.stat().st_size == 0:
             raise InputError(str(p), 0, 0, "empty_file", "file is empty")
     report = BadLineReport()
