@@ -10,6 +10,7 @@ from torch import nn
 
 from ..embedding import COLD_SCHEMES, SCHEMES, EmbeddingCollection, FeatureConfig, FusedEmbeddingCollection, feature_configs
 from ..embedding.init import OPERATIONS
+from ..schema import check_fields, check_value, field_types
 from .dcn import DCN
 from .dlrm import DLRM
 
@@ -72,25 +73,30 @@ class ModelConfig:
     name: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("path_hidden", "bottom_mlp", "top_mlp", "deep_mlp"):
-            setattr(self, name, tuple(int(v) for v in getattr(self, name)))
-        self.features = {str(k): dict(v) for k, v in self.features.items()}
-        settable = {f.name for f in dataclasses.fields(FeatureConfig)} - {"name", "num_embeddings", "embedding_dim"}
+        check_fields(self, "model config")
+        settable = field_types(FeatureConfig).keys() - {"name", "num_embeddings", "embedding_dim"}
         for feature, overrides in self.features.items():
             unknown = sorted(set(overrides) - settable)
             if unknown:
                 raise ValueError(f"model config: features.{feature}: unknown key(s) {unknown}; known: {sorted(settable)}")
+            # lists, not tuples, as a config read from TOML has them (so stored and current configs compare equal)
+            self.features[feature] = {
+                k: _plain(check_value(v, field_types(FeatureConfig)[k], f"features.{feature}.{k}", "model config"))
+                for k, v in overrides.items()}
+        layers = {name: getattr(self, name) for name in ("path_hidden", "bottom_mlp", "top_mlp", "deep_mlp")}
         checks = [
             (self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}"),
             (self.scheme in SCHEMES, f"scheme must be one of {SCHEMES}, got {self.scheme!r}"),
             (self.operation in OPERATIONS, f"operation must be one of {OPERATIONS}, got {self.operation!r}"),
             (self.embedding_dim >= 1, f"embedding_dim must be >= 1, got {self.embedding_dim}"),
             (self.num_collisions >= 1, f"num_collisions must be >= 1, got {self.num_collisions}"),
+            (self.num_partitions >= 1, f"num_partitions must be >= 1, got {self.num_partitions}"),
             (self.hot_rows >= 0, f"hot_rows must be >= 0, got {self.hot_rows}"),
             (self.cold_scheme in COLD_SCHEMES, f"cold_scheme must be one of {COLD_SCHEMES}, got {self.cold_scheme!r}"),
             (self.threshold >= 0, f"threshold must be >= 0, got {self.threshold}"),
             (self.cross_layers >= 0, f"cross_layers must be >= 0, got {self.cross_layers}"),
             (len(self.deep_mlp) >= 1, "deep_mlp needs at least one layer"),
+            *((min(sizes, default=1) >= 1, f"{name} sizes must be >= 1, got {list(sizes)}") for name, sizes in layers.items()),
         ]
         for ok, message in checks:
             if not ok:
@@ -112,6 +118,10 @@ class ModelConfig:
             head = {"hashing": "hashing", "qr": f"qr-{self.operation}", "path": f"path{list(self.path_hidden)}"}
             return f"{head[self.scheme]}/{self.num_collisions}"
         return f"{self.scheme}-{self.operation}/k{self.num_partitions}"
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def build_collection(

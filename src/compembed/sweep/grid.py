@@ -36,8 +36,14 @@ class Cell:
 
 
 def cell_key(config: TrainConfig) -> str:
-    """A stable id of a run's config: finished cells are found again by it when a sweep resumes."""
-    text = json.dumps(config_to_dict(config), sort_keys=True)
+    """A stable id of a run's config: finished cells are found again by it when a sweep resumes.
+
+    ``[data]`` keeps its synthetic settings even for a prepared dataset (which ``config_to_dict`` leaves
+    out), so that sweeps begun before that change find their cells again.
+    """
+    raw = config_to_dict(config)
+    raw["data"] = {k: v for k, v in dataclasses.asdict(config.data).items() if v is not None and v != ""}
+    text = json.dumps(raw, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 

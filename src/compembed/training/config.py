@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,8 +11,10 @@ from typing import Any
 
 import tomli_w
 
+from ..data.dataset import SPLITS
 from ..io import atomic_write_bytes
 from ..models import ModelConfig
+from ..schema import check_fields
 
 __all__ = ["OPTIMIZERS", "DEFAULT_LR", "DEFAULT_EMBEDDING_LR", "OptimConfig", "DataConfig", "TrainConfig", "load_config",
            "save_config", "config_to_dict", "config_from_dict"]
@@ -55,6 +59,7 @@ class OptimConfig:
     warmup_steps: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self, "optim config")
         if self.name not in OPTIMIZERS:
             raise ValueError(f"optim config: name must be one of {OPTIMIZERS}, got {self.name!r}")
         if self.embedding_update not in EMBEDDING_UPDATES:
@@ -73,9 +78,16 @@ class OptimConfig:
 class DataConfig:
     """Where the data comes from.
 
+    The four synthetic settings (``rows``, ``cardinality_scale``, ``seed``, ``id_order``) mean
+    nothing for a prepared dataset: its config, as written (``config_to_dict``, ``config.toml``),
+    leaves them out.
+
     Attributes:
         source: ``synthetic`` (the built-in Criteo-like generator) or the directory of a dataset
-            prepared by ``compembed prepare``.
+            prepared by ``compembed prepare``, made absolute here (relative to the current
+            directory), so that a stored config finds its data from any folder. A relative path in a
+            config written by an older version is resolved the same way, relative to the current
+            directory, as that version did.
         rows: synthetic rows in all (split into train/val/test by the generator).
         cardinality_scale: synthetic cardinalities are the Criteo Kaggle ones times this factor.
         seed: seed of the synthetic generator (the data itself; ``train.seed`` drives the model).
@@ -91,6 +103,15 @@ class DataConfig:
     id_order: str = "value"
 
     def __post_init__(self) -> None:
+        if isinstance(self.source, os.PathLike):
+            self.source = os.fspath(self.source)
+        check_fields(self, "data config")
+        if not self.source:
+            raise ValueError("data config: source must be 'synthetic' or a dataset directory, got ''")
+        if self.source != "synthetic":
+            self.source = os.path.abspath(self.source)
+        if self.seed < 0:
+            raise ValueError(f"data config: seed must be >= 0, got {self.seed}")
         if self.rows < 1:
             raise ValueError(f"data config: rows must be >= 1, got {self.rows}")
         if not self.cardinality_scale > 0:
@@ -139,11 +160,14 @@ class TrainConfig:
     keep_best: bool = True
 
     def __post_init__(self) -> None:
-        self.eval_splits = tuple(self.eval_splits)
+        check_fields(self, "train config")
+        unknown = [s for s in self.eval_splits if s not in SPLITS]
+        if unknown:
+            raise ValueError(f"train config: eval_splits: unknown split(s) {unknown}; the splits are {list(SPLITS)}")
         for key in ("batch_size", "eval_batch_size", "epochs", "log_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"train config: {key} must be >= 1, got {getattr(self, key)}")
-        for key in ("max_steps", "checkpoint_every", "threads", "eval_every", "early_stopping"):
+        for key in ("max_steps", "seed", "checkpoint_every", "threads", "eval_every", "early_stopping"):
             if getattr(self, key) < 0:
                 raise ValueError(f"train config: {key} must be >= 0, got {getattr(self, key)}")
         if (self.eval_every or self.early_stopping) and "val" not in self.eval_splits:
@@ -152,6 +176,7 @@ class TrainConfig:
 
 
 _SECTIONS = {"model": ModelConfig, "optim": OptimConfig, "data": DataConfig}
+SYNTHETIC_ONLY = ("rows", "cardinality_scale", "seed", "id_order")  # DataConfig fields of synthetic data alone
 
 
 def _plain(value: Any) -> Any:
@@ -160,7 +185,8 @@ def _plain(value: Any) -> Any:
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     """TOML-ready nested dict: ``[train]``, ``[model]``, ``[optim]``, ``[data]`` (None values, empty
-    strings and empty tables left out, so configs written before a field existed keep their meaning and their sweep keys)."""
+    strings and empty tables left out, so configs written before a field existed keep their meaning and their
+    sweep keys; the synthetic settings of ``[data]`` left out for a prepared dataset)."""
     out: dict[str, Any] = {"train": {}}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
@@ -168,6 +194,8 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
             out[f.name] = {k: _plain(v) for k, v in dataclasses.asdict(value).items() if v is not None and v != {} and v != ""}
         else:
             out["train"][f.name] = _plain(value)
+    if config.data.source != "synthetic":
+        out["data"] = {k: v for k, v in out["data"].items() if k not in SYNTHETIC_ONLY}
     return out
 
 
@@ -204,8 +232,8 @@ def load_config(path: str | Path) -> TrainConfig:
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
+        raise FileNotFoundError(errno.ENOENT, "no such config file", str(path)) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid TOML: {err}") from None
     return config_from_dict(raw, where=str(path))
 
