@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,7 @@ def test_clear_errors(tmp_path, capsys):
     assert "holds no run" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "nan"), "--optimizer", "sgd", "--lr", "1e30", *TINY]) == 3
     assert "training loss is" in capsys.readouterr().err
-    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d"), "--no-progress"]) == 2
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d"), "--no-progress"]) == 4
     assert "nowhere" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--bottom-mlp", "12,x"])
@@ -179,3 +180,26 @@ def test_demo_keeps_the_data_fixed_across_model_seeds(capsys):
     assert bayes[0] == bayes[1]
     assert main([*common, "--seeds", "0", "--data-seed", "1"]) == 0
     assert capsys.readouterr().out.split("Bayes-optimal test loss (true click probabilities): ")[1][:7] != bayes[0]
+
+
+def test_run_files_get_the_umask_mode_and_the_data_path_is_stored_absolute(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o022)
+    try:
+        assert main(["synth", "--out", "ds", "--rows", "3000", "--scale", "0.0005", "--quiet"]) == 0
+        assert main(["train", "--data", "ds", "--out", "run", *TINY[4:], "--max-steps", "4",
+                     "--checkpoint-every", "2"]) == 0
+    finally:
+        os.umask(old)
+    run = tmp_path / "run"
+    files = sorted(run.iterdir())
+    assert {p.name for p in files} >= {"config.toml", "checkpoint.safetensors", "best.safetensors", "summary.json"}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: "0o644" for p in files}
+    config = load_config(run / "config.toml")
+    assert config.data.source == str(tmp_path / "ds")
+    assert tomllib.loads((run / "config.toml").read_text())["data"] == {"source": str(tmp_path / "ds")}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the run finds its data from any folder
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0
+    assert main(["train", "--resume", "--out", str(run), "--no-progress"]) == 0

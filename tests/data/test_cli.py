@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ def test_synth_dataset_and_text(tmp_path: Path, capsys: pytest.CaptureFixture) -
     freq = open_dataset(tmp_path / "f")
     assert freq.info.id_order == "frequency" and all((np.diff(c) <= 0).all() for c in freq.info.counts.values())
     np.testing.assert_array_equal(np.asarray(freq.click_prob), np.asarray(ds.click_prob))  # a relabelling
-    assert main(["synth", "--out", str(tmp_path / "s"), "--rows", "10", "--quiet"]) == 1  # exists
+    assert main(["synth", "--out", str(tmp_path / "s"), "--rows", "10", "--quiet"]) == 2  # exists: usage
     assert "already exists" in capsys.readouterr().err
 
     text = tmp_path / "s.tsv.gz"
@@ -48,13 +49,26 @@ def test_synth_dataset_and_text(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert open_dataset(tmp_path / "p").info.split_sizes["train"] == 4 * 429 + 2 * 428  # divmod(3000, 7) = (428, 4)
 
 
+def test_dataset_files_get_the_umask_mode(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        assert main(["synth", "--out", str(tmp_path / "s"), "--rows", "2000", "--quiet"]) == 0
+        assert main(["synth", "--out", str(tmp_path / "s.tsv"), "--rows", "2000", "--quiet", "--format", "criteo"]) == 0
+        assert main(["prepare", "criteo", str(tmp_path / "s.tsv"), "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    finally:
+        os.umask(old)
+    files = [tmp_path / "s.tsv", *(tmp_path / "s").iterdir(), *(tmp_path / "p").iterdir()]
+    assert {"meta.json", "cardinalities.json", "vocab.json", "sparse.npy"} <= {p.name for p in files}
+    assert {str(p): oct(p.stat().st_mode & 0o777) for p in files} == {str(p): "0o644" for p in files}
+
+
 def test_prepare_criteo_error_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "bad.tsv"
     bad.write_text("1\t2\n")
-    assert main(["prepare", "criteo", str(bad), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    assert main(["prepare", "criteo", str(bad), "--out", str(tmp_path / "o"), "--quiet"]) == 3  # bad data
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "bad.tsv:1: column 3" in err and "Traceback" not in err
-    assert main(["prepare", "criteo", str(bad), "--out", str(tmp_path / "o"), "--quiet", "--skip-bad-lines"]) == 1
+    assert main(["prepare", "criteo", str(bad), "--out", str(tmp_path / "o"), "--quiet", "--skip-bad-lines"]) == 3
     assert "no valid lines" in capsys.readouterr().err
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..benchmarks.report import to_markdown
 from ..benchmarks.runner import PRESETS, run_benchmark
 from ..io import atomic_write_text
+from .errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,8 +42,7 @@ def run(args: argparse.Namespace) -> int:
         config.scaling_cardinalities = ()
     for name in ("rounds", "steps", "batch", "threads"):
         if getattr(config, name) < 1:
-            print(f"error: --{name} must be >= 1, got {getattr(config, name)}", file=sys.stderr)
-            return 2
+            raise UsageError(f"--{name} must be >= 1, got {getattr(config, name)}")
     command = "compembed " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "compembed bench"
     result = run_benchmark(config, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     result["command"] = command

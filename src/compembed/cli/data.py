@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
-
-from ..data.errors import InputError
-from ..data.store import DatasetFormatError
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train split, or not there), 2.. = values (see --id-order). Vocabularies, per-id counts (counts.npy)\n"
         "and dense statistics come from the train split only.\n"
         "Output DIR: dense.npy, sparse.npy, labels.npy, counts.npy, meta.json, cardinalities.json, vocab.json;\n"
-        "it appears only when complete (built under DIR.partial, then renamed). An interrupted run\n"
-        "(Ctrl-C, kill) goes on from its last checkpoint (every minute) with --resume.\n\n"
+        "it appears only when complete (built under DIR.partial, then renamed). A run stopped by Ctrl-C, a\n"
+        "kill or an I/O error (a full disk) goes on from its last checkpoint (see --checkpoint-every) with\n"
+        "--resume.\n\n"
         "examples:\n"
         "  compembed prepare criteo train.txt.gz --out data/criteo           # paper's 7-day split\n"
         "  compembed prepare criteo day_0.gz day_1.gz --out data/tb --split random --min-freq 3\n"
@@ -52,13 +50,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last checkpoint (kept in DIR.partial; "
                    "same inputs and options), instead of starting over")
+    c.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds between checkpoints of the parsing pass, which --resume continues from; also "
+                   "one at its end (default: 60)")
     c.add_argument("--workers", type=int, default=1,
                    help="processes that parse blocks in parallel (default: 1; try the number of free cores)")
     _bad_line_options(c)
     c.add_argument("--max-bad-lines", type=int, default=None,
                    help="with --skip-bad-lines, fail once more lines than this are bad (default: no limit)")
     _common(c)
-    c.set_defaults(func=run_prepare_criteo)
+    c.set_defaults(func=run_prepare_criteo, resume_hint=_prepare_resume_hint)
 
     t = kinds.add_parser(
         "table", help="your own CTR table: CSV/TSV with a header (plain or gzip) or Parquet",
@@ -151,9 +152,11 @@ def _cols(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
-def _fail(e: Exception) -> int:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+def _prepare_resume_hint(args: argparse.Namespace) -> str | None:
+    partial = Path(args.out).with_name(f"{Path(args.out).name}.partial")
+    if not (partial / "checkpoint.json").is_file():
+        return None
+    return f"progress is kept in {partial}: run the same command with --resume to go on from it"
 
 
 def _summary(result) -> None:
@@ -178,17 +181,14 @@ def _summary(result) -> None:
 def run_prepare_criteo(args: argparse.Namespace) -> int:
     from ..data.prepare import CriteoPrepareConfig, prepare_criteo
 
-    try:
-        cfg = CriteoPrepareConfig(
-            split=args.split, days=args.days, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-            seed=args.seed, min_freq=args.min_freq, skip_bad_lines=args.skip_bad_lines,
-            max_bad_lines=args.max_bad_lines, write_vocab=not args.no_vocab, workers=args.workers,
-            id_order=args.id_order, dense_transform=args.dense_transform,
-        )
-        result = prepare_criteo(args.inputs, args.out, cfg, overwrite=args.overwrite, progress=not args.quiet,
-                                resume=args.resume)
-    except (InputError, FileExistsError, FileNotFoundError, ValueError) as e:
-        return _fail(e)
+    cfg = CriteoPrepareConfig(
+        split=args.split, days=args.days, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        seed=args.seed, min_freq=args.min_freq, skip_bad_lines=args.skip_bad_lines,
+        max_bad_lines=args.max_bad_lines, write_vocab=not args.no_vocab, workers=args.workers,
+        id_order=args.id_order, dense_transform=args.dense_transform, checkpoint_seconds=args.checkpoint_every,
+    )
+    result = prepare_criteo(args.inputs, args.out, cfg, overwrite=args.overwrite, progress=not args.quiet,
+                            resume=args.resume)
     _summary(result)
     return 0
 
@@ -196,39 +196,31 @@ def run_prepare_criteo(args: argparse.Namespace) -> int:
 def run_prepare_table(args: argparse.Namespace) -> int:
     from ..data.table import TableSpec, prepare_table
 
-    try:
-        spec = TableSpec(
-            label=args.label, categorical=_cols(args.categorical), dense=_cols(args.dense),
-            multi_hot=_cols(args.multi_hot), multi_hot_sep=args.sep, delimiter=args.delimiter,
-            dense_transform=args.dense_transform, min_freq=args.min_freq, split=args.split,
-            val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
-            skip_bad_lines=args.skip_bad_lines, id_order=args.id_order,
-        )
-        result = prepare_table(args.inputs, args.out, spec, overwrite=args.overwrite, progress=not args.quiet)
-    except (InputError, FileExistsError, FileNotFoundError, ValueError) as e:
-        return _fail(e)
+    spec = TableSpec(
+        label=args.label, categorical=_cols(args.categorical), dense=_cols(args.dense),
+        multi_hot=_cols(args.multi_hot), multi_hot_sep=args.sep, delimiter=args.delimiter,
+        dense_transform=args.dense_transform, min_freq=args.min_freq, split=args.split,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+        skip_bad_lines=args.skip_bad_lines, id_order=args.id_order,
+    )
+    result = prepare_table(args.inputs, args.out, spec, overwrite=args.overwrite, progress=not args.quiet)
     _summary(result)
     return 0
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..data.export import save_synthetic, write_criteo_text
     from ..data.synthetic import SyntheticConfig, SyntheticCTR
 
-    try:
-        ds = SyntheticCTR(SyntheticConfig(num_rows=args.rows, cardinality_scale=args.scale, seed=args.seed,
-                                          val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                                          id_order=args.id_order))
-        if args.format == "criteo":
-            if Path(args.out).exists() and not args.overwrite:
-                raise FileExistsError(f"{args.out} already exists (pass --overwrite to replace it)")
-            path = write_criteo_text(ds, args.out, progress=not args.quiet)
-        else:
-            path = save_synthetic(ds, args.out, overwrite=args.overwrite, progress=not args.quiet)
-    except (FileExistsError, ValueError, DatasetFormatError) as e:
-        return _fail(e)
+    ds = SyntheticCTR(SyntheticConfig(num_rows=args.rows, cardinality_scale=args.scale, seed=args.seed,
+                                      val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                                      id_order=args.id_order))
+    if args.format == "criteo":
+        if Path(args.out).exists() and not args.overwrite:
+            raise FileExistsError(f"{args.out} already exists (pass --overwrite to replace it)")
+        path = write_criteo_text(ds, args.out, progress=not args.quiet)
+    else:
+        path = save_synthetic(ds, args.out, overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {path}: {args.rows:,} rows, splits "
           + ", ".join(f"{k} {v:,}" for k, v in ds.info.split_sizes.items()))
     if args.format == "dataset":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
@@ -84,7 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--memory", action="store_true",
                    help="instead: memory of the full-size Criteo tables per scheme, and a QR uniqueness check")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, resume_hint=lambda a: a.out and f"finished runs are kept under {a.out}: the same "
+                   "command goes on from them")
 
 
 def demo_configs(args: argparse.Namespace, seed: int):
@@ -107,16 +107,12 @@ def demo_configs(args: argparse.Namespace, seed: int):
 def run(args: argparse.Namespace) -> int:
     if args.memory:
         return run_memory(args)
-    from ..training.loop import NonFiniteLossError, open_data, train
+    from ..training.loop import open_data, train
     from ..training.report import format_seed_table
 
     configs = demo_configs(args, args.seeds[0])
     started = time.perf_counter()
-    try:
-        dataset = open_data(configs[0].data)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    dataset = open_data(configs[0].data)
     info = dataset.info
     source = "synthetic Criteo-like data" if args.data == "synthetic" else f"dataset {args.data}"
     print(f"{args.arch.upper()} on {source}: {info.split_sizes.get('train', 0):,} train / "
@@ -133,11 +129,7 @@ def run(args: argparse.Namespace) -> int:
             label = config.model.label()
             out = Path(args.out) / f"{label.replace('/', '-')}-seed{seed}" if args.out else None
             print(f"training {label} (seed {seed}) ...", flush=True)
-            try:
-                result = train(config, dataset, out_dir=out, resume=out is not None, progress=not args.no_progress)
-            except (NonFiniteLossError, ValueError) as err:
-                print(f"error: {label}: {err}", file=sys.stderr)
-                return 3
+            result = train(config, dataset, out_dir=out, resume=out is not None, progress=not args.no_progress)
             runs.setdefault(label, []).append(result.to_dict())
     hashing = next((label for label in runs if label.startswith("hashing")), None)
     print()

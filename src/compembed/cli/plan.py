@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 from .train import add_config_options, config_from_args
@@ -36,22 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_plan(args: argparse.Namespace) -> int:
     from ..models import build_collection
-    from ..planning import PlanError, budget_for_compression, parse_bytes, plan_for_dataset
+    from ..planning import budget_for_compression, parse_bytes, plan_for_dataset
     from ..training.config import save_config
     from ..training.loop import open_data
 
-    try:
-        config = config_from_args(args)
-        source = args.data if args.data == "synthetic" else str(Path(args.data).resolve())
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=source))
-        dataset = open_data(config.data)
-        info, dim, optimizer = dataset.info, config.model.embedding_dim, config.optim.name
-        budget = (parse_bytes(args.budget) if args.budget is not None
-                  else budget_for_compression(info.cardinalities, args.compression, dim, optimizer))
-        plan = plan_for_dataset(info, budget, embedding_dim=dim, optimizer=optimizer, hot_share=args.hot_share)
-    except (PlanError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # (a PlanError is a ValueError: exit code 2, the budget or the data's id order does not allow a plan)
+    config = config_from_args(args, source=args.data if args.data == "synthetic" else str(Path(args.data).resolve()))
+    dataset = open_data(config.data)
+    info, dim, optimizer = dataset.info, config.model.embedding_dim, config.optim.name
+    budget = (parse_bytes(args.budget) if args.budget is not None
+              else budget_for_compression(info.cardinalities, args.compression, dim, optimizer))
+    plan = plan_for_dataset(info, budget, embedding_dim=dim, optimizer=optimizer, hot_share=args.hot_share)
     print(plan.summary())
     model = dataclasses.replace(config.model, features=plan.overrides(), threshold=0)
     config = dataclasses.replace(config, model=model)

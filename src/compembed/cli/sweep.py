@@ -61,7 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="runs at once, each in its own process (use --threads 1 with it; 2 suits 2 cores)")
     p.add_argument("--list", action="store_true", help="print the cells and exit without training")
     p.add_argument("--report-only", action="store_true", help="rebuild the table, plots and report from finished cells")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, resume_hint=_resume_hint)
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    out = args.out or Path("runs") / f"sweep-{args.preset}"
+    return f"finished cells are kept in {out / 'cells'}: the same command goes on from them"
 
 
 def build_spec(args: argparse.Namespace):
@@ -91,16 +96,8 @@ def run(args: argparse.Namespace) -> int:
     if "budget" in spec.studies:  # the budget study sizes its cells from the data's cardinalities and counts
         from ..training.loop import open_data
 
-        try:
-            info = open_data(spec.base.data).info
-        except (ValueError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-    try:
-        cells = spec.cells(info)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        info = open_data(spec.base.data).info
+    cells = spec.cells(info)
     if args.list:
         for c in cells:
             m = c.config.model

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import sys
 from pathlib import Path
 
 from ..embedding import COLD_SCHEMES, SCHEMES
 from ..models import ARCHS, ModelConfig
-from ..training.config import OPTIMIZERS, DataConfig, OptimConfig, TrainConfig, load_config, save_config
+from ..training.config import OPTIMIZERS, SYNTHETIC_ONLY, DataConfig, OptimConfig, TrainConfig, load_config, save_config
+from .errors import UsageError
 
 # (section, field, flag, argparse options). Every default is None so that only the options a user
 # gives override the config file; the help shows the built-in default.
@@ -90,18 +92,28 @@ def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
         groups[section].add_argument(flag, dest=f"{section}.{name}", default=None, **kwargs)
 
 
-def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
-    """``base`` (or the config file, or the defaults) with the given options applied."""
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None, source: str | None = None) -> TrainConfig:
+    """``base`` (or the config file, or the defaults) with the given options applied, and with the data
+    ``source`` if given. Options of synthetic data given for a prepared dataset are ignored, with a warning
+    (the run's config does not record them)."""
     config = base or (load_config(args.config) if getattr(args, "config", None) else TrainConfig())
     changes: dict[str, dict] = {}
     for section, name, _, _ in OPTIONS:
         value = getattr(args, f"{section}.{name}", None)
         if value is not None:
             changes.setdefault(section, {})[name] = value
+    if source is not None:
+        changes.setdefault("data", {})["source"] = source
     top = changes.pop("train", {})
     for section, values in changes.items():
         top[section] = dataclasses.replace(getattr(config, section), **values)
-    return dataclasses.replace(config, **top)
+    config = dataclasses.replace(config, **top)
+    synthetic = [flag for section, name, flag, _ in OPTIONS
+                 if section == "data" and name in SYNTHETIC_ONLY and getattr(args, f"{section}.{name}", None) is not None]
+    if synthetic and config.data.source != "synthetic":
+        print(f"warning: {', '.join(synthetic)}: options of synthetic data, ignored for the prepared dataset "
+              f"{config.data.source}", file=sys.stderr)
+    return config
 
 
 def given_options(args: argparse.Namespace) -> list[str]:
@@ -129,7 +141,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--features", action="store_true", help="also print the per-feature memory table")
     add_config_options(p)
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=run_train, resume_hint=_train_resume_hint)
 
     e = subparsers.add_parser(
         "evaluate",
@@ -149,39 +161,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_evaluate)
 
 
-def _fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
+def _train_resume_hint(args: argparse.Namespace) -> str | None:
+    from ..training.loop import CONFIG
+
+    if args.write_config or not (Path(args.out) / CONFIG).is_file():
+        return None
+    return f"the run so far is kept: continue it with `compembed train --resume --out {args.out}`"
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..training.loop import CONFIG, NonFiniteLossError, train
+    from ..training.loop import CONFIG, train
     from ..training.report import format_table
 
     out = Path(args.out)
-    try:
-        if args.resume:
-            if args.config or given_options(args):
-                return _fail(f"--resume continues the run described by {out / CONFIG}; it takes no --config or "
+    if args.resume:
+        if args.config or given_options(args):
+            raise UsageError(f"--resume continues the run described by {out / CONFIG}; it takes no --config or "
                              f"run options (got {', '.join(given_options(args)) or '--config'})")
-            if not (out / CONFIG).exists():
-                return _fail(f"--resume: {out} holds no run ({CONFIG} is missing)")
-            config = load_config(out / CONFIG)
-        else:
-            config = config_from_args(args)
-        if args.write_config:
-            save_config(config, args.write_config)
-            print(f"wrote {args.write_config}")
-            return 0
-        result = train(config, out_dir=out, resume=args.resume, progress=not args.no_progress)
-    except NonFiniteLossError as err:
-        return _fail(str(err), 3)
-    except (ValueError, FileExistsError, FileNotFoundError, KeyError) as err:
-        return _fail(str(err).strip("'\""))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: continue from the last checkpoint with `compembed train --resume --out {out}`",
-              file=sys.stderr)
-        return 130
+        if not (out / CONFIG).exists():
+            raise UsageError(f"--resume: {out} holds no run ({CONFIG} is missing)")
+        config = load_config(out / CONFIG)
+    else:
+        config = config_from_args(args)
+    if args.write_config:
+        save_config(config, args.write_config)
+        print(f"wrote {args.write_config}")
+        return 0
+    result = train(config, out_dir=out, resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports, as only it writes the run directory
     print(format_table([result.to_dict()], split="test" if "test" in result.evals else next(iter(result.evals), "test")))
@@ -210,18 +216,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..training.report import format_table, memory_report
 
     run_dir = Path(args.run_dir)
-    try:
-        config = load_config(run_dir / CONFIG)
-        if args.data:
-            config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=args.data))
-        dataset = open_data(config.data)
-        model = build_model(config.model, dataset.info)
-        best = run_dir / BEST
-        load_checkpoint(best if best.exists() and not args.last else run_dir / CHECKPOINT, model)
-        with torch.no_grad():
-            evals = {s: evaluate(model, dataset, s, args.batch_size) for s in args.split}
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        return _fail(str(err).strip("'\""))
+    if not run_dir.exists():
+        raise FileNotFoundError(errno.ENOENT, "no such run directory", str(run_dir))
+    if not run_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory, so not a run of `compembed train`", str(run_dir))
+    config = load_config(run_dir / CONFIG)
+    if args.data:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=args.data))
+    dataset = open_data(config.data)
+    model = build_model(config.model, dataset.info)
+    best = run_dir / BEST
+    load_checkpoint(best if best.exists() and not args.last else run_dir / CHECKPOINT, model)
+    with torch.no_grad():
+        evals = {s: evaluate(model, dataset, s, args.batch_size) for s in args.split}
     row = {"arch": config.model.arch, "label": config.model.label(), "memory": memory_report(model).to_dict(),
            "evals": {k: v.to_dict() for k, v in evals.items()}, "samples_per_s": None}
     for split in args.split:
