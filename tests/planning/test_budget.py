@@ -49,3 +49,18 @@ def test_parse_and_format_bytes():
     assert format_bytes(812) == "812 B"
     assert format_bytes(64 * 2**20) == "64.0 MiB"
     assert format_bytes(3 * 2**30) == "3.0 GiB"
+
+
+@pytest.mark.parametrize("method", ["hashing", "qr", "gqr"])
+@pytest.mark.parametrize("ratio", [4, 16, 64])
+def test_uniform_methods_are_sized_close_to_the_budget(method, ratio):
+    from compembed.data.criteo_spec import KAGGLE_CARDINALITIES
+    from compembed.planning import budget_for_compression, match_budget
+
+    cards = [max(4, int(c * 0.05)) for c in KAGGLE_CARDINALITIES]
+    budget = budget_for_compression(cards, ratio)
+    features, size, knob = match_budget(method, cards, budget)
+    configs = [FeatureConfig(f"C{j + 1}", n, **features[f"C{j + 1}"]) for j, n in enumerate(cards)]
+    assert size == sum(feature_bytes(c, "adagrad") for c in configs) == 2 * EmbeddingCollection(configs, device="meta").num_bytes
+    assert 0.9 * budget <= size <= budget
+    assert all(c.scheme == "full" for c in configs if c.num_embeddings <= 200)

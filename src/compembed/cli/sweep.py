@@ -151,7 +151,8 @@ def _budget_report(args, spec, info, rows, out: Path, cells: int) -> int:
         f"{sum(info.cardinalities):,} categories in {len(info.cardinalities)} features. "
         f"Recipe, the same for every method and not tuned per method: batch {b.batch_size}, {b.epochs} epoch(s), "
         f"{list(spec.optimizers)} with dense lr {b.optim.lr} and table lr {b.optim.embedding_lr or b.optim.lr}, "
-        f"validation every {b.eval_every or 'epoch'} steps with the best validation checkpoint kept; seeds "
+        f"validation {f'every {b.eval_every} steps' if b.eval_every else 'at the end of each epoch'}, the best "
+        f"validation checkpoint kept; seeds "
         f"{list(spec.seeds)}. Bytes are the fp32 tables; each method is sized to the largest configuration that fits "
         f"the budget of tables plus optimizer state (`planning.match_budget`, `compembed plan`). "
         f"Command: `compembed {' '.join(args.argv)}`")
