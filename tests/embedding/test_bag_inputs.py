@@ -1,0 +1,101 @@
+"""Bag inputs (offsets, per-sample weights) are checked by one shared function in every bag module."""
+import pytest
+import torch
+
+from compembed.embedding import (
+    CompositionalEmbeddingBag,
+    EmbeddingCollection,
+    FullEmbeddingBag,
+    FusedEmbeddingCollection,
+    HashEmbeddingBag,
+    HybridEmbeddingBag,
+    PathEmbeddingBag,
+    feature_configs,
+)
+from compembed.embedding.pooling import _offsets_valid, check_bag_inputs
+from compembed.partitions import QuotientRemainder
+
+N = 100
+# Every bag module, by the path its offsets take: pool_bags (composed, hybrid, path) or one fused embedding_bag.
+MODULES = {
+    "qr": lambda **kw: CompositionalEmbeddingBag(N, 4, QuotientRemainder(N, 4), **kw),
+    "full": lambda **kw: FullEmbeddingBag(N, 4, **kw),
+    "hashing": lambda **kw: HashEmbeddingBag(N, 4, num_buckets=30, **kw),
+    "hybrid": lambda **kw: HybridEmbeddingBag(N, 4, 10, QuotientRemainder(N - 10, 4), **kw),
+    "path": lambda **kw: PathEmbeddingBag(N, 4, QuotientRemainder(N, 4), hidden_dims=(8,), **kw),
+}
+IDS = torch.tensor([3, 1, 4, 1, 5, 9, 2])  # 7 ids
+
+BAD = [
+    ([0, 2, -1], r"offsets\[2\] = -1 \(the start of bag 2\) is negative"),
+    ([1, 2, 4], r"offsets\[0\] = 1 \(the start of bag 0\) must be 0"),
+    ([0, 4, 2, 5], r"non-decreasing: offsets\[2\] = 2 \(the start of bag 2\) is below offsets\[1\] = 4"),
+    ([0, 2, 8], r"offsets\[2\] = 8 \(the start of bag 2\) is past the end of the input \(7 ids\)"),
+    ([], r"offsets is empty, so the 7 ids belong to no bag"),
+]
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+@pytest.mark.parametrize("offsets,message", BAD)
+def test_bad_offsets_are_refused_naming_the_bag(name, offsets, message):
+    module = MODULES[name]()
+    with pytest.raises(ValueError, match=message):
+        module(IDS, torch.tensor(offsets, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_include_last_offset_must_end_at_the_input_end(name):
+    module = MODULES[name](include_last_offset=True)
+    assert module(IDS, torch.tensor([0, 2, 2, 7])).shape == (3, 4)  # an empty bag is fine
+    with pytest.raises(ValueError, match=r"must equal the number of ids 7, got offsets\[3\] = 6 \(the end of bag 2\)"):
+        module(IDS, torch.tensor([0, 2, 2, 6]))  # would drop the last id silently
+    with pytest.raises(ValueError, match=r"offsets\[3\] = 8 \(the end of bag 2\) is past the end"):
+        module(IDS, torch.tensor([0, 2, 2, 8]))
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_valid_offsets_and_weights_pass(name):
+    module = MODULES[name]()
+    out = module(IDS, torch.tensor([0, 2, 2, 7], dtype=torch.int32))  # int32 offsets, an empty bag, bag at the end
+    assert out.shape == (4, 4) and torch.isfinite(out).all()
+    assert module(IDS, torch.tensor([0, 7])).shape == (2, 4)  # the last bag may start at the end: empty
+    with pytest.raises(TypeError, match="offsets must be an int64 or int32 tensor, got torch.float32"):
+        module(IDS, torch.tensor([0.0, 2.0]))
+    with pytest.raises(ValueError, match=r"offsets must be 1-D \(one start per bag\), got shape \(2, 1\)"):
+        module(IDS, torch.tensor([[0], [2]]))
+    if module.mode == "sum":
+        # Weights of another dtype are converted to the tables' (float64 and int alike).
+        weights = torch.arange(7, dtype=torch.float64)
+        expected = module(IDS, torch.tensor([0, 3]), weights.float())
+        torch.testing.assert_close(module(IDS, torch.tensor([0, 3]), weights), expected)
+        torch.testing.assert_close(module(IDS, torch.tensor([0, 3]), weights.long()), expected)
+        with pytest.raises(ValueError, match=r"per_sample_weights must have the shape of the ids \(7,\), got \(6,\)"):
+            module(IDS, torch.tensor([0, 3]), torch.ones(6))
+        with pytest.raises(TypeError, match="per_sample_weights must be a real tensor, got list"):
+            module(IDS, torch.tensor([0, 3]), [1.0] * 7)
+
+
+@pytest.mark.parametrize("cls", [EmbeddingCollection, FusedEmbeddingCollection])
+def test_collections_name_the_feature_of_bad_offsets(cls):
+    collection = cls(feature_configs([N, 500], names=["a", "b"], scheme="qr", embedding_dim=4), threshold=0)
+    good = {"a": torch.randint(0, N, (3, 1)), "b": (torch.tensor([1, 2, 3, 4]), torch.tensor([0, 1, 4]))}
+    assert collection(good).shape == (3, 2, 4)
+    bad = dict(good, b=(torch.tensor([1, 2, 3, 4]), torch.tensor([0, -3, 4])))
+    with pytest.raises(ValueError, match=r"feature 'b' \(column 1\): offsets\[1\] = -3 \(the start of bag 1\) is negative"):
+        collection(bad)
+
+
+@pytest.mark.parametrize("one_sync", [False, True])
+def test_both_formulations_of_the_fast_check_agree(one_sync):
+    # The accelerator's one-sync form and the CPU's scalar form (both run here on CPU tensors).
+    for offsets, ok in [([0, 2, 2, 7], True), ([0], True), ([0, 7], True), ([1, 2], False), ([0, 3, 2], False),
+                        ([0, 8], False), ([0, -1, 3], False)]:
+        assert _offsets_valid(torch.tensor(offsets), 7, False, one_sync) is ok, offsets
+    assert _offsets_valid(torch.tensor([0, 3, 7]), 7, True, one_sync)
+    assert not _offsets_valid(torch.tensor([0, 3, 6]), 7, True, one_sync)
+
+
+def test_two_dimensional_ids_and_no_offsets_need_no_check():
+    check_bag_inputs(torch.zeros(3, 2, dtype=torch.int64), None)
+    check_bag_inputs(torch.zeros(3, dtype=torch.int64), torch.tensor([0, 1, 3]), torch.ones(3))
+    check_bag_inputs(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64))  # no bags, no ids
