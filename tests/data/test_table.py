@@ -1,6 +1,7 @@
 """Generic CTR tables: MovieLens as CTR (multi-hot genres), CSV/TSV/Parquet, bad rows."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from pathlib import Path
@@ -125,6 +126,29 @@ def test_csv_bad_rows_error_or_skip(tmp_path: Path) -> None:
     values, offsets = ds.multi_hot["tags"]
     np.testing.assert_array_equal(np.asarray(offsets), [0, 2, 3, 4])
     np.testing.assert_array_equal(np.asarray(values), [2, 3, 3, 0])  # x=2, y=3, empty bag -> [missing]
+
+
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("name", ["t.csv", "t.tsv.gz"])
+def test_utf8_byte_order_mark_is_accepted(tmp_path: Path, skip: bool, name: str) -> None:
+    src = tmp_path / name
+
+    def write(rows) -> None:  # a byte-order mark, then the header and rows
+        sep = "\t" if ".tsv" in name else ","
+        data = ("\ufeff" + "".join(sep.join(row) + "\n" for row in [("y", "u", "n"), *rows])).encode()
+        src.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+
+    write([("1", "a", "1.5"), ("0", "b", "2")])
+    spec = TableSpec(label="y", categorical=["u"], dense=["n"], split="none", dense_transform="none",
+                     skip_bad_lines=skip)
+    result = prepare_table([src], tmp_path / "o", spec, progress=False)
+    assert result.num_rows == 2 and result.report.total == 0  # the header is found, the first row kept
+    ds = open_dataset(tmp_path / "o")
+    np.testing.assert_array_equal(np.asarray(ds.labels), [1, 0])
+    np.testing.assert_allclose(np.asarray(ds.dense)[:, 0], [1.5, 2.0])
+    write([("1", "a", "1"), ("2", "b", "1")])  # lines are numbered as without the mark
+    with pytest.raises(InputError, match=rf"{name}:3: column 1: y: label must be 0 or 1, got '2'"):
+        prepare_table([src], tmp_path / "o2", dataclasses.replace(spec, skip_bad_lines=False), progress=False)
 
 
 def test_bad_label_and_dense_errors_name_line(tmp_path: Path) -> None:

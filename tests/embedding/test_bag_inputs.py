@@ -99,3 +99,29 @@ def test_two_dimensional_ids_and_no_offsets_need_no_check():
     check_bag_inputs(torch.zeros(3, 2, dtype=torch.int64), None)
     check_bag_inputs(torch.zeros(3, dtype=torch.int64), torch.tensor([0, 1, 3]), torch.ones(3))
     check_bag_inputs(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64))  # no bags, no ids
+
+
+@pytest.mark.parametrize("cls", [EmbeddingCollection, FusedEmbeddingCollection])
+def test_features_with_different_batch_sizes_are_named(cls):
+    collection = cls(feature_configs([N, 500, 40], names=["a", "b", "c"], scheme="qr", embedding_dim=4), threshold=0)
+    one_hot = {"a": torch.randint(0, N, (3, 1)), "b": torch.randint(0, 500, (4, 1)), "c": torch.randint(0, 40, (3, 1))}
+    message = r"the features have different batch sizes \(3 bags: 'a', 'c'; 4 bags: 'b'\); each needs one bag per row"
+    with pytest.raises(ValueError, match=message):
+        collection(one_hot)
+    with pytest.raises(ValueError, match=message):  # the same with bags given as values and offsets
+        collection(dict(one_hot, b=(torch.tensor([1, 2, 3]), torch.tensor([0, 1, 1, 2]))))
+
+
+def test_fused_collection_takes_int32_ids_like_the_per_feature_one():
+    configs = feature_configs([N, 500], names=["a", "b"], scheme="qr", embedding_dim=4)
+    torch.manual_seed(1)
+    per_feature = EmbeddingCollection(configs, threshold=0)
+    torch.manual_seed(1)  # the same initial tables
+    fused = FusedEmbeddingCollection(configs, threshold=0)
+    ids = torch.stack([torch.randint(0, N, (6,)), torch.randint(0, 500, (6,))], 1)
+    for dtype in (torch.int32, torch.int16):
+        torch.testing.assert_close(fused(ids.to(dtype)), per_feature(ids.to(dtype)))
+        torch.testing.assert_close(fused(ids.to(dtype)), fused(ids))
+    torch.testing.assert_close(fused({"a": ids[:, :1].int(), "b": ids[:, 1:].int()}), fused(ids))
+    with pytest.raises(TypeError, match="ids must be an integer tensor \\(int64 or int32\\), got dtype torch.float32"):
+        fused(ids.float())
