@@ -1,4 +1,6 @@
 """Bag inputs (offsets, per-sample weights) are checked by one shared function in every bag module."""
+import re
+
 import pytest
 import torch
 
@@ -125,3 +127,67 @@ def test_fused_collection_takes_int32_ids_like_the_per_feature_one():
     torch.testing.assert_close(fused({"a": ids[:, :1].int(), "b": ids[:, 1:].int()}), fused(ids))
     with pytest.raises(TypeError, match="ids must be an integer tensor \\(int64 or int32\\), got dtype torch.float32"):
         fused(ids.float())
+
+
+# ---- property-based: random ids, offsets and weights against a bag-by-bag reference
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_BUILT: dict = {}
+
+
+def _module(name: str, mode: str, last: bool):
+    key = (name, mode, last)
+    if key not in _BUILT:
+        torch.manual_seed(0)
+        _BUILT[key] = MODULES[name](mode=mode, include_last_offset=last).eval()
+    return _BUILT[key]
+
+
+def _reference(module, ids: list[int], bounds: list[int], weights: list[float] | None) -> torch.Tensor:
+    """Each bag pooled one by one from the per-id vectors (an empty bag is zeros)."""
+    vectors = module.embed(torch.tensor(ids, dtype=torch.int64))
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        bag = vectors[a:b] * (torch.tensor(weights[a:b]).unsqueeze(1) if weights is not None else 1)
+        if b == a:
+            out.append(torch.zeros(vectors.shape[1]))
+        else:
+            out.append({"sum": bag.sum(0), "mean": bag.mean(0), "max": bag.max(0).values}[module.mode])
+    return torch.stack(out) if out else torch.zeros(0, vectors.shape[1])
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(name=st.sampled_from(sorted(MODULES)), mode=st.sampled_from(["sum", "mean", "max"]), last=st.booleans(),
+       ids=st.lists(st.integers(-2, N + 2), max_size=12), lengths=st.lists(st.integers(0, 4), max_size=6),
+       offsets_noise=st.one_of(st.none(), st.tuples(st.integers(0, 6), st.integers(-9, 9))),
+       weighted=st.sampled_from(["none", "right", "short"]))
+def test_random_bag_inputs_pool_like_the_reference_or_name_the_problem(name, mode, last, ids, lengths, offsets_noise,
+                                                                        weighted):
+    module = _module(name, mode, last)
+    starts = [0, *torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist()]
+    ids = ids[: starts[-1]] + [0] * max(0, starts[-1] - len(ids))  # the bags cover the ids exactly
+    offsets = starts if last else starts[:-1]
+    if offsets_noise is not None and offsets:  # change one offset by a random amount
+        i, delta = offsets_noise
+        offsets = list(offsets)
+        offsets[i % len(offsets)] += delta
+    weights = None if weighted == "none" else [0.5 + i for i in range(max(0, len(ids) - (weighted == "short")))]
+    problems = set()
+    if any(not 0 <= x < N for x in ids):
+        problems.add(r"id -?\d+ at position \d+ is out of range")
+    bounds = [*offsets, len(ids)] if not last else offsets
+    if not offsets or offsets[0] != 0 or any(b < a for a, b in zip(bounds[:-1], bounds[1:])) or bounds[-1] != len(ids):
+        if offsets or ids or last:
+            problems.add(r"offsets(\[\d+\] = -?\d+ \((the start|the end) of bag \d+\)| is empty)")
+    if weights is not None and (len(weights) != len(ids) or mode != "sum"):
+        problems.add("per_sample_weights")
+    args = (torch.tensor(ids, dtype=torch.int64), torch.tensor(offsets, dtype=torch.int64),
+            None if weights is None else torch.tensor(weights))
+    if not problems:
+        with torch.no_grad():
+            torch.testing.assert_close(module(*args), _reference(module, ids, bounds, weights))
+        return
+    with pytest.raises((ValueError, TypeError, IndexError, NotImplementedError)) as err:
+        module(*args)
+    assert any(re.search(p, str(err.value)) for p in problems), (problems, str(err.value))

@@ -16,7 +16,9 @@ class InputError(ValueError):
         where = f"{path}:{line}" if line else str(path)
         if column:
             where += f": column {column}" + (f" ({feature})" if feature else "")
-        hint = "" if kind in ("empty_dataset",) else " (use --skip-bad-lines to skip and count bad lines)"
+        # Kinds that skipping cannot help: no rows, or a file whose later lines cannot be trusted.
+        hint = "" if kind in ("empty_dataset", "bad_encoding", "unmatched_quote") else \
+            " (use --skip-bad-lines to skip and count bad lines)"
         super().__init__(f"{where}: {message}{hint}")
 
     def __reduce__(self):  # picklable across worker processes

@@ -64,7 +64,7 @@ def _offsets_problem(offsets: Tensor, n: int, include_last_offset: bool) -> str:
     count = offsets.numel()
 
     def at(i: int) -> str:
-        what = f"the end of bag {i - 1}" if include_last_offset and i == count - 1 else f"the start of bag {i}"
+        what = f"the end of bag {i - 1}" if include_last_offset and 0 < i == count - 1 else f"the start of bag {i}"
         return f"offsets[{i}] = {int(offsets[i])} ({what})"
 
     def first(mask: Tensor) -> int | None:
