@@ -151,6 +151,34 @@ def test_utf8_byte_order_mark_is_accepted(tmp_path: Path, skip: bool, name: str)
         prepare_table([src], tmp_path / "o2", dataclasses.replace(spec, skip_bad_lines=False), progress=False)
 
 
+@pytest.mark.parametrize("text,skip,where,kind", [
+    (b"y,u,n\n1,a,1\n\n\r\n0,b,x\n", False, ":5: column 3: n: 'x'", "bad_dense"),  # empty lines counted
+    (b"u,n,y\n\na,1,1\nb,2,5\n", False, ":4: column 3: y: label must be 0 or 1", "bad_label"),  # the file's column
+    (b"y,u,n\n1,\xe9,1\n0,b,2\n", True, ":2: column 2: byte 0xe9 is not UTF-8", "bad_encoding"),
+    (b"y,u,n\n1,a,1\n0,\xe9\n", True, ":3: column 2: byte 0xe9 is not UTF-8", "bad_encoding"),  # in a malformed row
+    (b"y,u\xe9,n\n1,a,1\n", False, ":1: column 2: byte 0xe9 is not UTF-8", "bad_encoding"),  # in the header
+    (b'y,u,n\n1,a,"1\n0,b,2\n1,c,3\n', True, ":2: column 3: a quoted value runs past the end", "unmatched_quote"),
+    (b'y,u,n\n1,"a,1\n0,b,2\n', True, ":2: column 2: a quoted value runs past the end", "unmatched_quote"),
+])
+def test_table_errors_are_located_in_the_file(tmp_path: Path, text: bytes, skip: bool, where: str, kind: str) -> None:
+    # Bad UTF-8 and an unmatched quote (which would swallow the rows after it) stop the run even when skipping.
+    src = tmp_path / "t.csv"
+    src.write_bytes(text)
+    spec = TableSpec(label="y", categorical=["u"], dense=["n"], skip_bad_lines=skip)
+    with pytest.raises(InputError) as err:
+        prepare_table([src], tmp_path / "o", spec, progress=False)
+    assert err.value.kind == kind and where in str(err.value), str(err.value)
+    assert ("--skip-bad-lines" in str(err.value)) == (kind in ("bad_dense", "bad_label"))
+
+
+def test_skipped_rows_are_counted_once_with_their_line_and_column(tmp_path: Path) -> None:
+    src = _csv(tmp_path / "t.csv", "y,u,n\n1,a\n\n0,b,2\n1,c,x\n")
+    spec = TableSpec(label="y", categorical=["u"], dense=["n"], split="none", skip_bad_lines=True)
+    result = prepare_table([src], tmp_path / "o", spec, progress=False)
+    assert result.num_rows == 1
+    assert [(b.line, b.column, b.kind) for b in result.report.examples] == [(2, 3, "field_count"), (5, 3, "bad_dense")]
+
+
 def test_bad_label_and_dense_errors_name_line(tmp_path: Path) -> None:
     src = _csv(tmp_path / "t.tsv", "y\tu\tn\n1\ta\t1\n0\tb\tinf\n")
     with pytest.raises(InputError, match=r"t.tsv:3: .*'inf' is not a finite number"):
