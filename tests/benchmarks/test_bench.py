@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from compembed.benchmarks.report import to_markdown
-from compembed.benchmarks.runner import PRESETS, BenchConfig, Measurement, run_benchmark, summarize
+from compembed.benchmarks.runner import PRESETS, BenchConfig, Measurement, offset_check_cost, run_benchmark, summarize
 from compembed.benchmarks.variants import (
     VARIANTS, FBGEMMFullTables, NoTables, PooledQREmbeddings, build_variant, fbgemm_unavailable, make_optimizer,
 )
@@ -78,7 +78,7 @@ def test_fbgemm_full_tables_lookup_and_fused_sgd():
     torch.testing.assert_close(after[0][row], expected)
 
 
-@pytest.mark.parametrize("task", ["emb", "dlrm", "sgemm", "idle"])
+@pytest.mark.parametrize("task", ["emb", "bags", "dlrm", "sgemm", "idle"])
 def test_worker_steps_run(task):
     spec = dict(task=task, variant="qr", cardinalities=CARDS, dim=8, batch=32, threshold=50, collisions=4)
     step, facts = build_step(spec)
@@ -89,6 +89,25 @@ def test_worker_steps_run(task):
         assert facts["flop_per_sample"] == 6 * macs
     if task == "emb":
         assert facts["full_table_parameters"] == sum(CARDS) * 8
+    if task == "bags":
+        assert facts["offset_check_s"] > 0
+
+
+def test_offset_check_cost_from_measurements():
+    def m(name, speeds, **facts):
+        return Measurement("bags", name, samples_per_s=speeds, peak_rss=1, facts=facts)
+
+    results = {"checked": m("checked", [990.0, 1000.0, 1010.0], offset_check_s=0.001),
+               "unchecked": m("unchecked", [1000.0, 1000.0, 1000.0], offset_check_s=0.001)}
+    check = offset_check_cost(BenchConfig(batch=1000), results)
+    assert check["step_s"] == pytest.approx(1.0) and check["cost"] == pytest.approx(0.001)
+    assert check["ab_cost"] == pytest.approx(0.0) and check["ab_cost_rounds"][0] == pytest.approx(1000 / 990 - 1)
+    out = summarize(BenchConfig(), {}, [], {}, 1.0, check)
+    target = next(t for t in out["targets"] if t["target"].startswith("offsets check"))
+    assert target["value"] == pytest.approx(0.001) and target["met"] is True
+    assert "<= 0.02" in to_markdown(out) and "0.100% of the step" in to_markdown(out)
+    results["checked"] = Measurement("bags", "checked", skipped="worker failed: boom")
+    assert offset_check_cost(BenchConfig(), results)["skipped"] == "worker failed: boom"
 
 
 def test_mlp_flops_counts_linear_layers():
@@ -123,8 +142,12 @@ def test_tiny_run_end_to_end():
     assert "can't allocate memory" in scaling[10**9, "full"]["note"]
     assert scaling[10**9, "gqr-k2"]["measured"] and scaling[10**9, "gqr-k2"]["fits"]
     assert "trained under a 24 GiB address-space limit" in scaling[10**9, "gqr-k2"]["note"]
+    check = result["offset_check"]  # the multi-hot step with and without the offsets check, same run
+    assert check["checked"] > 0 and check["unchecked"] > 0 and 0 < check["check_s"] < check["step_s"]
+    assert check["cost"] == pytest.approx(check["check_s"] / check["step_s"]) and len(check["ab_cost_rounds"]) == 2
     markdown = to_markdown(result, "compembed bench --test")
     assert "### Targets" in markdown and "| qr |" in markdown and "Scaling" in markdown
+    assert "### Offsets check" in markdown and "| offsets check on multi-hot bags" in markdown
     assert any("round 2/2" in m for m in messages)
 
 

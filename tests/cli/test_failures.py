@@ -254,3 +254,16 @@ def test_too_many_bad_lines_names_their_file(tmp_path, capsys, criteo_parts):
     assert err.startswith(f"error: {bad}: more than 1 bad lines (--max-bad-lines):")
     assert f"{bad}:1: column 2" in err and f"{bad}:5001: column 2" in err  # the report lists the bad lines
     assert "use --skip-bad-lines" not in err and "Traceback" not in err
+
+
+def test_a_corrupt_checkpoint_is_a_data_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--max-steps", "3", "--out", str(run)]) == 0
+    ckpt = run / "best.safetensors"
+    raw = bytearray(ckpt.read_bytes())
+    raw[-5] ^= 0xFF  # a byte of the last tensor's data
+    ckpt.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 3
+    line = one_error_line(capsys)
+    assert "checkpoint corrupt" in line and str(ckpt) in line

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from compembed.data import DatasetFormatError, SyntheticConfig, SyntheticCTR, open_dataset
-from compembed.data.criteo import parse_block, read_criteo
+from compembed.data.criteo import BOM, parse_block, read_criteo
 from compembed.data.errors import BadLineReport, InputError
 from compembed.data.export import write_criteo_text
 from compembed.data.prepare import CriteoPrepareConfig, day_split, prepare_criteo
@@ -294,6 +294,35 @@ def test_uppercase_and_short_hex_and_missing_final_newline(tmp_path: Path) -> No
     assert block.cats[3, 0] == 1 and block.cats[3, 1] == 0xABCDEF12
     assert block.dense[3, 0] == 999999999999999999 and block.dense[0, 3] == -1
     assert block.dense_missing[1].sum() == 10 and block.cat_missing[1].sum() == 25
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("skip", [False, True])
+def test_utf8_byte_order_mark_is_accepted(tmp_path: Path, gz: bool, skip: bool) -> None:
+    plain = _write(tmp_path / "plain.tsv", VALID)
+    text = BOM + "".join(l + "\n" for l in VALID).encode()
+    marked = tmp_path / "marked.tsv"
+    marked.write_bytes(gzip.compress(text) if gz else text)
+    _prep([plain], tmp_path / "a", split="none")
+    result = _prep([marked], tmp_path / "b", split="none", skip_bad_lines=skip)
+    assert result.num_rows == len(VALID) and result.report.total == 0  # the first row is kept
+    a, b = _dataset_arrays(tmp_path / "a"), _dataset_arrays(tmp_path / "b")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    # Lines are numbered as before; a mark anywhere else is no valid label.
+    marked.write_bytes(BOM + f"{VALID[0]}\n{BOM.decode()}{VALID[1]}\n".encode())
+    with pytest.raises(InputError, match=r"marked.tsv:2: column 1 \(label\): label must be 0 or 1"):
+        _prep([marked], tmp_path / "c")
+
+
+def test_reading_resumes_past_a_byte_order_mark(tmp_path: Path) -> None:
+    marked = tmp_path / "marked.tsv"
+    marked.write_bytes(BOM + "".join(l + "\n" for l in VALID * 1000).encode())
+    blocks = list(read_criteo([marked], block_bytes=1 << 16))
+    assert len(blocks) > 2 and sum(len(b) for b in blocks) == 4000
+    again = list(read_criteo([marked], block_bytes=1 << 16, start=blocks[0].resume_at))  # offsets count the mark
+    assert [b.resume_at for b in again] == [b.resume_at for b in blocks[1:]]
+    np.testing.assert_array_equal(np.concatenate([b.cats for b in again]), np.concatenate([b.cats for b in blocks[1:]]))
 
 
 def test_truncated_gzip(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Generic CTR tables: MovieLens as CTR (multi-hot genres), CSV/TSV/Parquet, bad rows."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from pathlib import Path
@@ -125,6 +126,57 @@ def test_csv_bad_rows_error_or_skip(tmp_path: Path) -> None:
     values, offsets = ds.multi_hot["tags"]
     np.testing.assert_array_equal(np.asarray(offsets), [0, 2, 3, 4])
     np.testing.assert_array_equal(np.asarray(values), [2, 3, 3, 0])  # x=2, y=3, empty bag -> [missing]
+
+
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("name", ["t.csv", "t.tsv.gz"])
+def test_utf8_byte_order_mark_is_accepted(tmp_path: Path, skip: bool, name: str) -> None:
+    src = tmp_path / name
+
+    def write(rows) -> None:  # a byte-order mark, then the header and rows
+        sep = "\t" if ".tsv" in name else ","
+        data = ("\ufeff" + "".join(sep.join(row) + "\n" for row in [("y", "u", "n"), *rows])).encode()
+        src.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+
+    write([("1", "a", "1.5"), ("0", "b", "2")])
+    spec = TableSpec(label="y", categorical=["u"], dense=["n"], split="none", dense_transform="none",
+                     skip_bad_lines=skip)
+    result = prepare_table([src], tmp_path / "o", spec, progress=False)
+    assert result.num_rows == 2 and result.report.total == 0  # the header is found, the first row kept
+    ds = open_dataset(tmp_path / "o")
+    np.testing.assert_array_equal(np.asarray(ds.labels), [1, 0])
+    np.testing.assert_allclose(np.asarray(ds.dense)[:, 0], [1.5, 2.0])
+    write([("1", "a", "1"), ("2", "b", "1")])  # lines are numbered as without the mark
+    with pytest.raises(InputError, match=rf"{name}:3: column 1: y: label must be 0 or 1, got '2'"):
+        prepare_table([src], tmp_path / "o2", dataclasses.replace(spec, skip_bad_lines=False), progress=False)
+
+
+@pytest.mark.parametrize("text,skip,where,kind", [
+    (b"y,u,n\n1,a,1\n\n\r\n0,b,x\n", False, ":5: column 3: n: 'x'", "bad_dense"),  # empty lines counted
+    (b"u,n,y\n\na,1,1\nb,2,5\n", False, ":4: column 3: y: label must be 0 or 1", "bad_label"),  # the file's column
+    (b"y,u,n\n1,\xe9,1\n0,b,2\n", True, ":2: column 2: byte 0xe9 is not UTF-8", "bad_encoding"),
+    (b"y,u,n\n1,a,1\n0,\xe9\n", True, ":3: column 2: byte 0xe9 is not UTF-8", "bad_encoding"),  # in a malformed row
+    (b"y,u\xe9,n\n1,a,1\n", False, ":1: column 2: byte 0xe9 is not UTF-8", "bad_encoding"),  # in the header
+    (b'y,u,n\n1,a,"1\n0,b,2\n1,c,3\n', True, ":2: column 3: a quoted value runs past the end", "unmatched_quote"),
+    (b'y,u,n\n1,"a,1\n0,b,2\n', True, ":2: column 2: a quoted value runs past the end", "unmatched_quote"),
+])
+def test_table_errors_are_located_in_the_file(tmp_path: Path, text: bytes, skip: bool, where: str, kind: str) -> None:
+    # Bad UTF-8 and an unmatched quote (which would swallow the rows after it) stop the run even when skipping.
+    src = tmp_path / "t.csv"
+    src.write_bytes(text)
+    spec = TableSpec(label="y", categorical=["u"], dense=["n"], skip_bad_lines=skip)
+    with pytest.raises(InputError) as err:
+        prepare_table([src], tmp_path / "o", spec, progress=False)
+    assert err.value.kind == kind and where in str(err.value), str(err.value)
+    assert ("--skip-bad-lines" in str(err.value)) == (kind in ("bad_dense", "bad_label"))
+
+
+def test_skipped_rows_are_counted_once_with_their_line_and_column(tmp_path: Path) -> None:
+    src = _csv(tmp_path / "t.csv", "y,u,n\n1,a\n\n0,b,2\n1,c,x\n")
+    spec = TableSpec(label="y", categorical=["u"], dense=["n"], split="none", skip_bad_lines=True)
+    result = prepare_table([src], tmp_path / "o", spec, progress=False)
+    assert result.num_rows == 1
+    assert [(b.line, b.column, b.kind) for b in result.report.examples] == [(2, 3, "field_count"), (5, 3, "bad_dense")]
 
 
 def test_bad_label_and_dense_errors_name_line(tmp_path: Path) -> None:

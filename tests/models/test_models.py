@@ -121,6 +121,18 @@ def test_no_dense_features():
     assert model(torch.empty(3, 0), torch.zeros(3, 2, dtype=torch.long)).shape == (3,)
 
 
+@pytest.mark.parametrize("cls", [DLRM, DCN])
+def test_dense_input_that_does_not_fit_is_named(cls):
+    configs = [FeatureConfig("a", 10, embedding_dim=4), FeatureConfig("b", 20, embedding_dim=4)]
+    model = cls(EmbeddingCollection(configs), num_dense=3)
+    ids = torch.zeros(5, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="dense has batch size 4 but the categorical features have 5"):
+        model(torch.randn(4, 3), ids)
+    with pytest.raises(ValueError, match=r"dense must have shape \(B, 3\), one column per dense feature, got \(5, 2\)"):
+        model(torch.randn(5, 2), ids)
+    assert model(torch.randn(5, 3), ids).shape == (5,)
+
+
 @pytest.mark.parametrize("bad,match", [
     (dict(arch="transformer"), "arch must be one of"),
     (dict(scheme="bloom"), "scheme must be one of"),

@@ -1,12 +1,20 @@
 import csv
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from compembed.cli.main import main
 from compembed.sweep import SweepSpec, judge_claims, preset, run_sweep, summarize
 from compembed.sweep.report import Summary
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_grid_has_each_config_once_and_stable_keys():
@@ -153,3 +161,52 @@ def test_budget_sweep_end_to_end(tmp_path, capsys):
     assert len(rows) == 2 * 5
     assert "- planner (hybrid) at 64x: a budget of 33.1 KiB is below the smallest plan" in report
     assert "- hashing trick at 64x: its smallest configuration exceeds" in report
+
+
+def _session_processes(sid: int) -> set[int]:
+    """Live (not zombie) processes of session ``sid``, read from /proc."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp session
+        except OSError:
+            continue  # ended while being read
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_killed_sweep_leaves_no_worker_behind_and_resumes(tmp_path):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--preset", "tiny", "--out", str(out), "--collisions", "4", "--studies", "collisions",
+            "--threads", "1", "--jobs", "2"]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    # Its own session: every process it starts (workers, resource tracker) carries its pid as session id.
+    proc = subprocess.Popen([sys.executable, "-m", "compembed", *args], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and time.monotonic() < deadline and not (
+                (out / "scratch").is_dir() and any((out / "scratch").iterdir())):
+            time.sleep(0.05)
+        assert proc.poll() is None, "the sweep ended before a cell ran"
+        children = _session_processes(proc.pid) - {proc.pid}
+        assert len(children) >= 2, children  # two workers (and the resource tracker)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while _session_processes(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _session_processes(proc.pid), "processes outlived the killed sweep"
+    finally:
+        for pid in _session_processes(proc.pid):  # never leave them running, even when the test fails
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    assert main([*args[:-1], "1"]) == 0  # rerun: finishes the sweep and keeps the cells that were done
+    assert len(list((out / "cells").glob("*.json"))) == 4
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json") if p.name in kept} == kept

@@ -45,7 +45,7 @@ def to_markdown(result: dict, command: str | None = None) -> str:
     lines += ["### Targets", ""]
     lines += _table(["target", "measured", "goal", "met"], [
         [t["target"], "-" if t["value"] is None else f"{t['value']:.3f}",
-         "-" if t["goal"] is None else ("<= " if "RSS" in t["target"] else ">= ") + f"{t['goal']:g}",
+         "-" if t["goal"] is None else ("<= " if not t.get("higher", True) else ">= ") + f"{t['goal']:g}",
          "-" if t["goal"] is None else {True: "yes", False: "**no**", None: "not run"}[t["met"]]]
         for t in result["targets"]
     ])
@@ -85,6 +85,15 @@ def to_markdown(result: dict, command: str | None = None) -> str:
         lines += [f"- `{name}` skipped: {reason}"]
     if result.get("skipped"):
         lines.append("")
+    check = result.get("offset_check")
+    if check and check.get("cost") is not None:
+        lines += ["### Offsets check (embedding part on multi-hot bags)", "",
+                  f"`{check['variant']}` on bags of {check['bag_length']} ids on average: {_num(check['checked'])} "
+                  f"samples/s with the check, {_num(check['unchecked'])} without (step {check['step_s'] * 1e3:.1f} ms). "
+                  f"The check alone takes {check['check_s'] * 1e3:.3f} ms per batch: {check['cost']:.3%} of the step "
+                  f"(step time with / without it over interleaved rounds, noise included: {check['ab_cost']:+.2%}).", ""]
+    elif check:
+        lines += [f"- offsets check skipped: {check.get('skipped')}", ""]
     if result.get("scaling"):
         lines += ["### Scaling (embedding part, %d tables of n rows each)" % cfg["scaling_features"], ""]
         rows = []

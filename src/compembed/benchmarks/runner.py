@@ -50,6 +50,11 @@ class BenchConfig:
     scaling_features: int = 26
     scaling_rounds: int = 2
     scaling_steps: int = 3
+    # The offsets check's cost: the embedding part on multi-hot bags (this many ids per bag on
+    # average) of ``bag_variant``, with and without the check; 0 skips it.
+    bag_length: int = 2
+    bag_variant: str = "qr"
+    bag_steps: int = 3
     memory_cap_gib: float = 8.0  # never build a model whose tables exceed this (shared machine)
     fit_limit_gib: float = 24.0  # the machine's memory: "fits" means tables + optimizer under it
     cardinalities: tuple[int, ...] = tuple(KAGGLE_CARDINALITIES)
@@ -197,8 +202,32 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) 
         specs["idle"] = _spec(config, "idle", batch=1)  # the RSS of the interpreter, torch and the models
         progress(f"{task}: {len(specs) - 2} variants + sgemm + idle, {config.rounds} rounds x {config.steps} steps")
         tasks[task] = run_interleaved(specs, config.rounds, config.steps, task, progress)
+    offset_check = run_offset_check(config, progress) if config.bag_length else None
     scaling = run_scaling(config, progress)
-    return summarize(config, tasks, scaling, skipped, time.time() - started)
+    return summarize(config, tasks, scaling, skipped, time.time() - started, offset_check)
+
+
+def run_offset_check(config: BenchConfig, progress: Callable[[str], None] = print) -> dict:
+    """What validating bag offsets costs, against the same multi-hot embedding step without it."""
+    specs = {name: _spec(config, "bags", variant=config.bag_variant, bag_length=config.bag_length, check_offsets=check)
+             for name, check in (("checked", True), ("unchecked", False))}
+    progress(f"bags: {config.bag_variant} with and without the offsets check, {config.rounds} rounds x "
+             f"{config.bag_steps} steps")
+    return offset_check_cost(config, run_interleaved(specs, config.rounds, config.bag_steps, "bags", progress))
+
+
+def offset_check_cost(config: BenchConfig, results: dict[str, Measurement]) -> dict:
+    """``cost``: the check's own time over one batch / the step without it (both from this run).
+    ``ab_cost``: the median over rounds of step time with / without the check, minus 1 (noisier)."""
+    checked, unchecked = results["checked"], results["unchecked"]
+    out = dict(variant=config.bag_variant, bag_length=config.bag_length)
+    if not checked.median or not unchecked.median:
+        return dict(out, skipped=checked.skipped or unchecked.skipped)
+    step_s = config.batch / unchecked.median
+    rounds = [u / c - 1 for c, u in zip(checked.samples_per_s, unchecked.samples_per_s)]
+    return dict(out, checked=checked.median, unchecked=unchecked.median, step_s=step_s,
+                check_s=checked.facts["offset_check_s"], cost=checked.facts["offset_check_s"] / step_s,
+                ab_cost=statistics.median(rounds), ab_cost_rounds=rounds)
 
 
 def run_scaling(config: BenchConfig, progress: Callable[[str], None] = print) -> list[dict]:
@@ -258,10 +287,10 @@ def _spread(values: list[float]) -> dict:
 
 
 def summarize(config: BenchConfig, tasks: dict[str, dict[str, Measurement]], scaling: list[dict],
-              skipped: dict[str, str], elapsed: float) -> dict:
+              skipped: dict[str, str], elapsed: float, offset_check: dict | None = None) -> dict:
     """Medians, spreads and every ratio against the baselines of the same run."""
     out = dict(config=asdict(config), machine=machine_description(config), elapsed_s=elapsed, skipped=skipped,
-               tasks={}, scaling=scaling)
+               tasks={}, scaling=scaling, offset_check=offset_check)
     for task, results in tasks.items():
         sgemm = results.pop("sgemm", None)
         idle = results.pop("idle", None)
@@ -311,7 +340,9 @@ def targets(out: dict) -> list[dict]:
 
     def check(name, value, goal, higher=True):
         ok = None if value is None or goal is None else (value >= goal if higher else value <= goal)
-        return dict(target=name, value=value, goal=goal, met=ok)
+        return dict(target=name, value=value, goal=goal, met=ok, higher=higher)
+
+    offsets = out.get("offset_check") or {}
 
     return [
         check("DLRM step, QR vs best full-table baseline (samples/s ratio)", qr_dlrm.get("speed_vs_best_full"), 1.0),
@@ -326,6 +357,10 @@ def targets(out: dict) -> list[dict]:
               qr_dlrm.get("rss_above_idle_vs_best_full"), 0.35, higher=False),
         check("(same, RSS above the mlp-only worker's: what the tables add to a DLRM step)",
               qr_dlrm.get("rss_above_mlp-only_vs_best_full"), 0.35, higher=False),
+        check("offsets check on multi-hot bags: its time / the embedding step without it", offsets.get("cost"), 0.02,
+              higher=False),
+        check("(same, interleaved: step time with / without the check - 1, median over rounds)",
+              offsets.get("ab_cost"), None),
     ]
 
 

@@ -12,6 +12,9 @@ Tasks:
   optimizer step.
 - ``dlrm``: a whole DLRM training step (bottom MLP 13-512-256-64-D, dot interaction, top MLP
   512-256-1, BCE loss) over the variant's embeddings, SGD on every parameter.
+- ``bags``: the embedding part on multi-hot bags (1-D ids with offsets, ``bag_length`` ids per bag
+  on average, empty bags included), with the offsets check on or off (``check_offsets``); its
+  facts time the check alone over one batch (``offset_check_s``).
 - ``idle``: imports everything, builds nothing: the RSS every worker pays before its model.
 - ``sgemm``: ``C = A @ B`` with ``(2048, 1024) x (1024, 1024)`` float32, the FLOP roofline's rate.
 """
@@ -27,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..embedding import feature_configs
+from ..embedding import feature_configs, pooling
 from ..embedding.fused import FusedEmbeddingCollection
 from .memory import peak_rss_bytes
 from .variants import build_variant, make_optimizer
@@ -80,6 +83,10 @@ def build_step(spec: dict) -> tuple[Callable[[], None], dict]:
     counter = iter(range(1 << 62))
     variant = spec.get("variant", "")
 
+    if spec["task"] == "bags":
+        step, facts["offset_check_s"] = _bags_step(spec, emb, generator, device)
+        return step, facts
+
     if spec["task"] == "emb":
         opt = make_optimizer(variant, emb.parameters(), lr)
         upstream = torch.randn(batch, len(cards), spec["dim"], generator=generator).to(device)
@@ -108,6 +115,40 @@ def build_step(spec: dict) -> tuple[Callable[[], None], dict]:
         opt.step()
         opt.zero_grad(set_to_none=True)
     return dlrm_step, facts
+
+
+def _bags_step(spec: dict, emb: nn.Module, generator: torch.Generator,
+               device: torch.device) -> tuple[Callable[[], None], float]:
+    """The ``bags`` task's step, and the seconds the offsets check alone takes over one batch."""
+    batch, mean = spec["batch"], spec.get("bag_length", 2)
+    batches = []
+    for _ in range(NUM_BATCHES):
+        bags = {}
+        for c in emb.configs:
+            lengths = torch.randint(0, 2 * mean + 1, (batch,), generator=generator)
+            values = torch.randint(0, c.num_embeddings, (int(lengths.sum()),), generator=generator)
+            bags[c.name] = (values.to(device), (torch.cumsum(lengths, 0) - lengths).to(device))
+        batches.append(bags)
+    pooling.CHECK_OFFSETS = True
+    repeats = 20
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for values, offsets in batches[0].values():
+            pooling.check_bag_inputs(values, offsets)
+    _sync(device)
+    check_s = (time.perf_counter() - start) / repeats
+    pooling.CHECK_OFFSETS = spec.get("check_offsets", True)
+    opt = make_optimizer(spec.get("variant", ""), emb.parameters(), spec.get("lr", 0.01))
+    upstream = torch.randn(batch, len(emb.configs), spec["dim"], generator=generator).to(device)
+    counter = iter(range(1 << 62))
+
+    def step() -> None:
+        emb(batches[next(counter) % NUM_BATCHES]).backward(upstream)
+        if opt is not None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    return step, check_s
 
 
 def _sync(device: torch.device) -> None:

@@ -55,9 +55,10 @@ class DataError(CommandError):
 def _data_errors() -> tuple[type[BaseException], ...]:
     from ..data.errors import InputError
     from ..data.store import DatasetFormatError
+    from ..training.checkpoint import CheckpointCorruptError
 
-    # NonFiniteLossError is a FloatingPointError (training/loop.py): named by its base, no torch import here
-    return InputError, DatasetFormatError, FloatingPointError
+    # NonFiniteLossError is a FloatingPointError (training/loop.py): named by its base
+    return InputError, DatasetFormatError, CheckpointCorruptError, FloatingPointError
 
 
 def exit_code(err: BaseException) -> int:

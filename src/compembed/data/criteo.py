@@ -4,6 +4,7 @@ A line is ``label \\t I1..I13 \\t C1..C26`` (40 tab-separated fields): the label
 features integers (possibly negative, at most 18 digits), the categorical features hashes of 1 to 8
 hexadecimal characters; an empty field is a missing value. A line may end in ``\\r\\n`` (the ``\\r`` is
 dropped); a carriage return anywhere else is an error (a mixed CR/LF file that glued records together).
+A UTF-8 byte-order mark at the start of a file is skipped.
 
 The input is read in blocks of whole lines, and each block is parsed with NumPy (no per-line
 Python), yet every bad line is located by file, line and column. With ``skip_bad_lines`` bad lines
@@ -11,6 +12,7 @@ are skipped and counted in a ``BadLineReport``; otherwise the first one raises `
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import time
@@ -31,6 +33,7 @@ NUM_FIELDS = 1 + len(DENSE_NAMES) + len(CATEGORICAL_NAMES)  # 40
 FIELD_NAMES = ["label"] + DENSE_NAMES + CATEGORICAL_NAMES
 MAX_DENSE_DIGITS = 18  # fits int64 with room to spare
 MAX_LINE_BYTES = 1 << 20
+BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark, as some editors and exports start a text file
 
 
 
@@ -343,6 +346,8 @@ def iter_line_blocks(
 
     stream = _open_bytes(Path(path), max(1 << 16, block_bytes // 4), on_progress, skip=start[0])
     try:
+        if pos == 0:  # the mark is no part of line 1; offsets still count it, so a resume skips it too
+            stream, pos = _without_bom(stream)
         for chunk in stream:
             if skipping:
                 cut = chunk.find(b"\n")
@@ -377,6 +382,17 @@ def iter_line_blocks(
         yield block(pending if pending.endswith(b"\n") else pending + b"\n")
     if line == 1:
         _bad(report, path, 0, "empty_file", "file is empty")
+
+
+def _without_bom(stream: Iterator[bytes]) -> tuple[Iterator[bytes], int]:
+    """``stream`` without a leading UTF-8 byte-order mark, and the mark's length (0 if none)."""
+    head = b""
+    for chunk in stream:
+        head += chunk
+        if len(head) >= len(BOM):
+            break
+    skip = len(BOM) if head.startswith(BOM) else 0
+    return itertools.chain([head[skip:]] if len(head) > skip else [], stream), skip
 
 
 def _bad(report: BadLineReport | None, path: str, line: int, kind: str, message: str) -> None:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 __all__ = ["InputError", "BadLine", "BadLineReport"]
 
 
-_NO_HINT = ("empty_dataset", "empty_file", "too_many_bad_lines")
+# No hint where skipping cannot help (no rows, a file whose later lines cannot be trusted) or was asked for.
+_NO_HINT = ("empty_dataset", "empty_file", "too_many_bad_lines", "bad_encoding", "unmatched_quote")
 
 
 class InputError(ValueError):

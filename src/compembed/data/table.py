@@ -15,8 +15,11 @@ the unseen id; the provisional ids are then relabelled in place and the dense co
 from __future__ import annotations
 
 import os
+import re
+import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -105,46 +108,101 @@ def _is_parquet(path: Path) -> bool:
 
 
 class _Source:
-    """Record batches of the named columns of one file, with the file line of every row."""
+    """Record batches of the named columns of one file, with the file line of every row.
+
+    pyarrow numbers the rows of a text table by its non-empty lines (the header is 1) and skips
+    empty lines; ``line`` turns those numbers into the file's lines, reading the file once more
+    only when a problem is reported. Text that is not UTF-8, and a quoted value that runs past the
+    end of its line (an unmatched quote would read the lines after it as that one value), stop the
+    run at their line and column, with ``skip_bad_lines`` too: no row after them could be trusted.
+    """
 
     def __init__(self, path: Path, spec: TableSpec, report: BadLineReport | None) -> None:
         self.path, self.spec, self.report = path, spec, report
-        self.skipped_lines: list[int] = []  # physical lines dropped by the CSV reader (sorted)
+        self.delimiter = spec.delimiter or ("\t" if ".tsv" in path.suffixes else ",")
+        self.skipped: list[int] = []  # pyarrow row numbers of the rows the CSV reader dropped (sorted)
         self.error: InputError | None = None
+        self._scan: tuple[np.ndarray, tuple[int, int, int] | None] | None = None
+        self._names: list[str] | None = None
 
     def schema_names(self) -> list[str]:
+        if self._names is None:
+            if _is_parquet(self.path):
+                self._names = pq.ParquetFile(self.path).schema_arrow.names
+            else:
+                try:
+                    self._names = self._open(include=None, record=False).schema.names
+                except UnicodeDecodeError as e:  # a header that is not UTF-8
+                    raise self._unreadable(e) from None
+        return self._names
+
+    def column(self, name: str) -> int:
+        """The 1-based column of ``name`` in the file."""
+        return self.schema_names().index(name) + 1
+
+    def line(self, number: int) -> int:
+        """The 1-based line of the file that holds pyarrow's row ``number`` (a Parquet row is its number)."""
         if _is_parquet(self.path):
-            return pq.ParquetFile(self.path).schema_arrow.names
-        first = self._open(include=None)
-        return first.schema.names
+            return int(number)
+        empty = self._text_scan()[0]
+        return int(number + np.searchsorted(empty - np.arange(1, len(empty) + 1), number, side="left"))
 
-    def _open(self, include: list[str] | None) -> pacsv.CSVStreamingReader:
-        delim = self.spec.delimiter or ("\t" if ".tsv" in self.path.suffixes else ",")
+    def _text_scan(self) -> tuple[np.ndarray, tuple[int, int, int] | None]:
+        if self._scan is None:
+            self._scan = _scan_text(self.path, self.delimiter)
+        return self._scan
 
+    def _open(self, include: list[str] | None, record: bool = True) -> pacsv.CSVStreamingReader:
         def on_invalid(row) -> str:
+            if not record:  # only the header is wanted: the rows are reported when they are read
+                return "skip"
+            text, column = row.text, min(row.actual_columns, row.expected_columns) + 1
+            if "\n" in text or "\r" in text:
+                self.error = self._unmatched_quote(row.number, 1 + text[: text.find('"')].count(self.delimiter))
+                return "error"
             msg = f"expected {row.expected_columns} fields, found {row.actual_columns}"
             if self.report is None:  # pyarrow turns an exception here into its own error: keep ours
-                self.error = InputError(str(self.path), row.number or 0,
-                                        min(row.actual_columns, row.expected_columns) + 1, "field_count", msg)
+                self.error = InputError(str(self.path), self.line(row.number), column, "field_count", msg)
                 return "error"
-            self.report.add(BadLine(str(self.path), row.number or 0, 0, "field_count", msg))
-            self.skipped_lines.append(row.number or 0)
+            self.report.add(BadLine(str(self.path), self.line(row.number), column, "field_count", msg))
+            self.skipped.append(row.number)
             return "skip"
 
         try:
-            return pacsv.open_csv(
+            with _quiet_invalid_row_decoding():
+                return pacsv.open_csv(
                 self.path,
-                read_options=pacsv.ReadOptions(use_threads=False, block_size=self.spec.block_bytes),
-                parse_options=pacsv.ParseOptions(delimiter=delim, invalid_row_handler=on_invalid),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={c: pa.string() for c in (include or [])}, include_columns=include,
-                    strings_can_be_null=False, quoted_strings_can_be_null=False),
-            )
-        except pa.ArrowInvalid as e:
-            raise self.error or InputError(str(self.path), 0, 0, "unreadable", f"cannot read as a table ({e})") from None
+                    read_options=pacsv.ReadOptions(use_threads=False, block_size=self.spec.block_bytes),
+                    parse_options=pacsv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=on_invalid),
+                    convert_options=pacsv.ConvertOptions(
+                        column_types={c: pa.string() for c in (include or [])}, include_columns=include,
+                        strings_can_be_null=False, quoted_strings_can_be_null=False),
+                )
+        except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+            raise self._unreadable(e) from None
+
+    def _unreadable(self, err: Exception) -> InputError:
+        """The error for a file pyarrow could not read: bad UTF-8 or our own first, else pyarrow's, located."""
+        bad = None if _is_parquet(self.path) else self._text_scan()[1]
+        if bad is not None:
+            line, column, byte = bad
+            return InputError(str(self.path), line, column, "bad_encoding",
+                              f"byte 0x{byte:02x} is not UTF-8 text; convert the file to UTF-8 "
+                              "(e.g. iconv -f latin1 -t utf-8)")
+        if self.error is not None:
+            return self.error
+        row = re.search(r"Row #(\d+)", str(err))
+        return InputError(str(self.path), self.line(int(row[1])) if row else 0, 0, "unreadable",
+                          f"cannot read as a table ({err})")
+
+    def _unmatched_quote(self, number: int, column: int) -> InputError:
+        return InputError(str(self.path), self.line(number), column, "unmatched_quote",
+                          "a quoted value runs past the end of its line (an unmatched quote?): the lines after "
+                          "it would be read as part of it; fix or remove the quote")
 
     def batches(self) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
-        """``(batch, lines)``: the named columns as strings (lists for Parquet lists), 1-based lines/rows."""
+        """``(batch, rows)``: the named columns as strings (lists for Parquet lists) and the 1-based row
+        numbers (pyarrow's for text: ``line`` gives the file line)."""
         names = self.schema_names()
         missing = [c for c in self.spec.columns if c not in names]
         if missing:
@@ -156,21 +214,76 @@ class _Source:
                 yield batch, np.arange(row + 1, row + 1 + batch.num_rows)
                 row += batch.num_rows
             return
-        self.skipped_lines = []
+        self.skipped = []
         reader = self._open(self.spec.columns)
         while True:
             try:
-                batch = reader.read_next_batch()
+                with _quiet_invalid_row_decoding():
+                    batch = reader.read_next_batch()
             except StopIteration:
                 return
-            except pa.ArrowInvalid as e:
-                raise self.error or InputError(str(self.path), 0, 0, "unreadable", str(e)) from None
-            # valid row k sits on line k + 2 (header is line 1), shifted past every skipped line
-            lines = np.arange(row + 2, row + 2 + batch.num_rows)
-            for s in self.skipped_lines:
-                lines[lines >= s] += 1
-            yield batch, lines
+            except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+                raise self._unreadable(e) from None
+            # valid row k is row k + 2 (the header is 1), shifted past the skipped rows before it
+            k = np.arange(row, row + batch.num_rows)
+            skipped = np.asarray(self.skipped, dtype=np.int64)
+            numbers = k + 2 + np.searchsorted(skipped - np.arange(len(skipped)) - 2, k, side="right")
+            for name in self.spec.columns:  # a line break in a value: an unmatched quote swallowed lines
+                col = batch.column(name)
+                broken = pc.or_(pc.match_substring(col, "\n"), pc.match_substring(col, "\r"))
+                if pc.any(broken).as_py():
+                    raise self._unmatched_quote(int(numbers[pc.index(broken, True).as_py()]), self.column(name))
+            yield batch, numbers
             row += batch.num_rows
+
+
+@contextmanager
+def _quiet_invalid_row_decoding() -> Iterator[None]:
+    """pyarrow cannot hand a malformed row of non-UTF-8 bytes to our row handler: it prints the
+    UnicodeDecodeError as "Exception ignored" and fails the read, which ``_Source._unreadable`` then
+    locates. Keep that print (a traceback) away from the user; anything else is printed as before."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not (issubclass(unraisable.exc_type, UnicodeDecodeError)
+                and getattr(unraisable.object, "__name__", "") == "on_invalid"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
+def _scan_text(path: Path, delimiter: str, block: int = 1 << 24) -> tuple[np.ndarray, tuple[int, int, int] | None]:
+    """The lines of a text table that are empty, and ``(line, column, byte)`` of its first byte that is not
+    UTF-8 (None when all is). Lines end at ``\\n``, ``\\r\\n`` or a lone ``\\r``, as pyarrow reads them."""
+    empty: list[np.ndarray] = []
+    line, carry = 1, b""  # `carry`, the unfinished last line, starts line `line`
+    with pa.input_stream(str(path), compression="detect") as f:
+        while True:
+            chunk = f.read(block)
+            data = carry + chunk
+            b = np.frombuffer(data, dtype=np.uint8)
+            lf, cr = b == 10, b == 13
+            ends = np.flatnonzero(lf | (cr & ~np.append(lf[1:], False)))  # a CR before an LF is no end itself
+            if chunk and len(ends) and cr[ends[-1]] and ends[-1] == len(b) - 1:
+                ends = ends[:-1]  # a last CR may be half of a CRLF: decided with the next chunk
+            starts = np.concatenate([[0], ends + 1]).astype(np.int64)  # of every line, the unfinished one too
+            stops = ends - (lf[ends] & (ends > starts[:-1]) & np.append(False, cr[:-1])[ends])
+            empty.append(line + np.flatnonzero(stops == starts[:-1]))
+            cut = len(b) if not chunk else int(starts[-1])  # at the end of the file its last line is whole
+            try:
+                data[:cut].decode("utf-8")
+            except UnicodeDecodeError as err:
+                at = int(err.start)
+                before = int(np.searchsorted(ends, at))  # lines ended before the bad byte
+                column = data[starts[before]:at].count(delimiter.encode()) + 1
+                return np.concatenate(empty), (line + before, column, data[at])
+            if not chunk:
+                return np.concatenate(empty), None
+            line, carry = line + len(ends), data[cut:]
 
 
 def _as_strings(col: pa.Array) -> pa.Array:
@@ -186,15 +299,15 @@ def _tokens(col: pa.Array, sep: str) -> pa.ListArray:
     return pc.split_pattern(_as_strings(col), sep)
 
 
-def _check_rows(batch: pa.RecordBatch, lines: np.ndarray, spec: TableSpec, path: Path,
-                report: BadLineReport | None) -> np.ndarray:
-    """bool mask of valid rows; bad ones raise or are recorded in ``report``."""
+def _check_rows(batch: pa.RecordBatch, rows: np.ndarray, src: _Source, report: BadLineReport | None) -> np.ndarray:
+    """bool mask of valid rows; bad ones raise or are recorded in ``report`` (with the file's line and column)."""
+    spec = src.spec
     keep = np.ones(batch.num_rows, dtype=bool)
     problems: list[tuple[int, int, str, str]] = []
     label = _as_strings(batch.column(spec.label))
     lab_ok = np.asarray(pc.fill_null(pc.is_in(pc.utf8_trim_whitespace(label), pa.array(["0", "1"])), False))
     for i in np.flatnonzero(~lab_ok):
-        problems.append((i, spec.columns.index(spec.label) + 1, "bad_label",
+        problems.append((i, src.column(spec.label), "bad_label",
                          f"{spec.label}: label must be 0 or 1, got {label[int(i)].as_py()!r}"))
     for name in spec.dense:
         col = batch.column(name)
@@ -205,12 +318,12 @@ def _check_rows(batch: pa.RecordBatch, lines: np.ndarray, spec: TableSpec, path:
             ok = np.asarray(pc.fill_null(pc.or_(pc.equal(pc.utf8_trim_whitespace(s), ""),
                                                 pc.match_substring_regex(s, _NUMBER)), True))
         for i in np.flatnonzero(~ok):
-            problems.append((i, 0, "bad_dense", f"{name}: {col[int(i)].as_py()!r} is not a finite number"))
+            problems.append((i, src.column(name), "bad_dense", f"{name}: {col[int(i)].as_py()!r} is not a finite number"))
     for i, col_no, kind, msg in sorted(problems):
         if report is None:
-            raise InputError(str(path), int(lines[i]), col_no, kind, msg)
+            raise InputError(str(src.path), src.line(rows[i]), col_no, kind, msg)
         if keep[i]:
-            report.add(BadLine(str(path), int(lines[i]), col_no, kind, msg))
+            report.add(BadLine(str(src.path), src.line(rows[i]), col_no, kind, msg))
         keep[i] = False
     return keep
 
@@ -244,7 +357,7 @@ def prepare_table(
     bar = tqdm(desc="count", unit="rows", disable=not progress)
     for src in sources:
         for batch, lines in src.batches():
-            keep = _check_rows(batch, lines, spec, src.path, rep)
+            keep = _check_rows(batch, lines, src, rep)
             batch = batch.filter(pa.array(keep))
             for c in spec.categorical:
                 s = _as_strings(batch.column(c))
@@ -287,7 +400,7 @@ def prepare_table(
         for src in sources:
             src.report = None if rep is None else BadLineReport()  # already counted in pass 1
             for batch, lines in src.batches():
-                keep = _check_rows(batch, lines, spec, src.path, src.report)
+                keep = _check_rows(batch, lines, src, src.report)
                 batch = batch.filter(pa.array(keep))
                 m = batch.num_rows
                 sl = slice(pos, pos + m)

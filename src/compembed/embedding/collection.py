@@ -216,6 +216,7 @@ class EmbeddingCollection(nn.Module):
 
     def forward(self, features: Tensor | Mapping[str, FeatureInput]) -> Tensor:
         pooled = [self._lookup(j, name, features) for j, name in enumerate(self.embeddings)]
+        check_batch_sizes(self.feature_names, pooled)
         return torch.stack(pooled, dim=1) if self.output == "stack" else torch.cat(pooled, dim=1)
 
     def _lookup(self, column: int, name: str, features: Tensor | Mapping[str, FeatureInput]) -> Tensor:
@@ -293,6 +294,16 @@ class EmbeddingCollection(nn.Module):
         ))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         return "\n".join("  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
+
+
+def check_batch_sizes(names: Sequence[str], pooled: Sequence[Tensor]) -> None:
+    """Raise a clear error unless every feature's pooled bags ``(B_f, D_f)`` have the same batch size."""
+    sizes: dict[int, list[str]] = {}
+    for name, bags in zip(names, pooled):
+        sizes.setdefault(bags.shape[0], []).append(name)
+    if len(sizes) > 1:
+        groups = "; ".join(f"{size} bags: {', '.join(map(repr, group))}" for size, group in sizes.items())
+        raise ValueError(f"the features have different batch sizes ({groups}); each needs one bag per row")
 
 
 def feature_configs(

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..partitions import Hashing, Identity, Partition
 from .init import OPERATIONS, default_std, factor_stds, uniform_
-from .pooling import MODES, pool_bags
+from .pooling import MODES, check_bag_inputs, pool_bags
 
 __all__ = [
     "CompositionalEmbedding",
@@ -150,7 +150,10 @@ class CompositionalEmbeddingBag(CompositionalEmbedding):
     ) -> Tensor:
         if len(self.weights) == 1 and self._row_is_id_safe():
             # One table: a single fused embedding_bag, as nn.EmbeddingBag does.
+            check_bag_inputs(input, offsets, per_sample_weights, self.include_last_offset)
             rows = self.partition(input)[..., 0]
+            if per_sample_weights is not None:
+                per_sample_weights = per_sample_weights.to(self.weights[0].dtype)
             return F.embedding_bag(
                 rows, self.weights[0], offsets, mode=self.mode, sparse=self.sparse,
                 per_sample_weights=per_sample_weights, include_last_offset=self.include_last_offset,

@@ -42,8 +42,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from ..partitions import check_ids
-from .collection import EmbeddingCollection, FeatureConfig, FeatureInput, FeatureReport, build_embedding_bag
+from ..partitions import ID_DTYPES, check_ids
+from .collection import (
+    EmbeddingCollection, FeatureConfig, FeatureInput, FeatureReport, build_embedding_bag, check_batch_sizes,
+)
 from .compositional import CompositionalEmbeddingBag, combine
 from .hybrid import HybridEmbeddingBag, assemble
 from .init import factor_stds, uniform_
@@ -251,7 +253,7 @@ class FusedEmbeddingCollection(EmbeddingCollection):
             if one_hot is None:
                 return self._forward_bags(features)
             features = one_hot
-        self._check_ids(features)
+        features = self._checked_ids(features)
         indices = [self._rows_of(features, w) for w in self._widths]
         gathered = [_gather(self.weights[str(w)], r, self.sparse, v) for w, (r, v) in zip(self._widths, indices)]
         valid = [v for _, v in indices]
@@ -279,14 +281,16 @@ class FusedEmbeddingCollection(EmbeddingCollection):
             x = torch.where(valid, x - low, 0)  # out of range: the table's first row, never used
         return torch.remainder(torch.div(x, strides, rounding_mode="floor"), moduli) + offsets, valid
 
-    def _check_ids(self, ids: Tensor) -> None:
+    def _checked_ids(self, ids: Tensor) -> Tensor:
+        """``ids`` ``(B, F)`` as int64 (converted once from any integer dtype), checked against each feature's range."""
         if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.shape[1] != len(self.configs):
             shape = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
             raise ValueError(f"expected ids of shape (B, {len(self.configs)}), one column per feature, got {shape}")
-        if ids.dtype != torch.int64:
-            raise TypeError(f"ids must be an int64 tensor, got dtype {ids.dtype}")
+        if ids.dtype not in ID_DTYPES:
+            raise TypeError(f"ids must be an integer tensor (int64 or int32), got dtype {ids.dtype}")
+        ids = ids.long()  # a no-op for int64
         if ids.numel() == 0:
-            return
+            return ids
         low, high = torch.aminmax(ids, dim=0)  # per column: two small reductions, one pass
         if bool((low < 0).any() | (high >= self._cardinalities).any()):
             row, col = (int(i) for i in ((ids < 0) | (ids >= self._cardinalities)).nonzero()[0])
@@ -295,6 +299,7 @@ class FusedEmbeddingCollection(EmbeddingCollection):
                 f"feature {config.name!r} (column {col}): id {int(ids[row, col])} at row {row} is out of "
                 f"range [0, {config.num_embeddings})"
             )
+        return ids
 
     def _stack_one_hot(self, features: Mapping[str, FeatureInput]) -> Tensor | None:
         """The ``(B, F)`` ids when every feature is a ``(B, 1)`` tensor (bags of one), else None."""
@@ -320,6 +325,7 @@ class FusedEmbeddingCollection(EmbeddingCollection):
                 pooled.append(self._bag(j, *args))
             except (IndexError, ValueError, TypeError, RuntimeError) as err:
                 raise type(err)(f"feature {name!r} (column {j}): {err}") from None
+        check_batch_sizes(self.feature_names, pooled)
         return torch.stack(pooled, dim=1) if self.output == "stack" else torch.cat(pooled, dim=1)
 
     def _bag(self, feature: int, input: Tensor, offsets: Tensor | None = None,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import MLP, CrossNetwork
+from .layers import MLP, CrossNetwork, check_dense
 
 __all__ = ["DCN"]
 
@@ -44,5 +44,7 @@ class DCN(nn.Module):
 
     def forward(self, dense: Tensor, features) -> Tensor:
         embedded = self.embeddings(features).flatten(1)  # (B, sum d_f)
+        if self.num_dense:
+            check_dense(dense, self.num_dense, embedded)
         x0 = torch.cat([dense, embedded], dim=1) if self.num_dense else embedded
         return self.head(torch.cat([self.cross(x0), self.deep(x0)], dim=1)).squeeze(-1)

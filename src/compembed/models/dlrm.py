@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import MLP, DotInteraction, EmbeddingAligner
+from .layers import MLP, DotInteraction, EmbeddingAligner, check_dense
 
 __all__ = ["DLRM"]
 
@@ -54,6 +54,7 @@ class DLRM(nn.Module):
         vectors = self.align(self.embeddings(features))  # (B, F, D)
         if self.bottom is None:
             return self.top(self.interaction(vectors)).squeeze(-1)
+        check_dense(dense, self.num_dense, vectors)
         b = self.bottom(dense)  # (B, D)
         pairs = self.interaction(torch.cat([b.unsqueeze(1), vectors], dim=1))
         return self.top(torch.cat([b, pairs], dim=1)).squeeze(-1)

@@ -7,7 +7,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "DotInteraction", "CrossNetwork", "EmbeddingAligner"]
+__all__ = ["MLP", "DotInteraction", "CrossNetwork", "EmbeddingAligner", "check_dense"]
+
+
+def check_dense(dense: Tensor, num_dense: int, embedded: Tensor) -> None:
+    """Raise a clear error unless ``dense`` is ``(B, num_dense)`` with the batch size B of ``embedded``."""
+    if not isinstance(dense, Tensor) or dense.dim() != 2 or dense.shape[1] != num_dense:
+        shape = tuple(dense.shape) if isinstance(dense, Tensor) else type(dense).__name__
+        raise ValueError(f"dense must have shape (B, {num_dense}), one column per dense feature, got {shape}")
+    if dense.shape[0] != embedded.shape[0]:
+        raise ValueError(f"dense has batch size {dense.shape[0]} but the categorical features have "
+                         f"{embedded.shape[0]}: both must hold the same rows")
 
 
 class MLP(nn.Sequential):

@@ -1,5 +1,5 @@
 """Partition schemes: map category ids to one class (table row) per partition."""
-from .base import Partition, RadixPartition, check_ids
+from .base import ID_DTYPES, Partition, RadixPartition, check_ids
 from .factors import choose_divisors, choose_moduli, integer_root, is_complementary
 from .schemes import ChineseRemainder, GeneralizedQuotientRemainder, Hashing, Identity, QuotientRemainder
 
@@ -7,6 +7,7 @@ __all__ = [
     "Partition",
     "RadixPartition",
     "check_ids",
+    "ID_DTYPES",
     "QuotientRemainder",
     "GeneralizedQuotientRemainder",
     "ChineseRemainder",

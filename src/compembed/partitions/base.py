@@ -12,7 +12,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Partition", "RadixPartition", "check_ids"]
+__all__ = ["Partition", "RadixPartition", "check_ids", "ID_DTYPES"]
+
+
+# The integer dtypes ids may have (the modules convert them to int64 once).
+ID_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
 
 
 def check_ids(ids: Tensor, num_embeddings: int) -> None:
@@ -22,7 +26,7 @@ def check_ids(ids: Tensor, num_embeddings: int) -> None:
     """
     if not isinstance(ids, Tensor):
         raise TypeError(f"ids must be a torch.Tensor, got {type(ids).__name__}")
-    if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+    if ids.dtype not in ID_DTYPES:
         raise TypeError(f"ids must be an integer tensor (int64 or int32), got dtype {ids.dtype}")
     if ids.numel() == 0:
         return

@@ -1,8 +1,13 @@
 """Run a sweep's cells one after another; finished cells are kept and never rerun."""
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -66,7 +71,8 @@ def run_sweep(
     else:
         # Spawned workers: a fork of a process that already ran torch threads can deadlock.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_follow_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_timed, run_cell, cell, scratch / cell.key): cell for cell in todo}
             try:
                 for future in as_completed(futures):
@@ -80,6 +86,34 @@ def run_sweep(
     rows = _rows_of(cells, cells_dir)
     write_table(rows, out_dir)
     return rows
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _follow_parent(parent: int, poll_s: float = 0.5) -> None:
+    """Worker initializer: end this worker when the sweep process ``parent`` ends, however it ends.
+
+    A killed parent (SIGKILL, SIGTERM) cannot stop its workers, which would train on for hours.
+    On Linux the kernel sends the worker SIGKILL when its parent dies (PR_SET_PDEATHSIG); everywhere,
+    a daemon thread polls the parent pid and exits the worker once it was reparented. A cell cut
+    short this way keeps its checkpoint in its scratch folder, so rerunning the sweep resumes it.
+    The resource tracker ends by itself once the parent and every worker are gone (its pipe closes).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass  # the polling thread still covers it
+    if os.getppid() != parent:  # the parent died before the signal was set
+        os._exit(1)
+    threading.Thread(target=_poll_parent, args=(parent, poll_s), daemon=True, name="follow-parent").start()
+
+
+def _poll_parent(parent: int, poll_s: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os._exit(1)
 
 
 def _timed(run_cell: RunCell, cell: Cell, workdir: Path) -> dict[str, Any]:

@@ -20,10 +20,11 @@ from torch.optim import Optimizer
 
 from ..distributed import DistContext
 from ..io import atomic_write_bytes
-from .checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
+from .checkpoint import CheckpointCorruptError, check_state, load_checkpoint, read_checkpoint_state, save_checkpoint
 from .config import TrainConfig, config_from_dict, config_to_dict, save_config
 
-__all__ = ["CHECKPOINT", "METRICS", "SUMMARY", "CONFIG", "BEST", "RunDir", "fresh_state", "check_resumable"]
+__all__ = ["CHECKPOINT", "METRICS", "SUMMARY", "CONFIG", "BEST", "RunDir", "fresh_state", "check_resumable",
+           "LOOP_SCHEMA", "BEST_SCHEMA"]
 
 CHECKPOINT, METRICS, SUMMARY, CONFIG = "checkpoint.safetensors", "metrics.jsonl", "summary.json", "config.toml"
 BEST = "best.safetensors"
@@ -41,6 +42,17 @@ def fresh_state(world_size: int = 1) -> dict[str, Any]:
             "interval_loss_sum": 0.0, "interval_count": 0, "train_seconds": 0.0, "records": 0, "done": False,
             "world_size": world_size, "val": {"last": None, "best": None, "bad": 0, "stopped_early": False},
             "dead_layers": {}}
+
+
+# The types of the loop state (see checkpoint.check_state), checked when a checkpoint is loaded.
+_RESULT = {"split": str, "samples": int, "loss": float, "accuracy": float, "auc": (float, None),
+           "bayes_loss": (float, None)}  # an EvalResult
+BEST_SCHEMA = {"step": int, "epoch": int, "loss": float, "result": _RESULT}
+LOOP_SCHEMA = {"epoch": int, "batch": int, "step": int, "samples": int, "loss_sum": float, "loss_count": int,
+               "interval_loss_sum": float, "interval_count": int, "train_seconds": float, "records": int,
+               "done": bool, "world_size": int, "dead_layers": dict,
+               "val": {"last": (None, {"step": int, "result": _RESULT}), "best": (None, BEST_SCHEMA), "bad": int,
+                       "stopped_early": bool}}
 
 
 def check_resumable(stored: dict[str, Any], config: TrainConfig, path: Path) -> None:
@@ -96,9 +108,14 @@ class RunDir:
             raise FileExistsError(f"{self.path} already holds a run ({CHECKPOINT}); pass resume (--resume) to "
                                   "continue it or choose another output directory")
         if ckpt.exists():
-            check_resumable(read_checkpoint_state(ckpt)["config"], config, ckpt)
+            stored = read_checkpoint_state(ckpt)
+            check_state(stored, {"loop": dict, "config": dict}, ckpt, "state")
+            if not all(isinstance(section, dict) for section in stored["config"].values()):
+                raise CheckpointCorruptError(ckpt, "its stored config is not a table of sections")
+            check_resumable(stored["config"], config, ckpt)
             # keys a checkpoint lacks (written before they existed) start fresh; its world size is 1
             state = {**fresh_state(), **load_checkpoint(ckpt, model, optimizers)["loop"]}
+            check_state(state, LOOP_SCHEMA, ckpt, "loop state")
             if state["world_size"] != self.ctx.world_size:
                 raise ValueError(f"cannot resume from {ckpt}: it was written by {state['world_size']} process(es), "
                                  f"now {self.ctx.world_size}; resume with the same torchrun --nproc-per-node")

@@ -23,10 +23,11 @@ from torch import nn
 
 from ..data.dataset import CTRDataset
 from ..distributed import DistContext, broadcast_object
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_state, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluate import EvalResult, evaluate
 from .metrics_log import MetricsLog
+from .rundir import BEST_SCHEMA
 
 __all__ = ["Validation"]
 
@@ -120,7 +121,9 @@ class Validation:
         if not self.best_path.exists():
             raise FileNotFoundError(f"{self.best_path} is missing: it should hold the parameters of step "
                                     f"{best['step']}, the best val loss {best['loss']:.6g}")
-        stored = load_checkpoint(self.best_path, self.model)["best"]
+        stored = load_checkpoint(self.best_path, self.model)
+        check_state(stored, {"best": BEST_SCHEMA}, self.best_path, "state")
+        stored = stored["best"]
         if stored["step"] != best["step"]:
             raise ValueError(f"{self.best_path} holds the parameters of step {stored['step']}, but the run's best "
                              f"val loss was at step {best['step']}: it belongs to another run")
