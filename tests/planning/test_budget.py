@@ -64,3 +64,10 @@ def test_uniform_methods_are_sized_close_to_the_budget(method, ratio):
     assert size == sum(feature_bytes(c, "adagrad") for c in configs) == 2 * EmbeddingCollection(configs, device="meta").num_bytes
     assert 0.9 * budget <= size <= budget
     assert all(c.scheme == "full" for c in configs if c.num_embeddings <= 200)
+
+
+def test_what_the_closed_form_does_not_cover_is_refused():
+    for config in (FeatureConfig("p", 1000, scheme="path"), FeatureConfig("c", 1000, scheme="qr", operation="concat"),
+                   FeatureConfig("h", 1000, scheme="hybrid", hot_rows=10, cold_scheme="qr", operation="concat")):
+        with pytest.raises(ValueError, match=f"feature '{config.name}': .*count them on the module"):
+            feature_bytes(config)

@@ -33,7 +33,7 @@ def _scheme_rows(scheme: str, n: int, config: FeatureConfig) -> int:
         return n
     if scheme == "hashing":
         return -(-n // config.num_collisions)
-    if scheme in ("qr", "path"):
+    if scheme == "qr":
         return sum(QuotientRemainder(n, config.num_collisions).table_sizes)
     if scheme == "gqr":
         return sum(GeneralizedQuotientRemainder(n, config.factors or choose_divisors(n, config.num_partitions)).table_sizes)
@@ -45,16 +45,18 @@ def _scheme_rows(scheme: str, n: int, config: FeatureConfig) -> int:
 def feature_rows(config: FeatureConfig) -> int:
     """Table rows of one feature's embedding, in units of ``embedding_dim`` values.
 
-    ``concat`` splits D across the tables, so its rows count as ``sum(rows_t * d_t) / D``; path-based
-    features also hold their MLPs, which this closed form does not cover (it raises).
+    Raises for what this closed form does not cover: path-based features (they also hold MLPs) and
+    ``concat`` compositions, hybrid cold parts included (their tables have other widths); count those
+    on the module.
     """
     if config.scheme == "path":
         raise ValueError(f"feature {config.name!r}: path-based features hold MLPs; count them on the module")
+    composed = config.cold_scheme if config.scheme == "hybrid" else config.scheme
+    if config.operation == "concat" and composed in ("qr", "gqr", "crt"):
+        raise ValueError(f"feature {config.name!r}: concat tables have other widths; count them on the module")
     if config.scheme == "hybrid":
         cold = config.num_embeddings - config.hot_rows
         return config.hot_rows + (_scheme_rows(config.cold_scheme, cold, config) if cold > 0 else 0)
-    if config.operation == "concat" and config.scheme in ("qr", "gqr", "crt"):
-        raise ValueError(f"feature {config.name!r}: concat tables have other widths; count them on the module")
     return _scheme_rows(config.scheme, config.num_embeddings, config)
 
 
