@@ -174,6 +174,13 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
                         cold_scheme="qr", operation="mult")),
     Variant("path", "path-based QR (quotient table + per-remainder MLP 16-64-16), per-feature modules",
             _collection(FusedEmbeddingCollection, scheme="path", hidden_dims=(64,))),
+    Variant("tt", "TT-Rec: 3 TT cores of rank 8 per feature (dense core gradients), per-feature modules",
+            _collection(FusedEmbeddingCollection, scheme="tt", tt_rank=8)),
+    Variant("tt-cache", "TT-Rec rank 8 with the 1% most frequent ids cached as full rows",
+            _collection(FusedEmbeddingCollection, per_feature=lambda n: dict(tt_cache_rows=n // 100), scheme="tt",
+                        tt_rank=8)),
+    Variant("md", "mixed dimensions: 4 frequency blocks, power-law widths (alpha 0.3), projected to D",
+            _collection(FusedEmbeddingCollection, scheme="md", md_alpha=0.3, md_blocks=4)),
     Variant("mlp-only", "no tables: a fixed random (B, F, D) input, the DLRM step's dense work alone",
             lambda cards, dim, threshold, collisions, device: NoTables(cards, dim, device)),
 ]}

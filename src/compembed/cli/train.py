@@ -41,6 +41,13 @@ OPTIONS: list[tuple[str, str, str, dict]] = [
     ("model", "hot_rows", "--hot-rows", dict(
         type=int, help="hybrid: the K most frequent ids (frequency-ordered ids) of a feature get rows of their own")),
     ("model", "cold_scheme", "--cold-scheme", dict(choices=COLD_SCHEMES, help="hybrid: scheme of the other ids")),
+    # tt and md (issue 11)
+    ("model", "tt_rank", "--tt-rank", dict(type=int, help="tt: TT-rank of the 3 cores (capped per feature at its largest useful rank)")),
+    ("model", "tt_cache_rows", "--tt-cache-rows", dict(
+        type=int, help="tt: the K most frequent ids (frequency-ordered ids) read full cached rows")),
+    ("model", "md_alpha", "--md-alpha", dict(type=float, help="md: power-law temperature alpha of the block widths")),
+    ("model", "md_blocks", "--md-blocks", dict(type=int, help="md: number of equal frequency blocks of ids")),
+    ("model", "md_base_dim", "--md-base-dim", dict(type=int, help="md: width of the most popular block (0: --dim)")),
     ("model", "threshold", "--threshold", dict(type=int, help="compress only features with more categories")),
     ("model", "embedding_dim", "--dim", dict(type=int, help="embedding dimension D")),
     ("model", "bottom_mlp", "--bottom-mlp", dict(type=_ints, help="DLRM bottom MLP hidden sizes (output: D)")),

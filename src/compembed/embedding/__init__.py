@@ -1,4 +1,4 @@
-"""Embedding modules: compositional, path-based, hybrid, hashing and full tables, and a per-feature collection."""
+"""Embedding modules: compositional, path-based, hybrid, TT-Rec, mixed-dimension, hashing and full tables, and a per-feature collection."""
 from .collection import (
     BUILDERS,
     COLD_SCHEMES,
@@ -13,8 +13,10 @@ from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, Fu
 from .fused import FusedEmbeddingCollection
 from .hybrid import HybridEmbeddingBag
 from .init import default_std, factor_std, factor_stds
+from .md import MixedDimEmbeddingBag
 from .path import ClassMLP, PathEmbedding, PathEmbeddingBag
 from .pooling import pool_bags
+from .tt import TTEmbeddingBag
 
 __all__ = [
     "CompositionalEmbedding",
@@ -24,6 +26,8 @@ __all__ = [
     "PathEmbedding",
     "PathEmbeddingBag",
     "HybridEmbeddingBag",
+    "TTEmbeddingBag",
+    "MixedDimEmbeddingBag",
     "ClassMLP",
     "EmbeddingCollection",
     "FusedEmbeddingCollection",

@@ -19,7 +19,9 @@ from ..partitions import (
 from .compositional import CompositionalEmbeddingBag, FullEmbeddingBag, HashEmbeddingBag
 from .hybrid import HybridEmbeddingBag
 from .init import OPERATIONS, default_std
+from .md import MixedDimEmbeddingBag, md_feature_layout
 from .path import PathEmbeddingBag
+from .tt import TTEmbeddingBag, tt_feature_layout
 from .pooling import MODES
 
 __all__ = ["SCHEMES", "COLD_SCHEMES", "BUILDERS", "FeatureConfig", "FeatureReport", "EmbeddingCollection", "build_embedding_bag", "feature_configs"]
@@ -53,6 +55,13 @@ class FeatureConfig:
             get rows of their own; ``K >= n`` makes a full table.
         cold_scheme: for ``hybrid``, the scheme of the other ids, shifted to ``x - K``: one of
             ``COLD_SCHEMES``, with this config's operation, num_collisions, num_partitions, factors.
+        tt_rank: for ``tt`` (TT-Rec, ``embedding.tt``), the TT-rank R of the 3 cores; a feature too
+            small for it gets its largest useful rank (``tt_max_rank``).
+        tt_cache_rows: for ``tt``, the K first (most frequent) ids read full cached rows.
+        md_alpha: for ``md`` (mixed dimensions, ``embedding.md``), the power-law temperature (>= 0).
+        md_blocks: for ``md``, the number of equal id ranges (at most n; fewer for smaller features).
+        md_base_dim: for ``md``, the width of the most popular block (0: ``embedding_dim``).
+        md_boundaries: for ``md``, explicit first ids of the blocks after the first (instead of md_blocks).
     """
 
     name: str
@@ -67,6 +76,13 @@ class FeatureConfig:
     mode: str = "sum"
     hot_rows: int = 0
     cold_scheme: str = "qr"
+    # tt and md (issue 11): the scheme's own options, checked below
+    tt_rank: int = 8
+    tt_cache_rows: int = 0
+    md_alpha: float = 0.3
+    md_blocks: int = 4
+    md_base_dim: int = 0
+    md_boundaries: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         where = f"feature {self.name!r}"
@@ -88,7 +104,25 @@ class FeatureConfig:
             raise ValueError(f"{where}: cold_scheme must be one of {COLD_SCHEMES}, got {self.cold_scheme!r}")
         if self.factors is not None:
             self.factors = tuple(self.factors)
+        self._check_tt_md(where)
         self.hidden_dims = tuple(self.hidden_dims)
+
+    def _check_tt_md(self, where: str) -> None:
+        def whole(value, low: int) -> bool:
+            return not isinstance(value, bool) and isinstance(value, int) and value >= low
+        if not whole(self.tt_rank, 1):
+            raise ValueError(f"{where}: tt_rank must be an int >= 1, got {self.tt_rank!r}")
+        if not whole(self.tt_cache_rows, 0):
+            raise ValueError(f"{where}: tt_cache_rows must be an int >= 0, got {self.tt_cache_rows!r}")
+        if isinstance(self.md_alpha, bool) or not isinstance(self.md_alpha, (int, float)) or not self.md_alpha >= 0:
+            raise ValueError(f"{where}: md_alpha must be a number >= 0, got {self.md_alpha!r}")
+        if not whole(self.md_blocks, 1):
+            raise ValueError(f"{where}: md_blocks must be an int >= 1, got {self.md_blocks!r}")
+        if not whole(self.md_base_dim, 0) or self.md_base_dim > self.embedding_dim:
+            raise ValueError(f"{where}: md_base_dim must be an int in [0, embedding_dim={self.embedding_dim}] "
+                             f"(0: embedding_dim), got {self.md_base_dim!r}")
+        if self.md_boundaries is not None:
+            self.md_boundaries = tuple(self.md_boundaries)
 
     def with_threshold(self, threshold: int) -> FeatureConfig:
         """The paper's threshold rule: only features with more than ``threshold`` categories are compressed."""
@@ -128,6 +162,17 @@ def _hybrid(c: FeatureConfig, n: int, **kw) -> nn.Module:
     return HybridEmbeddingBag(n, c.embedding_dim, hot, cold, **kw)
 
 
+def _tt(c: FeatureConfig, n: int, **kw) -> nn.Module:
+    """TT-Rec with ``tt_rank`` capped at the feature's largest useful rank, ``min(tt_cache_rows, n)`` cached rows."""
+    return TTEmbeddingBag(n, c.embedding_dim, **tt_feature_layout(n, c.embedding_dim, c.tt_rank, c.tt_cache_rows), **kw)
+
+
+def _md(c: FeatureConfig, n: int, **kw) -> nn.Module:
+    """Mixed dimensions over ``min(md_blocks, n)`` equal blocks (or ``md_boundaries``)."""
+    layout = md_feature_layout(n, c.embedding_dim, float(c.md_alpha), c.md_blocks, c.md_boundaries, c.md_base_dim or None)
+    return MixedDimEmbeddingBag(n, c.embedding_dim, **layout, **kw)
+
+
 BUILDERS: dict[str, Builder] = {
     "full": _full,
     "hashing": _hashing,
@@ -136,6 +181,8 @@ BUILDERS: dict[str, Builder] = {
     "crt": _composed(lambda c, n: ChineseRemainder(n, c.factors or choose_moduli(n, c.num_partitions))),
     "path": _path,
     "hybrid": _hybrid,
+    "tt": _tt,
+    "md": _md,
 }
 SCHEMES = tuple(BUILDERS)
 
@@ -323,4 +370,8 @@ def _describe(config: FeatureConfig) -> str:
         return f"hybrid[{config.hot_rows}]+{_describe(dataclasses.replace(config, scheme=config.cold_scheme))}"
     if config.scheme in ("full", "hashing", "path"):
         return config.scheme if config.scheme != "path" else f"path{list(config.hidden_dims)}"
+    if config.scheme == "tt":
+        return f"tt[r{config.tt_rank}" + (f", cache {config.tt_cache_rows}]" if config.tt_cache_rows else "]")
+    if config.scheme == "md":
+        return f"md[a{config.md_alpha:g}" + (f", d0 {config.md_base_dim}]" if config.md_base_dim else "]")
     return f"{config.scheme}-{config.operation}"

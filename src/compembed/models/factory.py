@@ -43,6 +43,8 @@ class ModelConfig:
             compressed feature get rows of their own (a feature with ``n <= K`` gets a full table).
         cold_scheme: for ``hybrid``, the scheme of the other ids (``full``, ``hashing``, ``qr``,
             ``gqr`` or ``crt``, with the options above).
+        tt_rank, tt_cache_rows, md_alpha, md_blocks, md_base_dim: the options of ``tt`` (TT-Rec) and
+            ``md`` (mixed dimensions), as ``FeatureConfig`` describes them.
         threshold: compress only features with more categories than this (0: all; 200 is DLRM's default).
         bottom_mlp: DLRM bottom MLP hidden sizes (output: ``embedding_dim``).
         top_mlp: DLRM top MLP hidden sizes (output: one logit).
@@ -64,6 +66,12 @@ class ModelConfig:
     path_hidden: tuple[int, ...] = (64,)
     hot_rows: int = 0
     cold_scheme: str = "qr"
+    # tt and md (issue 11)
+    tt_rank: int = 8
+    tt_cache_rows: int = 0
+    md_alpha: float = 0.3
+    md_blocks: int = 4
+    md_base_dim: int = 0
     threshold: int = 200
     bottom_mlp: tuple[int, ...] = (512, 256, 64)
     top_mlp: tuple[int, ...] = (512, 256)
@@ -94,6 +102,12 @@ class ModelConfig:
             (self.hot_rows >= 0, f"hot_rows must be >= 0, got {self.hot_rows}"),
             (self.cold_scheme in COLD_SCHEMES, f"cold_scheme must be one of {COLD_SCHEMES}, got {self.cold_scheme!r}"),
             (self.threshold >= 0, f"threshold must be >= 0, got {self.threshold}"),
+            (self.tt_rank >= 1, f"tt_rank must be >= 1, got {self.tt_rank}"),
+            (self.tt_cache_rows >= 0, f"tt_cache_rows must be >= 0, got {self.tt_cache_rows}"),
+            (self.md_alpha >= 0, f"md_alpha must be >= 0, got {self.md_alpha}"),
+            (self.md_blocks >= 1, f"md_blocks must be >= 1, got {self.md_blocks}"),
+            (0 <= self.md_base_dim <= self.embedding_dim,
+             f"md_base_dim must be in [0, embedding_dim={self.embedding_dim}] (0: embedding_dim), got {self.md_base_dim}"),
             (self.cross_layers >= 0, f"cross_layers must be >= 0, got {self.cross_layers}"),
             (len(self.deep_mlp) >= 1, "deep_mlp needs at least one layer"),
             *((min(sizes, default=1) >= 1, f"{name} sizes must be >= 1, got {list(sizes)}") for name, sizes in layers.items()),
@@ -114,6 +128,10 @@ class ModelConfig:
             return f"hybrid{self.hot_rows}+{dataclasses.replace(self, scheme=self.cold_scheme).label()}"
         if self.scheme == "full":
             return "full"
+        if self.scheme == "tt":
+            return f"tt/r{self.tt_rank}" + (f"+cache{self.tt_cache_rows}" if self.tt_cache_rows else "")
+        if self.scheme == "md":
+            return f"md/a{self.md_alpha:g}/b{self.md_blocks}" + (f"/d{self.md_base_dim}" if self.md_base_dim else "")
         if self.scheme in ("hashing", "qr", "path"):
             head = {"hashing": "hashing", "qr": f"qr-{self.operation}", "path": f"path{list(self.path_hidden)}"}
             return f"{head[self.scheme]}/{self.num_collisions}"
@@ -137,6 +155,8 @@ def build_collection(
         info.cardinalities, info.categorical_names, embedding_dim=config.embedding_dim, scheme=config.scheme,
         operation=config.operation, num_collisions=config.num_collisions, num_partitions=config.num_partitions,
         hidden_dims=config.path_hidden, hot_rows=config.hot_rows, cold_scheme=config.cold_scheme,
+        tt_rank=config.tt_rank, tt_cache_rows=config.tt_cache_rows, md_alpha=config.md_alpha,
+        md_blocks=config.md_blocks, md_base_dim=config.md_base_dim,
     )
     unknown = sorted(set(config.features) - set(info.categorical_names))
     if unknown:

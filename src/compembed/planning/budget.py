@@ -10,9 +10,11 @@ import math
 import re
 
 from ..embedding import FeatureConfig
+from ..embedding.md import md_feature_layout, md_num_parameters
+from ..embedding.tt import tt_feature_layout, tt_num_parameters
 from ..partitions import ChineseRemainder, GeneralizedQuotientRemainder, QuotientRemainder, choose_divisors, choose_moduli
 
-__all__ = ["STATE_FACTORS", "state_factor", "feature_rows", "feature_bytes", "parse_bytes", "format_bytes"]
+__all__ = ["STATE_FACTORS", "state_factor", "feature_rows", "feature_parameters", "feature_bytes", "parse_bytes", "format_bytes"]
 
 # Optimizer state per parameter, in parameters: Adagrad keeps one sum of squares per value, Adam two
 # moments, AMSGrad also the running maximum, row-wise Adagrad one value per row (1/D per value).
@@ -60,9 +62,23 @@ def feature_rows(config: FeatureConfig) -> int:
     return _scheme_rows(config.scheme, config.num_embeddings, config)
 
 
+def feature_parameters(config: FeatureConfig) -> int:
+    """Parameters of one feature's embedding: table rows times D, or the closed form of ``tt``
+    (three cores and a cache) and ``md`` (blocks and projections)."""
+    n, dim = config.num_embeddings, config.embedding_dim
+    if config.scheme == "tt":
+        layout = tt_feature_layout(n, dim, config.tt_rank, config.tt_cache_rows)
+        return tt_num_parameters(layout["row_factors"], layout["dim_factors"], layout["rank"], layout["cache_rows"])
+    if config.scheme == "md":
+        layout = md_feature_layout(n, dim, float(config.md_alpha), config.md_blocks, config.md_boundaries,
+                                   config.md_base_dim or None)
+        return md_num_parameters(n, dim, (0, *layout["boundaries"]), layout["block_dims"])
+    return feature_rows(config) * dim
+
+
 def feature_bytes(config: FeatureConfig, optimizer: str = "sgd", itemsize: int = 4) -> int:
     """Bytes of one feature's tables plus their optimizer state."""
-    values = feature_rows(config) * config.embedding_dim
+    values = feature_parameters(config)
     return int(round(values * itemsize * (1.0 + state_factor(optimizer, config.embedding_dim))))
 
 

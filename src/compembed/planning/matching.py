@@ -7,7 +7,12 @@ every method gets (up to its knob's granularity) the same bytes:
 - ``qr``: quotient-remainder with element-wise product at ``c`` collisions, each feature's ``c``
   capped at ``ceil(sqrt(n))`` (beyond it QR grows again);
 - ``gqr``: mixed radix with 3 tables, divisors ``(m, m, ceil(n / m**2))``, each feature's ``m``
-  capped at its cube root (where the three tables are even, the smallest).
+  capped at its cube root (where the three tables are even, the smallest);
+- ``tt``: TT-Rec with one TT-rank ``R`` for all features, the largest that fits (each feature's
+  rank capped at its largest useful one, ``embedding.tt.tt_max_rank``); no cache;
+- ``md``: mixed dimensions (4 equal blocks, ``alpha`` 0.3, the ``FeatureConfig`` defaults) with
+  one base width ``d_0`` for all features, the largest that fits. Its minimum, every block of
+  width 1, is about ``n`` values per feature, so ``md`` cannot go below about D-fold compression.
 
 Features with at most ``threshold`` categories keep full tables (the paper's rule, DLRM's default
 200), as the uniform methods are used in practice. The knob is the smallest that fits; the bytes it
@@ -27,12 +32,18 @@ from .budget import feature_bytes
 
 __all__ = ["UNIFORM_METHODS", "match_budget"]
 
-UNIFORM_METHODS = ("hashing", "qr", "gqr")
+UNIFORM_METHODS = ("hashing", "qr", "gqr", "tt", "md")
+# Methods whose knob grows the bytes (TT-rank, base width): the largest knob that fits is searched.
+_GROWING = ("tt", "md")
 
 
 def _feature(method: str, name: str, n: int, knob: int, dim: int, threshold: int) -> FeatureConfig:
-    if n <= threshold or knob <= 1:
+    if n <= threshold or (knob <= 1 and method not in _GROWING):
         return FeatureConfig(name, n, dim, scheme="full")
+    if method == "tt":
+        return FeatureConfig(name, n, dim, scheme="tt", tt_rank=knob)
+    if method == "md":
+        return FeatureConfig(name, n, dim, scheme="md", md_base_dim=min(knob, dim))
     if method == "hashing":
         return FeatureConfig(name, n, dim, scheme="hashing", num_collisions=knob)
     if method == "qr":
@@ -49,6 +60,12 @@ def _overrides(config: FeatureConfig) -> dict[str, Any]:
         out["num_collisions"] = config.num_collisions
     if config.scheme == "gqr":
         out["factors"] = list(config.factors)
+    if config.scheme == "tt":
+        out.pop("operation")
+        out["tt_rank"] = config.tt_rank
+    if config.scheme == "md":
+        out.pop("operation")
+        out.update(md_alpha=config.md_alpha, md_blocks=config.md_blocks, md_base_dim=config.md_base_dim)
     return out
 
 
@@ -59,7 +76,8 @@ def match_budget(
     """The largest ``method`` configuration within ``budget`` bytes (tables plus optimizer state).
 
     Returns ``(features, bytes, knob)``: the per-feature overrides, their bytes and the knob
-    (``c`` or ``m``); or None when even the smallest configuration of ``method`` exceeds the budget.
+    (``c``, ``m``, the TT-rank or the md base width); or None when even the smallest configuration of
+    ``method`` exceeds the budget.
     """
     if method not in UNIFORM_METHODS:
         raise ValueError(f"method must be one of {UNIFORM_METHODS}, got {method!r}")
@@ -70,6 +88,8 @@ def match_budget(
         configs = [_feature(method, name, int(n), knob, embedding_dim, threshold) for name, n in zip(names, cardinalities)]
         return configs, sum(feature_bytes(c, optimizer, itemsize) for c in configs)
 
+    if method in _GROWING:
+        return _match_growing(method, build, names, cardinalities, budget, embedding_dim, optimizer, itemsize, threshold)
     # Bytes do not grow with the knob (the caps keep QR and mixed radix at their smallest), so the
     # smallest knob that fits is the largest configuration that fits.
     lo, hi = 1, max(2, largest)
@@ -91,4 +111,28 @@ def match_budget(
         grown = size - feature_bytes(configs[j], optimizer, itemsize) + feature_bytes(finer, optimizer, itemsize)
         if grown <= budget:
             configs[j], size = finer, grown
+    return {c.name: _overrides(c) for c in configs}, size, knob
+
+
+def _match_growing(method, build, names, cardinalities, budget, dim, optimizer, itemsize, threshold):
+    """``match_budget`` for a knob that grows the bytes (tt's rank, md's base width): the largest knob
+    that fits, then the largest features one step up while the budget allows."""
+    top = dim if method == "md" else max(2, max(int(n) for n in cardinalities))  # tt: ranks are capped per feature
+    if build(1)[1] > budget:
+        return None
+    lo, hi = 1, top + 1  # build(lo) fits; hi is the first knob known not to fit (or past the top)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if build(mid)[1] <= budget:
+            lo = mid
+        else:
+            hi = mid
+    knob = lo
+    configs, size = build(knob)
+    if knob < top:
+        for j in sorted(range(len(configs)), key=lambda j: -int(cardinalities[j])):
+            finer = _feature(method, names[j], int(cardinalities[j]), knob + 1, dim, threshold)
+            grown = size - feature_bytes(configs[j], optimizer, itemsize) + feature_bytes(finer, optimizer, itemsize)
+            if grown <= budget:
+                configs[j], size = finer, grown
     return {c.name: _overrides(c) for c in configs}, size, knob

@@ -59,7 +59,7 @@ class SweepSpec:
         threshold: QR at ``path_collisions`` collisions with every operation and every threshold.
         budget: at each compression in ``budgets``, every method of ``budget_methods`` sized to the
             same bytes (tables plus optimizer state): ``planner`` (``compembed plan``) and the
-            uniform ``qr``, ``gqr`` and ``hashing`` of ``planning.match_budget``; also ``qr`` and
+            uniform ``qr``, ``gqr``, ``hashing``, ``tt`` and ``md`` of ``planning.match_budget``; also ``qr`` and
             ``hashing`` at each compression of ``budget_collisions``, the (method, compression)
             pairs of ``budget_extra``, and full tables. It needs the
             dataset's ``info`` (cardinalities; counts for the planner).
