@@ -15,6 +15,8 @@ CONFIGS = [
     FeatureConfig("hybrid_gqr", 100_003, scheme="hybrid", hot_rows=17, cold_scheme="gqr", num_partitions=3),
     FeatureConfig("hybrid_all_hot", 50, scheme="hybrid", hot_rows=50),
     FeatureConfig("hybrid_hash", 9000, scheme="hybrid", hot_rows=10, cold_scheme="hashing", num_collisions=4),
+    FeatureConfig("tt", 100_003, scheme="tt", tt_rank=6, tt_cache_rows=100),
+    FeatureConfig("md", 100_003, scheme="md", md_alpha=0.5, md_blocks=5, md_base_dim=6),
 ]
 
 

@@ -1,0 +1,79 @@
+"""`compembed train --scheme tt|md` end to end: options reach the config, runs train, kill -9 and resume is exact."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from compembed.cli.main import main
+from compembed.training import load_config
+from compembed.training.checkpoint import read_checkpoint_state
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--rows", "4000", "--scale", "0.0005", "--dim", "8", "--bottom-mlp", "16", "--top-mlp", "16",
+        "--batch-size", "64", "--threads", "1", "--no-progress", "--threshold", "20"]
+
+
+def test_tt_and_md_options_reach_the_config(tmp_path):
+    cfg = tmp_path / "tt.toml"
+    assert main(["train", "--write-config", str(cfg), "--scheme", "tt", "--tt-rank", "5", "--tt-cache-rows", "30", *TINY]) == 0
+    model = load_config(cfg).model
+    assert (model.scheme, model.tt_rank, model.tt_cache_rows, model.label()) == ("tt", 5, 30, "tt/r5+cache30")
+    assert main(["train", "--write-config", str(cfg), "--scheme", "md", "--md-alpha", "0.5", "--md-blocks", "3",
+                 "--md-base-dim", "6", *TINY]) == 0
+    model = load_config(cfg).model
+    assert (model.md_alpha, model.md_blocks, model.md_base_dim, model.label()) == (0.5, 3, 6, "md/a0.5/b3/d6")
+    assert main(["train", "--write-config", str(cfg), "--scheme", "md", "--md-alpha", "-1", *TINY]) == 2
+
+
+def test_md_trains_and_evaluates(tmp_path, capsys):
+    out = tmp_path / "md"
+    assert main(["train", "--out", str(out), "--scheme", "md", "--md-base-dim", "4", "--max-steps", "15", *TINY]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["memory"]["compression_ratio"] > 1.5 and summary["evals"]["test"]["loss"] < 0.75
+    assert "md/a0.3/b4/d4" in capsys.readouterr().out
+    assert main(["evaluate", str(out)]) == 0
+
+
+def test_tt_kill_9_then_resume_equals_uninterrupted(tmp_path):
+    options = ["--scheme", "tt", "--tt-rank", "3", "--tt-cache-rows", "10", *TINY, "--checkpoint-every", "5",
+               "--log-every", "5", "--eval-every", "20"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(["train", "--out", str(whole), *options]) == 0
+
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "compembed", "train", "--out", str(cut), *options], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = cut / "checkpoint.safetensors"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = read_checkpoint_state(ckpt)["loop"]
+    assert not killed_at["done"] and 0 < killed_at["batch"] < 50  # 3,200 train rows / 64: mid-epoch
+
+    assert main(["train", "--out", str(cut), "--resume", "--no-progress"]) == 0
+    a, b = load_file(whole / "checkpoint.safetensors"), load_file(cut / "checkpoint.safetensors")
+    cores = [k for k in a if k.startswith("model.") and ".core" in k]
+    assert cores and all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "optim.")))
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
+    assert sa["evals"] == sb["evals"] and sa["train_loss"] == sb["train_loss"]
+
+
+@pytest.mark.parametrize("method", ["tt", "md"])
+def test_sweep_budget_study_sizes_tt_and_md(tmp_path, method, capsys):
+    assert main(["sweep", "--preset", "tiny", "--studies", "budget", "--budget-methods", method, "--budgets", "4",
+                 "--archs", "dlrm", "--optimizers", "adagrad", "--seeds", "0", "--out", str(tmp_path / "s"),
+                 "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert f"{method}@4x" in listed
