@@ -27,7 +27,7 @@ def _slow_row(m: TTEmbeddingBag, x: int) -> torch.Tensor:
     for j1 in range(d1):
         for j2 in range(d2):
             for j3 in range(d3):
-                row.append(m.core1[i1, j1, :] @ m.core2[i2, :, j2, :] @ m.core3[i3, :, j3])
+                row.append(m.g1[i1, j1, :] @ m.g2[i2, :, j2, :] @ m.g3[i3, :, j3])
     return torch.stack(row)
 
 
@@ -79,14 +79,19 @@ def test_cache_starts_as_the_train_and_keeps_the_function():
     assert cached.cache.shape == (10, 8) and cached.table_sizes == (10, *cached.row_factors)
 
 
-def test_gradients_flow_to_every_core_and_to_used_cache_rows_only():
+def test_gradients_flow_to_the_used_slices_and_cache_rows_only():
     m = _tt(cache_rows=5, sparse=True)
-    ids = torch.tensor([[1, 30], [59, 2]])
+    ids = torch.tensor([[1, 30], [59, 2], [30, 30]])  # uncached 30 = (1, 2, 0) and 59 = (2, 3, 4) in radix (3, 4, 5)
+    assert m.row_factors == (3, 4, 5)
     m(ids).sum().backward()
-    for core in m.cores:
-        assert not core.grad.is_sparse and core.grad.abs().sum() > 0  # cores: dense gradients
+    for core, used in zip(m.cores, ([1, 2], [2, 3], [0, 4])):
+        assert core.grad.is_sparse and core.grad._indices()[0].tolist() == used  # each slice once, uncoalesced
     assert m.cache.grad.is_sparse
     assert sorted(m.cache.grad.coalesce().indices()[0].tolist()) == [1, 2]
+    dense = _tt(cache_rows=5)
+    dense(ids).sum().backward()
+    for sparse_core, dense_core in zip(m.cores, dense.cores):
+        torch.testing.assert_close(sparse_core.grad.to_dense(), dense_core.grad)
     small = _tt(n=12, dim=4, rank=2)
     x = torch.tensor([[0], [5], [11], [7]])
 
@@ -187,3 +192,14 @@ def test_match_budget_takes_the_largest_rank_that_fits():
     bigger = [FeatureConfig(f"C{j + 1}", n, 16, scheme="tt", tt_rank=rank + 1) for j, n in enumerate(cards)]
     assert sum(feature_bytes(c, "adagrad") for c in bigger) > full // 64  # the next rank does not fit
     assert EmbeddingCollection(configs, device="meta").num_bytes * 2 == size
+
+
+def test_sparse_adam_trains_the_cores_and_leaves_unused_slices():
+    m = _tt(cache_rows=5, sparse=True, dtype=torch.float32)
+    before = [core.detach().clone() for core in m.cores]
+    optimizer = torch.optim.SparseAdam(list(m.parameters()), lr=0.01)
+    m(torch.tensor([[30], [59]])).sum().backward()
+    optimizer.step()
+    for core, old, used in zip(m.cores, before, ([1, 2], [2, 3], [0, 4])):
+        changed = (core != old).any(dim=1).nonzero().flatten().tolist()
+        assert changed == used

@@ -22,8 +22,9 @@ from a Zipf law with exponent 1 over the ranks (id ``x`` has probability ``~ 1/(
 shape of categorical frequencies; the block mean is then ``(H_b - H_a) / (b - a)`` with harmonic
 numbers ``H``. Blocks are equal ranges of ids (``num_blocks``) unless ``boundaries`` are given.
 
-Gradients: the tables' gradients are sparse with ``sparse=True``; the projections' are dense (a
-``d_i x D`` matrix that every id of its block uses).
+Gradients: with ``sparse=True`` every parameter gets a sparse gradient (so that the sparse
+optimizers, lazy Adam/AMSGrad, can train it): the tables over the rows used, each projection over
+all its ``d_i`` rows when its block is used (it is read as a lookup of all its rows).
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ class MixedDimEmbeddingBag(nn.Module):
         popularity: mean id probability of each block (default: Zipf(1), see the module doc).
         block_dims: explicit widths, one per block, each in ``[1, D]`` (overrides the power law).
         mode: bag pooling, ``sum``, ``mean`` (default, as ``nn.EmbeddingBag``) or ``max``.
-        sparse: sparse gradients for the block tables (the projections' are dense).
+        sparse: sparse gradients for the block tables and the projections (see the module doc).
         include_last_offset: as ``nn.EmbeddingBag``.
         init_std: std of every id's vector at init (default ``1/sqrt(3n)``, a full table's).
 
@@ -206,13 +207,20 @@ class MixedDimEmbeddingBag(nn.Module):
             out = self.tables[0].new_empty(ids.shape[0], self.embedding_dim)
             for i in range(len(self.tables)):  # a loop over the few blocks, not over ids
                 member = blocks == i
-                out[member] = self._block(i, ids[member] - self.starts[i])
+                local = ids[member] - self.starts[i]
+                if local.numel():  # an unused block's parameters get no gradient (not even zeros)
+                    out[member] = self._block(i, local)
         return out.reshape(*input.shape, self.embedding_dim)
 
     def _block(self, i: int, local: Tensor) -> Tensor:
         """``E_i[local] @ P_i`` ``(N_i, D)`` for ids ``local`` ``(N_i,)`` of block ``i`` (shifted to its start)."""
         rows = F.embedding(local, self.tables[i], sparse=self.sparse)
-        return rows @ self.projections[str(i)] if str(i) in self.projections else rows
+        if str(i) not in self.projections:
+            return rows
+        projection = self.projections[str(i)]
+        if self.sparse:  # all d_i rows as a lookup, so that its gradient is sparse too
+            projection = F.embedding(torch.arange(projection.shape[0], device=local.device), projection, sparse=True)
+        return rows @ projection
 
     def forward(
         self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None

@@ -4,8 +4,8 @@ The ``n x D`` table is viewed as a tensor of shape ``(n1, n2, n3, d1, d2, d3)`` 
 ``n1 * n2 * n3 >= n`` and ``d1 * d2 * d3 = D``, and stored as three TT cores of TT-rank R:
 
 - ``G1`` ``(n1, d1, R)``, ``G2`` ``(R, n2, d2, R)``, ``G3`` ``(R, n3, d3)`` in the paper's index
-  order; here every core keeps its id digit first (``core1`` ``(n1, d1, R)``, ``core2``
-  ``(n2, R, d2, R)``, ``core3`` ``(n3, R, d3)``) so that the slices of a batch are one gather each.
+  order; here every core keeps its id digit first (``g1`` ``(n1, d1, R)``, ``g2``
+  ``(n2, R, d2, R)``, ``g3`` ``(n3, R, d3)``) so that the slices of a batch are one gather each.
 
 Id ``x`` is written in mixed radix ``(n1, n2, n3)``, most significant digit first:
 ``x = i1 * n2 * n3 + i2 * n3 + i3``. Its row is the contraction
@@ -27,10 +27,14 @@ cache starts as the TT rows of those ids (so caching does not change the functio
 is trained on its own. The paper fills the cache from the measured most frequent ids during
 training; frequency-ordered ids make that a fixed range.
 
-Gradients: the cache gets sparse gradients with ``sparse=True``; the cores always get dense ones
-(a batch touches most of their few slices, and a sparse gradient of the gathered slices would be
-larger than the cores themselves). Sparse-only optimizers (``torch.optim.SparseAdam``) therefore
-cannot train the cores.
+Gradients: with ``sparse=True`` every parameter gets a sparse gradient, so that the sparse
+optimizers (lazy Adam/AMSGrad) can train the cores like any table: the cache over the rows used,
+each core over the slices the batch uses. The slices are looked up once per distinct digit
+(``torch.unique``), so a core's sparse gradient has at most its own size, whatever the batch;
+with few slices per core (``~n**(1/3)``) most of them are used by a large batch. The cores are
+stored flat, one row per slice (a sparse gradient cannot pass through a view of a parameter):
+``core1`` ``(n1, d1 R)``, ``core2`` ``(n2, R d2 R)``, ``core3`` ``(n3, R d3)``; ``g1``, ``g2``, ``g3``
+are their views in the shapes above.
 
 Factorisation: ``n`` is split into ``(n1, n2, n3)`` near ``n**(1/3)`` whose product is the smallest
 found ``>= n`` (unused ids of the last block are never read). ``D`` is split exactly into the three
@@ -112,12 +116,13 @@ class TTEmbeddingBag(nn.Module):
         dim_factors: ``(d1, d2, d3)`` with product ``D`` (default ``tt_dim_factors(D)``).
         cache_rows: K: ids ``x < K`` (the most frequent, with frequency-ordered ids) read full rows.
         mode: bag pooling, ``sum``, ``mean`` (default, as ``nn.EmbeddingBag``) or ``max``.
-        sparse: sparse gradients for the cache (the cores' are always dense, see the module doc).
+        sparse: sparse gradients for the cache and the cores (see the module doc).
         include_last_offset: as ``nn.EmbeddingBag``.
         init_std: std of every id's vector at init (default ``1/sqrt(3n)``).
 
-    Parameters: ``core1`` ``(n1, d1, R)``, ``core2`` ``(n2, R, d2, R)``, ``core3`` ``(n3, R, d3)``, and
-    ``cache`` ``(K, D)`` when ``K > 0``.
+    Parameters: ``core1`` ``(n1, d1 R)``, ``core2`` ``(n2, R d2 R)``, ``core3`` ``(n3, R d3)`` (one row
+    per slice; ``g1``, ``g2``, ``g3`` view them as ``(n1, d1, R)``, ``(n2, R, d2, R)``, ``(n3, R, d3)``),
+    and ``cache`` ``(K, D)`` when ``K > 0``.
 
     Shape:
         ``forward(input, offsets=None, per_sample_weights=None)`` takes what ``nn.EmbeddingBag``
@@ -170,9 +175,9 @@ class TTEmbeddingBag(nn.Module):
         self.init_std = default_std(num_embeddings) if init_std is None else float(init_std)
         (n1, n2, n3), (d1, d2, d3) = self.row_factors, self.dim_factors
         factory = {"device": device, "dtype": dtype}
-        self.core1 = nn.Parameter(torch.empty(n1, d1, rank, **factory))
-        self.core2 = nn.Parameter(torch.empty(n2, rank, d2, rank, **factory))
-        self.core3 = nn.Parameter(torch.empty(n3, rank, d3, **factory))
+        self.core1 = nn.Parameter(torch.empty(n1, d1 * rank, **factory))
+        self.core2 = nn.Parameter(torch.empty(n2, rank * d2 * rank, **factory))
+        self.core3 = nn.Parameter(torch.empty(n3, rank * d3, **factory))
         self.cache = nn.Parameter(torch.empty(cache_rows, embedding_dim, **factory)) if cache_rows else None
         self.reset_parameters()
 
@@ -187,7 +192,23 @@ class TTEmbeddingBag(nn.Module):
 
     @property
     def cores(self) -> list[Tensor]:
+        """The flat cores (the parameters), one row per slice."""
         return [self.core1, self.core2, self.core3]
+
+    @property
+    def g1(self) -> Tensor:
+        """``G1`` as ``(n1, d1, R)``."""
+        return self.core1.view(self.row_factors[0], self.dim_factors[0], self.rank)
+
+    @property
+    def g2(self) -> Tensor:
+        """``G2`` as ``(n2, R, d2, R)``."""
+        return self.core2.view(self.row_factors[1], self.rank, self.dim_factors[1], self.rank)
+
+    @property
+    def g3(self) -> Tensor:
+        """``G3`` as ``(n3, R, d3)``."""
+        return self.core3.view(self.row_factors[2], self.rank, self.dim_factors[2])
 
     @property
     def table_sizes(self) -> tuple[int, ...]:
@@ -209,14 +230,21 @@ class TTEmbeddingBag(nn.Module):
 
     def tt_rows(self, ids: Tensor) -> Tensor:
         """The train's rows ``(N, D)`` of valid int64 ids ``(N,)``: two batched products over the whole batch."""
-        (_, _, _), (d1, d2, d3) = self.row_factors, self.dim_factors
+        d1, d2, d3 = self.dim_factors
         r = self.rank
         i1, i2, i3 = self.digits(ids)
-        a = self.core1[i1]  # (N, d1, R)
-        b = self.core2[i2].reshape(-1, r, d2 * r)  # (N, R, d2 R)
-        c = self.core3[i3]  # (N, R, d3)
+        a = self._slices(self.core1, i1).view(-1, d1, r)  # (N, d1, R)
+        b = self._slices(self.core2, i2).view(-1, r, d2 * r)  # (N, R, d2 R)
+        c = self._slices(self.core3, i3).view(-1, r, d3)  # (N, R, d3)
         ab = torch.bmm(a, b).reshape(-1, d1 * d2, r)  # (N, d1 d2, R)
         return torch.bmm(ab, c).reshape(-1, d1 * d2 * d3)  # (N, D), j = (j1 d2 + j2) d3 + j3
+
+    def _slices(self, core: Tensor, digits: Tensor) -> Tensor:
+        """Rows ``(N, size)`` of a flat core for digits ``(N,)``; with sparse gradients, each distinct slice once."""
+        if not self.sparse:
+            return F.embedding(digits, core)
+        present, inverse = torch.unique(digits, return_inverse=True)
+        return F.embedding(present, core, sparse=True)[inverse]
 
     def embed(self, input: Tensor) -> Tensor:
         """Vectors ``(*, D)`` of ids ``(*)``, before pooling."""
