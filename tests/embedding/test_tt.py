@@ -72,6 +72,18 @@ def test_include_last_offset_and_int32_ids():
     torch.testing.assert_close(m(ids, offsets), _slow_bags(m, ids, offsets, None, "sum", last=True))
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_batches_all_cached_none_cached_or_empty(sparse):
+    m = _tt(cache_rows=10, sparse=sparse)
+    for ids in ([[1], [9]], [[10], [59]], []):
+        x = torch.tensor(ids, dtype=torch.int64).view(-1, 1)
+        out = m(x)
+        assert out.shape == (len(ids), 8)
+        out.sum().backward()
+        if ids:
+            torch.testing.assert_close(out, torch.stack([_slow_row(m, i) for (i,) in ids]))
+
+
 def test_cache_starts_as_the_train_and_keeps_the_function():
     plain, cached = _tt(seed=3), _tt(seed=3, cache_rows=10)
     ids = torch.arange(60)

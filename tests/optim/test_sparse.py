@@ -129,3 +129,14 @@ def test_closure_and_state_dict_roundtrip():
     restored.load_state_dict(opt.state_dict())
     torch.testing.assert_close(restored.state[weight]["sum"], opt.state[weight]["sum"])
     assert restored.state[weight]["step"] == 1
+
+
+@pytest.mark.parametrize("cls", [SparseSGD, SparseAdagrad, RowWiseAdagrad])
+def test_an_empty_sparse_gradient_changes_nothing(cls):
+    """A lookup of no ids (e.g. a TT cache when the batch has no cached id) gives a gradient with 0 rows."""
+    weight = torch.nn.Parameter(torch.randn(5, 3))
+    before = weight.detach().clone()
+    torch.nn.functional.embedding(torch.empty(0, dtype=torch.int64), weight, sparse=True).sum().backward()
+    assert weight.grad.is_sparse and weight.grad._nnz() == 0
+    cls([weight], lr=0.1).step()
+    assert torch.equal(weight, before)

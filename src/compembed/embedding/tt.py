@@ -232,12 +232,13 @@ class TTEmbeddingBag(nn.Module):
         """The train's rows ``(N, D)`` of valid int64 ids ``(N,)``: two batched products over the whole batch."""
         d1, d2, d3 = self.dim_factors
         r = self.rank
+        n = ids.shape[0]
         i1, i2, i3 = self.digits(ids)
-        a = self._slices(self.core1, i1).view(-1, d1, r)  # (N, d1, R)
-        b = self._slices(self.core2, i2).view(-1, r, d2 * r)  # (N, R, d2 R)
-        c = self._slices(self.core3, i3).view(-1, r, d3)  # (N, R, d3)
-        ab = torch.bmm(a, b).reshape(-1, d1 * d2, r)  # (N, d1 d2, R)
-        return torch.bmm(ab, c).reshape(-1, d1 * d2 * d3)  # (N, D), j = (j1 d2 + j2) d3 + j3
+        a = self._slices(self.core1, i1).view(n, d1, r)  # (N, d1, R)
+        b = self._slices(self.core2, i2).view(n, r, d2 * r)  # (N, R, d2 R)
+        c = self._slices(self.core3, i3).view(n, r, d3)  # (N, R, d3)
+        ab = torch.bmm(a, b).view(n, d1 * d2, r)  # (N, d1 d2, R)
+        return torch.bmm(ab, c).view(n, d1 * d2 * d3)  # (N, D), j = (j1 d2 + j2) d3 + j3
 
     def _slices(self, core: Tensor, digits: Tensor) -> Tensor:
         """Rows ``(N, size)`` of a flat core for digits ``(N,)``; with sparse gradients, each distinct slice once."""
@@ -254,7 +255,13 @@ class TTEmbeddingBag(nn.Module):
             rows = self.tt_rows(ids)
         else:
             cached = ids < self.cache_rows
-            rows = assemble(cached, F.embedding(ids[cached], self.cache, sparse=self.sparse), self.tt_rows(ids[~cached]))
+            hot, cold = ids[cached], ids[~cached]
+            if not cold.numel():  # all cached: the cores get no gradient (not even an empty one)
+                rows = F.embedding(hot, self.cache, sparse=self.sparse)
+            elif not hot.numel():
+                rows = self.tt_rows(cold)
+            else:
+                rows = assemble(cached, F.embedding(hot, self.cache, sparse=self.sparse), self.tt_rows(cold))
         return rows.reshape(*input.shape, self.embedding_dim)
 
     def forward(

@@ -41,7 +41,7 @@ def _add_rows(p: Tensor, rows: Tensor, values: Tensor) -> None:
     ``scatter_add_`` over the row index broadcast to the row shape: on CPU ``index_add_`` runs one
     small op per index, several times slower for tens of thousands of rows.
     """
-    values = values.to(p.dtype).reshape(rows.shape[0], -1)
+    values = values.to(p.dtype).reshape(rows.shape[0], p[0].numel() if p.shape[0] else 0)  # also 0 rows
     index = rows.unsqueeze(1).expand_as(values)
     p.view(p.shape[0], -1).scatter_add_(0, index, values)
 
