@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from compembed.cli.main import main
-from compembed.training import load_config
+from compembed.training import TrainConfig, load_config
+from compembed.training.config import config_to_dict
 from compembed.training.checkpoint import read_checkpoint_state
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +33,11 @@ def test_tt_and_md_options_reach_the_config(tmp_path):
     model = load_config(cfg).model
     assert (model.md_alpha, model.md_blocks, model.md_base_dim, model.label()) == (0.5, 3, 6, "md/a0.5/b3/d6")
     assert main(["train", "--write-config", str(cfg), "--scheme", "md", "--md-alpha", "-1", *TINY]) == 2
+
+
+def test_unset_tt_md_options_stay_out_of_stored_configs_and_sweep_keys():
+    model = config_to_dict(TrainConfig())["model"]
+    assert model["scheme"] == "qr" and not [k for k in model if k.startswith(("tt_", "md_"))]
 
 
 def test_md_trains_and_evaluates(tmp_path, capsys):

@@ -8,8 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from ..embedding import COLD_SCHEMES, SCHEMES
+from ..embedding import COLD_SCHEMES, SCHEMES, FeatureConfig
 from ..models import ARCHS, ModelConfig
+from ..models.factory import TT_MD_FIELDS
 from ..training.config import OPTIMIZERS, SYNTHETIC_ONLY, DataConfig, OptimConfig, TrainConfig, load_config, save_config
 from .errors import UsageError
 
@@ -27,6 +28,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _default(section: str, name: str) -> str:
     value = getattr(_D[section], name)
+    if section == "model" and name in TT_MD_FIELDS:  # unset in the model config: the feature's default
+        value = getattr(FeatureConfig("default", 1), name)
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 

@@ -44,7 +44,7 @@ class ModelConfig:
         cold_scheme: for ``hybrid``, the scheme of the other ids (``full``, ``hashing``, ``qr``,
             ``gqr`` or ``crt``, with the options above).
         tt_rank, tt_cache_rows, md_alpha, md_blocks, md_base_dim: the options of ``tt`` (TT-Rec) and
-            ``md`` (mixed dimensions), as ``FeatureConfig`` describes them.
+            ``md`` (mixed dimensions), as ``FeatureConfig`` describes them; unset (None): its defaults.
         threshold: compress only features with more categories than this (0: all; 200 is DLRM's default).
         bottom_mlp: DLRM bottom MLP hidden sizes (output: ``embedding_dim``).
         top_mlp: DLRM top MLP hidden sizes (output: one logit).
@@ -66,12 +66,12 @@ class ModelConfig:
     path_hidden: tuple[int, ...] = (64,)
     hot_rows: int = 0
     cold_scheme: str = "qr"
-    # tt and md (issue 11)
-    tt_rank: int = 8
-    tt_cache_rows: int = 0
-    md_alpha: float = 0.3
-    md_blocks: int = 4
-    md_base_dim: int = 0
+    # tt and md (issue 11); None: FeatureConfig's default (left out of stored configs and sweep keys)
+    tt_rank: int | None = None
+    tt_cache_rows: int | None = None
+    md_alpha: float | None = None
+    md_blocks: int | None = None
+    md_base_dim: int | None = None
     threshold: int = 200
     bottom_mlp: tuple[int, ...] = (512, 256, 64)
     top_mlp: tuple[int, ...] = (512, 256)
@@ -102,12 +102,7 @@ class ModelConfig:
             (self.hot_rows >= 0, f"hot_rows must be >= 0, got {self.hot_rows}"),
             (self.cold_scheme in COLD_SCHEMES, f"cold_scheme must be one of {COLD_SCHEMES}, got {self.cold_scheme!r}"),
             (self.threshold >= 0, f"threshold must be >= 0, got {self.threshold}"),
-            (self.tt_rank >= 1, f"tt_rank must be >= 1, got {self.tt_rank}"),
-            (self.tt_cache_rows >= 0, f"tt_cache_rows must be >= 0, got {self.tt_cache_rows}"),
-            (self.md_alpha >= 0, f"md_alpha must be >= 0, got {self.md_alpha}"),
-            (self.md_blocks >= 1, f"md_blocks must be >= 1, got {self.md_blocks}"),
-            (0 <= self.md_base_dim <= self.embedding_dim,
-             f"md_base_dim must be in [0, embedding_dim={self.embedding_dim}] (0: embedding_dim), got {self.md_base_dim}"),
+            *_tt_md_checks(self),
             (self.cross_layers >= 0, f"cross_layers must be >= 0, got {self.cross_layers}"),
             (len(self.deep_mlp) >= 1, "deep_mlp needs at least one layer"),
             *((min(sizes, default=1) >= 1, f"{name} sizes must be >= 1, got {list(sizes)}") for name, sizes in layers.items()),
@@ -128,14 +123,37 @@ class ModelConfig:
             return f"hybrid{self.hot_rows}+{dataclasses.replace(self, scheme=self.cold_scheme).label()}"
         if self.scheme == "full":
             return "full"
-        if self.scheme == "tt":
-            return f"tt/r{self.tt_rank}" + (f"+cache{self.tt_cache_rows}" if self.tt_cache_rows else "")
-        if self.scheme == "md":
-            return f"md/a{self.md_alpha:g}/b{self.md_blocks}" + (f"/d{self.md_base_dim}" if self.md_base_dim else "")
+        if self.scheme in ("tt", "md"):
+            f = FeatureConfig("label", 1, self.embedding_dim, **self.tt_md_options())
+            if self.scheme == "tt":
+                return f"tt/r{f.tt_rank}" + (f"+cache{f.tt_cache_rows}" if f.tt_cache_rows else "")
+            return f"md/a{f.md_alpha:g}/b{f.md_blocks}" + (f"/d{f.md_base_dim}" if f.md_base_dim else "")
         if self.scheme in ("hashing", "qr", "path"):
             head = {"hashing": "hashing", "qr": f"qr-{self.operation}", "path": f"path{list(self.path_hidden)}"}
             return f"{head[self.scheme]}/{self.num_collisions}"
         return f"{self.scheme}-{self.operation}/k{self.num_partitions}"
+
+
+    def tt_md_options(self) -> dict[str, Any]:
+        """The tt and md options that are set, as ``FeatureConfig`` keywords."""
+        return {k: getattr(self, k) for k in TT_MD_FIELDS if getattr(self, k) is not None}
+
+
+TT_MD_FIELDS = ("tt_rank", "tt_cache_rows", "md_alpha", "md_blocks", "md_base_dim")
+
+
+def _tt_md_checks(c: ModelConfig) -> list[tuple[bool, str]]:
+    def ok(name: str, test) -> bool:
+        value = getattr(c, name)
+        return value is None or test(value)
+    return [
+        (ok("tt_rank", lambda v: v >= 1), f"tt_rank must be >= 1, got {c.tt_rank}"),
+        (ok("tt_cache_rows", lambda v: v >= 0), f"tt_cache_rows must be >= 0, got {c.tt_cache_rows}"),
+        (ok("md_alpha", lambda v: v >= 0), f"md_alpha must be >= 0, got {c.md_alpha}"),
+        (ok("md_blocks", lambda v: v >= 1), f"md_blocks must be >= 1, got {c.md_blocks}"),
+        (ok("md_base_dim", lambda v: 0 <= v <= c.embedding_dim),
+         f"md_base_dim must be in [0, embedding_dim={c.embedding_dim}] (0: embedding_dim), got {c.md_base_dim}"),
+    ]
 
 
 def _plain(value: Any) -> Any:
@@ -155,8 +173,7 @@ def build_collection(
         info.cardinalities, info.categorical_names, embedding_dim=config.embedding_dim, scheme=config.scheme,
         operation=config.operation, num_collisions=config.num_collisions, num_partitions=config.num_partitions,
         hidden_dims=config.path_hidden, hot_rows=config.hot_rows, cold_scheme=config.cold_scheme,
-        tt_rank=config.tt_rank, tt_cache_rows=config.tt_cache_rows, md_alpha=config.md_alpha,
-        md_blocks=config.md_blocks, md_base_dim=config.md_base_dim,
+        **config.tt_md_options(),
     )
     unknown = sorted(set(config.features) - set(info.categorical_names))
     if unknown:
