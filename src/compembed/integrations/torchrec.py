@@ -114,14 +114,23 @@ def partition_table_configs(
     ]
 
 
-class PartitionIdTransform:
-    """Maps a KJT of logical features to the KJT of their partition tables.
+class PartitionIdTransform(torch.nn.Module):
+    """Maps a KJT of logical features to the KJT of their partition tables, validating the ids.
 
     Args:
         partitions: feature name -> partition. Features without one pass through unchanged.
         hot_rows: feature name -> K for hybrid features: ids ``x < K`` go to feature ``f__hot`` (row
             ``x``), the others, shifted to ``x - K``, to the partition features (whose partition
             covers the ``n - K`` cold ids).
+        num_embeddings: feature name -> table rows of features without a partition: their ids are
+            checked to lie in ``[0, n)`` as the partitioned ones are (sharded TorchRec would map an
+            out-of-range id silently to row 0).
+        one_hot: features whose bags must hold at most one id (checked, with a clear error).
+
+    A module without parameters whose work is one opaque call (``torch.fx.wrap``): symbolic tracing
+    (``torchrec.fx.symbolic_trace``, the train pipelines' tracer) records it as one node instead of
+    tracing its data-dependent checks, and ``TrainPipelineSparseDist(pipeline_postproc=True)`` can run
+    it in the data-distribution stage like any TorchRec postproc module.
 
     Shape:
         ``(features)`` a KJT with keys ``[f, ...]`` and values ``(N,)`` -> a KJT with keys
@@ -130,24 +139,47 @@ class PartitionIdTransform:
         its hot ids with their per-bag counts, then its cold ids' classes with theirs.
     """
 
-    def __init__(self, partitions: Mapping[str, Partition], hot_rows: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        partitions: Mapping[str, Partition],
+        hot_rows: Mapping[str, int] | None = None,
+        num_embeddings: Mapping[str, int] | None = None,
+        one_hot: Collection[str] = (),
+    ) -> None:
+        super().__init__()
         self.partitions = dict(partitions)
         self.hot_rows = dict(hot_rows or {})
+        self.num_embeddings = dict(num_embeddings or {})
+        self.one_hot_features = sorted(one_hot)
 
-    def __call__(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+    def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        return _transform_ids(self, features)
+
+    def transform(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        """The eager body of ``forward``."""
         keys: list[str] = []
         values, lengths, weights = [], [], []
         has_weights = features.weights_or_none() is not None
         for name, bags in features.to_dict().items():
             partition = self.partitions.get(name)
-            k = 1 if partition is None else partition.num_tables
-            if partition is None:
-                keys.append(name)
-                values.append(bags.values())
-                lengths.append(bags.lengths())
-                weights.append(bags.weights_or_none())
-                continue
             ids, bag_lengths, bag_weights = bags.values(), bags.lengths(), bags.weights_or_none()
+            if name in self.one_hot_features and bag_lengths.numel() and int(bag_lengths.max()) > 1:
+                raise ValueError(
+                    f"feature {name!r} was declared one-hot but bag {int(bag_lengths.argmax())} holds "
+                    f"{int(bag_lengths.max())} ids; leave it out of one_hot to combine per id"
+                )
+            if partition is None:
+                if name in self.num_embeddings:
+                    try:
+                        check_ids(ids, self.num_embeddings[name])
+                    except (IndexError, TypeError) as err:
+                        raise type(err)(f"feature {name!r}: {err}") from None
+                keys.append(name)
+                values.append(ids)
+                lengths.append(bag_lengths)
+                weights.append(bag_weights)
+                continue
+            k = partition.num_tables
             hot = self.hot_rows.get(name, 0)
             try:
                 if hot:
@@ -175,6 +207,26 @@ class PartitionIdTransform:
             weights=torch.cat(weights) if has_weights else None,
             stride=features.stride(),
         )
+
+
+# The data-dependent steps, each one node under torch.fx symbolic tracing (they run eagerly).
+@torch.fx.wrap
+def _transform_ids(transform: PartitionIdTransform, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+    return transform.transform(features)
+
+
+@torch.fx.wrap
+def _assemble(is_hot: Tensor, hot: Tensor, cold: Tensor) -> Tensor:
+    return assemble(is_hot, hot, cold)
+
+
+@torch.fx.wrap
+def _pool(vectors: Tensor, offsets: Tensor, weights: Tensor | None, mode: str) -> Tensor:
+    """Pool per-id vectors ``(N, D)`` into ``(B, D)`` bags given by ``offsets`` ``(B + 1,)``."""
+    positions = torch.arange(vectors.shape[0], device=vectors.device)
+    return F.embedding_bag(
+        positions, vectors, offsets, mode=mode, per_sample_weights=weights, include_last_offset=True
+    )
 
 
 class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
@@ -253,10 +305,12 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             else:
                 self.unpooled_tables.add(table.name)
                 unpooled.extend(_unpooled_config(c) for c in configs)
-        self.one_hot_features = sorted(f for t in checked for f in t.feature_names)
         self.transform = PartitionIdTransform(
             {f: self.partitions[t.name] for t in self._tables if t.name in self.partitions for f in t.feature_names},
             {f: self.hot_rows[t.name] for t in self._tables if t.name in self.hot_rows for f in t.feature_names},
+            num_embeddings={f: t.num_embeddings for t in self._tables if t.name not in self.partitions
+                            for f in t.feature_names},
+            one_hot=[f for t in checked for f in t.feature_names],
         )
         # TorchRec's sharders find these two by type; the planner sees only the compressed tables.
         self.pooled = EmbeddingBagCollection(pooled, is_weighted=is_weighted, device=device) if pooled else None
@@ -285,12 +339,16 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         unpooled = self.unpooled.embedding_configs() if self.unpooled is not None else []
         return [*pooled, *unpooled]
 
+    @property
+    def one_hot_features(self) -> list[str]:
+        """The features pooled per table although their combine is not linear: checked one-hot at forward."""
+        return self.transform.one_hot_features
+
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        bags = features.to_dict()
-        self._check_one_hot(bags)
-        parts = self.transform(features)
+        parts = self.transform(features)  # validates the ids (and the declared one-hot bags)
         pooled = self.pooled(parts).to_dict() if self.pooled is not None else {}
         per_id = self.unpooled(parts) if self.unpooled is not None else {}
+        bags = features.to_dict()
         outputs = []
         for table in self._tables:
             partition = self.partitions.get(table.name)
@@ -303,8 +361,9 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
                 if table.name in self.unpooled_tables:
                     vectors = combine([per_id[key].values() for key in keys], operation)  # (N, D)
                     if hot:
-                        vectors = assemble(bags[name].values() < hot, per_id[hot_key(name)].values(), vectors)
-                    outputs.append(self._pool(vectors, bags[name], self.modes[table.name]))
+                        vectors = _assemble(bags[name].values() < hot, per_id[hot_key(name)].values(), vectors)
+                    weights = bags[name].weights() if self._is_weighted else None
+                    outputs.append(_pool(vectors, bags[name].offsets(), weights, self.modes[table.name]))
                 else:
                     out = combine([pooled[key] for key in keys], operation)
                     outputs.append(pooled[hot_key(name)] + out if hot else out)
@@ -313,23 +372,6 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             values=torch.cat(outputs, dim=1),
             length_per_key=self._lengths_per_embedding,
         )
-
-    def _pool(self, vectors: Tensor, bags, mode: str) -> Tensor:
-        """Pool per-id vectors ``(N, D)`` into the ``(B, D)`` bags of one feature's jagged input."""
-        positions = torch.arange(vectors.shape[0], device=vectors.device)
-        weights = bags.weights() if self._is_weighted else None
-        return F.embedding_bag(
-            positions, vectors, bags.offsets(), mode=mode, per_sample_weights=weights, include_last_offset=True
-        )
-
-    def _check_one_hot(self, bags: Mapping) -> None:
-        for name in self.one_hot_features:
-            lengths = bags[name].lengths()
-            if lengths.numel() and int(lengths.max()) > 1:
-                raise ValueError(
-                    f"feature {name!r} was declared one-hot but bag {int(lengths.argmax())} holds "
-                    f"{int(lengths.max())} ids; leave it out of one_hot to combine per id"
-                )
 
     # Weights
     def partition_weights(self, table: str) -> list[Tensor]:
