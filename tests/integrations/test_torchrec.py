@@ -9,8 +9,9 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType  # 
 from torchrec.distributed.planner import Topology  # noqa: E402
 from torchrec.distributed.planner.enumerators import EmbeddingEnumerator  # noqa: E402
 from torchrec.distributed.sharding_plan import get_default_sharders  # noqa: E402
+from torchrec.fx import symbolic_trace  # noqa: E402
 from torchrec.models.dlrm import DLRM  # noqa: E402
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: E402
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor  # noqa: E402
 
 from compembed.embedding import EmbeddingCollection, FeatureConfig, FusedEmbeddingCollection  # noqa: E402
 from compembed.integrations.torchrec import (  # noqa: E402
@@ -132,6 +133,45 @@ def test_dlrm_uses_module_unchanged():
     assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in trec.partition_weights("multi_hot"))
 
 
+def test_unpartitioned_tables_refuse_out_of_range_ids():
+    tables = [EmbeddingBagConfig(num_embeddings=10, embedding_dim=4, name="t", feature_names=["f"]),
+              EmbeddingBagConfig(num_embeddings=100, embedding_dim=4, name="q", feature_names=["g"])]
+    trec = CompositionalEmbeddingBagCollection(tables, {"q": QuotientRemainder(100, 4)})
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f", "g"], values=torch.tensor([3, 9, -1, 5]),
+                                              lengths=torch.tensor([2, 1, 1, 0]))
+    with pytest.raises(IndexError, match=r"feature 'f': id -1 at position 2 is out of range \[0, 10\)"):
+        trec(kjt)
+    ok = KeyedJaggedTensor.from_lengths_sync(keys=["f", "g"], values=torch.tensor([3, 9, 0, 5]),
+                                             lengths=torch.tensor([2, 1, 1, 0]))
+    assert trec(ok).values().shape == (2, 8)
+
+
+def test_fx_symbolic_trace_of_collection_and_dlrm():
+    """torchrec.fx traces the wrapper (and TorchRec's DLRM over it): the id transform and the per-id
+    pooling are single opaque nodes, so the graph gives the eager outputs and still checks the ids."""
+    trec = CompositionalEmbeddingBagCollection.from_collection(make_collection(), one_hot=["one_hot"])
+    traced = symbolic_trace(trec)
+    targets = {getattr(n.target, "__name__", n.target) for n in traced.graph.nodes if n.op == "call_function"}
+    assert {"_transform_ids", "_pool"} <= targets
+    for seed in (7, 8):  # batches other than any seen while tracing
+        kjt = make_batch(seed=seed, batch_size=6)
+        torch.testing.assert_close(traced(kjt).values(), trec(kjt).values())
+    bags = make_batch(seed=7, batch_size=2).to_dict()
+    bags["multi_hot"] = JaggedTensor(values=torch.tensor([3, 1000]), lengths=torch.tensor([2, 0]))
+    with pytest.raises(IndexError, match=r"feature 'multi_hot': id 1000 at position 1 is out of range"):
+        traced(KeyedJaggedTensor.from_jt_dict(bags))
+
+    one_dim = EmbeddingCollection([f for f in FEATURES if f.operation != "concat"], output="stack")
+    torch.manual_seed(0)
+    model = DLRM(embedding_bag_collection=CompositionalEmbeddingBagCollection.from_collection(one_dim, one_hot=["one_hot"]),
+                 dense_in_features=13, dense_arch_layer_sizes=[16, 8], over_arch_layer_sizes=[16, 1])
+    traced_model = symbolic_trace(model)
+    kjt = KeyedJaggedTensor.from_jt_dict({k: v for k, v in make_batch(seed=9, batch_size=6).to_dict().items()
+                                          if k != "concat"})
+    dense = torch.randn(6, 13, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(traced_model(dense, kjt), model(dense, kjt))
+
+
 def test_planner_storage_estimates_are_compressed_sizes():
     n, dim = 100_000, 16
     table = EmbeddingBagConfig(num_embeddings=n, embedding_dim=dim, name="t", feature_names=["f"],
@@ -237,6 +277,16 @@ def test_hybrid_outputs_and_gradients_equal_compembed(weighted):
     fused = FusedEmbeddingCollection.from_collection(ours)
     from_fused = CompositionalEmbeddingBagCollection.from_collection(fused, one_hot=["h_one_hot"], is_weighted=weighted)
     torch.testing.assert_close(from_fused(kjt).values(), want)
+
+
+def test_fx_symbolic_trace_of_hybrid_tables():
+    torch.manual_seed(0)
+    trec = CompositionalEmbeddingBagCollection.from_collection(EmbeddingCollection(HYBRID, output="cat"),
+                                                               one_hot=["h_one_hot"])
+    traced = symbolic_trace(trec)
+    assert "_assemble" in {getattr(n.target, "__name__", n.target) for n in traced.graph.nodes}
+    kjt = hybrid_batch(HYBRID, seed=3)
+    torch.testing.assert_close(traced(kjt).values(), trec(kjt).values())
 
 
 def test_hybrid_without_torchrec_form_names_feature_and_scheme():

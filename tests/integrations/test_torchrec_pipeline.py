@@ -100,3 +100,39 @@ def test_train_pipeline_sparse_dist_equals_plain_loop(process_group, pipeline_po
         assert mine.shape == value.shape, name
         assert not torch.equal(value, initial[name]), f"{name} did not train"
         torch.testing.assert_close(mine, value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+
+def test_sharded_wrapper_refuses_out_of_range_ids_of_unpartitioned_tables(process_group):
+    """Sharded TorchRec looks an out-of-range id up as row 0 (fbgemm's bounds check only logs it); the
+    wrapper refuses it for an unpartitioned table as for a partitioned one."""
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.planner.types import ParameterConstraints
+    from torchrec.distributed.sharding_plan import get_default_sharders
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from compembed.partitions import QuotientRemainder
+
+    tables = [EmbeddingBagConfig(num_embeddings=10, embedding_dim=4, name="t", feature_names=["f"]),
+              EmbeddingBagConfig(num_embeddings=100, embedding_dim=4, name="q", feature_names=["g"])]
+
+    def batch(f_id: int, g_id: int = 5) -> KeyedJaggedTensor:
+        return KeyedJaggedTensor.from_lengths_sync(keys=["f", "g"], values=torch.tensor([f_id, g_id]),
+                                                   lengths=torch.tensor([1, 1]))
+
+    def shard(module, names):
+        constraints = {n: ParameterConstraints(sharding_types=["table_wise"], compute_kernels=["fused"]) for n in names}
+        planner = EmbeddingShardingPlanner(topology=Topology(world_size=1, compute_device="cpu"), constraints=constraints)
+        return DistributedModelParallel(module, device=torch.device("cpu"),
+                                        plan=planner.plan(module, get_default_sharders()))
+
+    torch.manual_seed(0)
+    plain = shard(EmbeddingBagCollection(tables), ["t", "q"])
+    torch.testing.assert_close(plain(batch(10)).wait().values(), plain(batch(0)).wait().values())  # silently row 0
+    wrapper = shard(CompositionalEmbeddingBagCollection(tables, {"q": QuotientRemainder(100, 4)}), ["t", "q__p0", "q__p1"])
+    assert wrapper(batch(9, 99)).values().shape == (1, 8)
+    with pytest.raises(IndexError, match=r"feature 'f': id 10 at position 0 is out of range \[0, 10\)"):
+        wrapper(batch(10))
+    with pytest.raises(IndexError, match=r"feature 'g': id 100 at position 0 is out of range \[0, 100\)"):
+        wrapper(batch(0, 100))
