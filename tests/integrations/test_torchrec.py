@@ -293,3 +293,68 @@ def test_hybrid_without_torchrec_form_names_feature_and_scheme():
     ours = EmbeddingCollection([FeatureConfig("top", 300, 4, "hybrid", hot_rows=20, mode="max")])
     with pytest.raises(ValueError, match="feature 'top': scheme 'hybrid' with mode 'max' has no TorchRec form"):
         CompositionalEmbeddingBagCollection.from_collection(ours)
+
+
+# ---- quantisation for inference: TorchRec's int8 modules replace the partition tables ---------------
+
+def state_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values() if isinstance(t, torch.Tensor))
+
+
+def quantised_dlrm_case():
+    one_dim = EmbeddingCollection([f for f in FEATURES if f.operation != "concat"], output="stack")
+    torch.manual_seed(0)
+    trec = CompositionalEmbeddingBagCollection.from_collection(one_dim, one_hot=["one_hot"])
+    model = DLRM(embedding_bag_collection=trec, dense_in_features=13, dense_arch_layer_sizes=[16, 8],
+                 over_arch_layer_sizes=[16, 1]).eval()
+    kjt = KeyedJaggedTensor.from_jt_dict({k: v for k, v in make_batch(seed=5, batch_size=16).to_dict().items()
+                                          if k != "concat"})
+    return model, kjt, torch.randn(16, 13, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("how", ["quantize_inference_model", "quantize_embeddings"])
+def test_quantisation_swaps_every_partition_table(how):
+    from torchrec import EmbeddingCollection as TorchRecEC
+    from torchrec.inference.modules import quantize_embeddings, quantize_inference_model
+    from torchrec.quant import embedding_modules as quant
+
+    model, kjt, dense = quantised_dlrm_case()
+    trec = model.sparse_arch.embedding_bag_collection
+    with torch.no_grad():
+        want, want_sparse = model(dense, kjt), trec(kjt).values()
+    float_bytes = state_bytes(trec)
+    if how == "quantize_inference_model":
+        quantised = quantize_inference_model(model)
+    else:
+        quantised = quantize_embeddings(model, dtype=torch.qint8, inplace=True, additional_qconfig_spec_keys=[TorchRecEC],
+                                        additional_mapping={TorchRecEC: quant.EmbeddingCollection})
+    qtrec = quantised.sparse_arch.embedding_bag_collection
+    assert qtrec is trec  # the wrapper stays; its TorchRec collections are swapped
+    assert isinstance(qtrec.pooled, quant.EmbeddingBagCollection)
+    assert isinstance(qtrec.unpooled, quant.EmbeddingCollection)
+    assert state_bytes(qtrec) < 0.6 * float_bytes
+    with torch.no_grad():
+        got_sparse, got = qtrec(kjt).values(), quantised(dense, kjt)
+    # Row-wise int8: each feature's vectors move, but by well under 2% of their scale.
+    for j, name in enumerate(qtrec._embedding_names):
+        cols = slice(8 * j, 8 * (j + 1))
+        error = (got_sparse[:, cols] - want_sparse[:, cols]).abs().max()
+        assert 0 < error < 0.02 * want_sparse[:, cols].abs().max(), name
+    torch.testing.assert_close(got, want, rtol=0, atol=0.02 * want.abs().max().item())
+
+
+def test_default_quantize_embeddings_is_never_a_silent_no_op():
+    """TorchRec's quantize_embeddings maps only EmbeddingBagCollection by default, so the per-id (multi-hot
+    mult) tables, an EmbeddingCollection, would stay float: a clear error, or a warning when nothing moved."""
+    from torchrec.inference.modules import quantize_embeddings
+
+    model, kjt, dense = quantised_dlrm_case()
+    with pytest.raises(ValueError, match=r"swapped the pooled partition tables .* but its per-id tables \(multi_hot"):
+        quantize_embeddings(model, dtype=torch.qint8, inplace=False)
+
+    only_per_id = EmbeddingCollection([f for f in FEATURES if f.name == "multi_hot"], output="cat")
+    trec = CompositionalEmbeddingBagCollection.from_collection(only_per_id)
+    assert trec.pooled is None
+    with pytest.warns(UserWarning, match=r"left every partition table .* in float.*quantize_inference_model"):
+        quantised = quantize_embeddings(trec, dtype=torch.qint8, inplace=False)
+    assert state_bytes(quantised) == state_bytes(trec)

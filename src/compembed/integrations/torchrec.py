@@ -29,6 +29,7 @@ Needs TorchRec (see the Makefile's install recipe): the core package never impor
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Collection, Mapping, Sequence
 
 import torch
@@ -39,6 +40,8 @@ try:
     from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
     from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingBagCollectionInterface
     from torchrec.modules.embedding_modules import EmbeddingCollection as TorchRecEmbeddingCollection
+    from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
+    from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddingCollection
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 except ImportError as err:  # pragma: no cover - exercised only without TorchRec
     raise ImportError(
@@ -372,6 +375,37 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             values=torch.cat(outputs, dim=1),
             length_per_key=self._lengths_per_embedding,
         )
+
+    # Quantisation. torch.ao's passes (which TorchRec's quantize_embeddings and quantize_inference_model
+    # run) set ``qconfig`` on every module they visit and delete it at the end of convert, after the
+    # swaps: the deletion is where the wrapper checks that its partition tables were quantised together.
+    @property
+    def qconfig(self):
+        try:
+            return self.__dict__["_qconfig"]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no qconfig") from None
+
+    @qconfig.setter
+    def qconfig(self, value) -> None:
+        self.__dict__["_qconfig"] = value
+
+    @qconfig.deleter
+    def qconfig(self) -> None:
+        del self.__dict__["_qconfig"]
+        if self.unpooled is None or isinstance(self.unpooled, QuantEmbeddingCollection):
+            return
+        how = (
+            f"its per-id tables ({', '.join(sorted(self.unpooled_tables))}: multi-hot mult, held in a TorchRec "
+            "EmbeddingCollection, which quantize_embeddings maps only when asked) stay float. Quantise them "
+            "with torchrec.inference.modules.quantize_inference_model, or pass quantize_embeddings "
+            "additional_qconfig_spec_keys=[torchrec.EmbeddingCollection] and additional_mapping="
+            "{torchrec.EmbeddingCollection: torchrec.quant.embedding_modules.EmbeddingCollection}"
+        )
+        if isinstance(self.pooled, QuantEmbeddingBagCollection):
+            raise ValueError(f"quantisation swapped the pooled partition tables of {type(self).__name__} but {how}")
+        warnings.warn(f"a quantisation pass left every partition table of {type(self).__name__} in float: {how}",
+                      stacklevel=2)
 
     # Weights
     def partition_weights(self, table: str) -> list[Tensor]:
