@@ -24,6 +24,12 @@ sums with ``add``/``concat`` and for one-hot bags; otherwise each id's vector is
 ``DistributedModelParallel`` finds the inner TorchRec collections and shards the partition tables like
 any other tables; the wrapper itself holds no parameters and is replicated.
 
+The id transform (with the id checks) and the other data-dependent steps are single ``torch.fx.wrap``
+calls, so ``torchrec.fx.symbolic_trace`` and the train pipelines' tracer go through the wrapper, and
+``TrainPipelineSparseDist(pipeline_postproc=True)`` runs the transform in its data-distribution stage.
+TorchRec's quantisation swaps the inner collections for its int8 ones; a pass that leaves the per-id
+tables float raises an error (see ``qconfig``).
+
 Needs TorchRec (see the Makefile's install recipe): the core package never imports this module.
 """
 from __future__ import annotations
