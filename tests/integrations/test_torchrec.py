@@ -163,7 +163,8 @@ def test_fx_symbolic_trace_of_collection_and_dlrm():
 
     one_dim = EmbeddingCollection([f for f in FEATURES if f.operation != "concat"], output="stack")
     torch.manual_seed(0)
-    model = DLRM(embedding_bag_collection=CompositionalEmbeddingBagCollection.from_collection(one_dim, one_hot=["one_hot"]),
+    tables = CompositionalEmbeddingBagCollection.from_collection(one_dim, one_hot=["one_hot"])
+    model = DLRM(embedding_bag_collection=tables,
                  dense_in_features=13, dense_arch_layer_sizes=[16, 8], over_arch_layer_sizes=[16, 1])
     traced_model = symbolic_trace(model)
     kjt = KeyedJaggedTensor.from_jt_dict({k: v for k, v in make_batch(seed=9, batch_size=6).to_dict().items()
@@ -326,7 +327,8 @@ def test_quantisation_swaps_every_partition_table(how):
     if how == "quantize_inference_model":
         quantised = quantize_inference_model(model)
     else:
-        quantised = quantize_embeddings(model, dtype=torch.qint8, inplace=True, additional_qconfig_spec_keys=[TorchRecEC],
+        quantised = quantize_embeddings(model, dtype=torch.qint8, inplace=True,
+                                        additional_qconfig_spec_keys=[TorchRecEC],
                                         additional_mapping={TorchRecEC: quant.EmbeddingCollection})
     qtrec = quantised.sparse_arch.embedding_bag_collection
     assert qtrec is trec  # the wrapper stays; its TorchRec collections are swapped

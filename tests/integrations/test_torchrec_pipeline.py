@@ -123,14 +123,16 @@ def test_sharded_wrapper_refuses_out_of_range_ids_of_unpartitioned_tables(proces
 
     def shard(module, names):
         constraints = {n: ParameterConstraints(sharding_types=["table_wise"], compute_kernels=["fused"]) for n in names}
-        planner = EmbeddingShardingPlanner(topology=Topology(world_size=1, compute_device="cpu"), constraints=constraints)
+        planner = EmbeddingShardingPlanner(topology=Topology(world_size=1, compute_device="cpu"),
+                                           constraints=constraints)
         return DistributedModelParallel(module, device=torch.device("cpu"),
                                         plan=planner.plan(module, get_default_sharders()))
 
     torch.manual_seed(0)
     plain = shard(EmbeddingBagCollection(tables), ["t", "q"])
     torch.testing.assert_close(plain(batch(10)).wait().values(), plain(batch(0)).wait().values())  # silently row 0
-    wrapper = shard(CompositionalEmbeddingBagCollection(tables, {"q": QuotientRemainder(100, 4)}), ["t", "q__p0", "q__p1"])
+    wrapper = CompositionalEmbeddingBagCollection(tables, {"q": QuotientRemainder(100, 4)})
+    wrapper = shard(wrapper, ["t", "q__p0", "q__p1"])
     assert wrapper(batch(9, 99)).values().shape == (1, 8)
     with pytest.raises(IndexError, match=r"feature 'f': id 10 at position 0 is out of range \[0, 10\)"):
         wrapper(batch(10))
