@@ -66,7 +66,7 @@ class CompositionalEmbedding(nn.Module):
         check_module_args(num_embeddings, embedding_dim, partition, padding_idx)
         if operation not in OPERATIONS:
             raise ValueError(f"operation must be one of {OPERATIONS}, got {operation!r}")
-        check_norm_args(max_norm, norm_type, scale_grad_by_freq,
+        check_norm_args(max_norm, norm_type, scale_grad_by_freq, sparse,
                         None if partition.num_tables == 1 else f"operation={operation!r} of {partition.num_tables} tables")
         self.max_norm = None if max_norm is None else float(max_norm)
         self.norm_type = float(norm_type)
@@ -320,7 +320,9 @@ def check_mode(mode: str, scale_grad_by_freq: bool) -> None:
         raise ValueError("scale_grad_by_freq is not supported with mode='max' (nor is it in nn.EmbeddingBag)")
 
 
-def check_norm_args(max_norm: float | None, norm_type: float, scale_grad_by_freq: bool, composed: str | None) -> None:
+def check_norm_args(
+    max_norm: float | None, norm_type: float, scale_grad_by_freq: bool, sparse: bool, composed: str | None
+) -> None:
     """Check ``max_norm``, ``norm_type`` and ``scale_grad_by_freq``; ``composed`` describes how a
     vector is composed of several tables (None for a single table), where neither applies."""
     number = (int, float)
@@ -330,6 +332,8 @@ def check_norm_args(max_norm: float | None, norm_type: float, scale_grad_by_freq
         raise ValueError(f"norm_type must be a positive number, got {norm_type!r}")
     if not isinstance(scale_grad_by_freq, bool):
         raise ValueError(f"scale_grad_by_freq must be a bool, got {scale_grad_by_freq!r}")
+    if scale_grad_by_freq and sparse:
+        raise ValueError("scale_grad_by_freq is not supported with sparse=True (torch has no sparse gradient for it)")
     if composed is None:
         return
     if max_norm is not None:

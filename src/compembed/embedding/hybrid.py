@@ -86,7 +86,7 @@ class HybridEmbeddingBag(nn.Module):
         if isinstance(hot_rows, bool) or not isinstance(hot_rows, int) or not 0 <= hot_rows <= num_embeddings:
             raise ValueError(f"hot_rows must be an int in [0, num_embeddings={num_embeddings}], got {hot_rows!r}")
         check_mode(mode, scale_grad_by_freq)
-        check_norm_args(max_norm, norm_type, scale_grad_by_freq, None)  # a composed cold part refuses them itself
+        check_norm_args(max_norm, norm_type, scale_grad_by_freq, sparse, None)  # a composed cold part refuses them itself
         if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
             raise ValueError(f"padding_idx must be in [0, {num_embeddings}), got {padding_idx}")
         self.num_embeddings = num_embeddings

@@ -189,8 +189,9 @@ class PathEmbeddingBag(PathEmbedding):
             num_embeddings, embedding_dim, partition, hidden_dims=hidden_dims, padding_idx=padding_idx,
             sparse=sparse, init_std=init_std, device=device, dtype=dtype,
         )
-        check_norm_args(max_norm, norm_type, scale_grad_by_freq,
+        check_norm_args(max_norm, norm_type, scale_grad_by_freq, sparse,
                         f"a base row transformed by the MLPs of {partition.num_tables - 1} more tables")
+        self.max_norm, self.norm_type, self.scale_grad_by_freq = None, float(norm_type), False  # what is allowed
         self.mode = mode
         self.include_last_offset = include_last_offset
 
