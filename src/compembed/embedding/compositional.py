@@ -122,7 +122,7 @@ class CompositionalEmbedding(nn.Module):
         s = f"{self.num_embeddings}, {self.embedding_dim}, partition={self.partition!r}, operation={self.operation!r}"
         if self.operation == "concat":
             s += f", table_dims={self.table_dims}"
-        return s + _lookup_repr(self)
+        return s + lookup_repr(self)
 
 
 class CompositionalEmbeddingBag(CompositionalEmbedding):
@@ -301,7 +301,7 @@ class FullEmbeddingBag(CompositionalEmbeddingBag):
         return bag
 
     def extra_repr(self) -> str:
-        s = f"{self.num_embeddings}, {self.embedding_dim}, mode={self.mode!r}" + _lookup_repr(self)
+        s = f"{self.num_embeddings}, {self.embedding_dim}, mode={self.mode!r}" + lookup_repr(self)
         return s + (", include_last_offset=True" if self.include_last_offset else "")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
@@ -344,7 +344,7 @@ def check_norm_args(
                          "gradient of looked-up rows; use it with full or hashing tables")
 
 
-def _lookup_repr(module: nn.Module) -> str:
+def lookup_repr(module: nn.Module) -> str:
     """The ``extra_repr`` tail of the lookup options that differ from their defaults."""
     s = ""
     if module.padding_idx is not None:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..partitions import Partition, check_ids
-from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, _lookup_repr, check_mode, check_norm_args
+from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, lookup_repr, check_mode, check_norm_args
 from .init import default_std, uniform_
 from .pooling import pool_bags
 
@@ -196,7 +196,7 @@ class HybridEmbeddingBag(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}, hot_rows={self.hot_rows}, mode={self.mode!r}"
-        s += _lookup_repr(self)
+        s += lookup_repr(self)
         if self.include_last_offset:
             s += ", include_last_offset=True"
         return s
