@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..partitions import Partition, check_ids
-from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, lookup_repr, check_mode, check_norm_args
+from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, check_mode, check_norm_args, lookup_repr
 from .init import default_std, uniform_
 from .pooling import pool_bags
 
