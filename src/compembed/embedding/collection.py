@@ -48,7 +48,8 @@ class FeatureConfig:
         num_partitions: k for ``gqr`` and ``crt`` when ``factors`` is not given.
         factors: explicit divisors (``gqr``) or pairwise coprime moduli (``crt``).
         hidden_dims: hidden layer sizes of the per-class MLPs of ``path``.
-        mode: bag pooling, ``sum``, ``mean`` or ``max``.
+        mode: bag pooling, ``sum`` (default, DLRM's), ``mean`` or ``max``; the builders pass it to the
+            modules explicitly (their own default is ``nn.EmbeddingBag``'s ``mean``).
         hot_rows: K for ``hybrid``: ids ``x < K`` (the most frequent, with frequency-ordered ids)
             get rows of their own; ``K >= n`` makes a full table.
         cold_scheme: for ``hybrid``, the scheme of the other ids, shifted to ``x - K``: one of
