@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from compembed.models import ModelConfig, build_model
+from compembed.optim import RowWiseAdagrad, SparseAdagrad, SparseSGD
 from compembed.training import LinearWarmup, OptimConfig, SparseAMSGrad, TrainConfig, build_optimizers, train
 from compembed.training.loop import METRICS
 
@@ -52,8 +53,11 @@ def test_lazy_update_leaves_untouched_rows_alone():
 
 
 @pytest.mark.parametrize("name,update,table_kind,dense_kind", [
-    ("sgd", "sparse", torch.optim.SGD, torch.optim.SGD),
-    ("adagrad", "sparse", torch.optim.Adagrad, torch.optim.Adagrad),
+    ("sgd", "sparse", SparseSGD, torch.optim.SGD),
+    ("adagrad", "sparse", SparseAdagrad, torch.optim.Adagrad),
+    ("rowwise_adagrad", "sparse", RowWiseAdagrad, torch.optim.Adagrad),
+    ("rowwise_adagrad", "dense", RowWiseAdagrad, torch.optim.Adagrad),
+    ("adagrad", "dense", torch.optim.Adagrad, torch.optim.Adagrad),
     ("adam", "sparse", torch.optim.SparseAdam, torch.optim.Adam),
     ("amsgrad", "sparse", SparseAMSGrad, torch.optim.Adam),
     ("amsgrad", "dense", torch.optim.Adam, torch.optim.Adam),

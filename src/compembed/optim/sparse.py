@@ -132,7 +132,7 @@ class _Adagrad(_SparseOptimizer):
         if not state:
             state["step"] = 0
             state["sum"] = self._accumulator(p, group["initial_accumulator_value"])
-        state["step"] += 1
+        state["step"] = int(state["step"]) + 1  # int; a torch.optim.Adagrad state holds a tensor
         clr = group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
         acc = state["sum"]
         if p.grad.is_sparse:
