@@ -33,7 +33,8 @@ from torch.optim import Optimizer
 from ..optim import RowWiseAdagrad, SparseAdagrad, SparseSGD
 from .config import OptimConfig
 
-__all__ = ["LinearWarmup", "SparseAMSGrad", "build_optimizers", "uses_sparse_gradients", "split_parameters"]
+__all__ = ["LinearWarmup", "SparseAMSGrad", "build_optimizers", "table_optimizer", "uses_sparse_gradients",
+           "split_parameters"]
 
 
 class SparseAMSGrad(Optimizer):
@@ -111,7 +112,8 @@ def _dense_optimizer(config: OptimConfig, params: list[Tensor], lr: float) -> Op
     return torch.optim.Adam(params, lr=lr, betas=betas, eps=config.eps, amsgrad=config.name == "amsgrad")
 
 
-def _table_optimizer(config: OptimConfig, params: list[Tensor], lr: float, fast: bool) -> Optimizer:
+def table_optimizer(config: OptimConfig, params: list[Tensor], lr: float, fast: bool = True) -> Optimizer:
+    """The optimizer of the embedding tables ``params`` (see the module's table; ``fast``: see ``build_optimizers``)."""
     betas = (config.beta1, config.beta2)
     if config.name == "rowwise_adagrad":  # dense gradients too: the same formula over every row
         return RowWiseAdagrad(params, lr=lr, eps=config.eps)
@@ -136,7 +138,7 @@ def build_optimizers(model: nn.Module, config: OptimConfig, fast: bool = True) -
     table_lr = config.embedding_lr or config.lr
     optimizers: list[Optimizer] = []
     if tables:
-        optimizers.append(_table_optimizer(config, tables, table_lr, fast))
+        optimizers.append(table_optimizer(config, tables, table_lr, fast))
     if dense:
         optimizers.append(_dense_optimizer(config, dense, config.lr))
     return optimizers
