@@ -143,10 +143,13 @@ def test_fast_table_optimizers_train_like_torch_optim(name):
     ref_model, ref_opts = _train_steps(name, fast=False)
     assert type(fast_opts[0]) is not type(ref_opts[0])  # the two runs really use different optimizers
     for (key, a), b in zip(fast_model.state_dict().items(), ref_model.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=key)
+        if name == "adagrad":  # bit-identical; SparseSGD rounds its scatter-add differently (within an ulp or so)
+            assert torch.equal(a, b), key
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=key)
     if name == "adagrad":
         for p_fast, p_ref in zip(fast_opts[0].param_groups[0]["params"], ref_opts[0].param_groups[0]["params"]):
-            torch.testing.assert_close(fast_opts[0].state[p_fast]["sum"], ref_opts[0].state[p_ref]["sum"])
+            assert torch.equal(fast_opts[0].state[p_fast]["sum"], ref_opts[0].state[p_ref]["sum"])
             assert fast_opts[0].state[p_fast]["step"] == int(ref_opts[0].state[p_ref]["step"]) == 6
 
 
