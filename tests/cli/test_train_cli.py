@@ -112,8 +112,10 @@ def test_clear_errors(tmp_path, capsys):
     assert "comma-separated integers" in capsys.readouterr().err
 
 
-def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
-    options = [*TINY, "--rows", "8000", "--checkpoint-every", "10", "--log-every", "10", "--eval-every", "15"]
+@pytest.mark.parametrize("optimizer", ["adagrad", "rowwise_adagrad"])
+def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, optimizer):
+    options = [*TINY, "--rows", "8000", "--checkpoint-every", "10", "--log-every", "10", "--eval-every", "15",
+               "--optimizer", optimizer]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main(["train", "--out", str(whole), *options]) == 0
 
@@ -136,6 +138,12 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "optim."))), name
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
     assert sa["evals"] == sb["evals"] and sa["train_loss"] == sb["train_loss"] and sa["best"] == sb["best"]
+    assert load_config(cut / "config.toml").optim.name == optimizer
+    state = sa["memory"]["embedding_state_bytes"]
+    assert state == sb["memory"]["embedding_state_bytes"]
+    rows = sum(v.shape[0] for k, v in load_file(whole / "checkpoint.safetensors").items() if k.startswith("model.embeddings."))
+    values = sa["memory"]["embedding_parameters"]
+    assert state == 4 * (rows if optimizer == "rowwise_adagrad" else values)  # float32 accumulators: per row / per value
 
 
 @pytest.mark.skipif(not CRITEO.exists(), reason=f"real Criteo sample not present at {CRITEO} (../shared data missing)")

@@ -19,7 +19,7 @@ from ..schema import check_fields
 __all__ = ["OPTIMIZERS", "DEFAULT_LR", "DEFAULT_EMBEDDING_LR", "OptimConfig", "DataConfig", "TrainConfig", "load_config",
            "save_config", "config_to_dict", "config_from_dict"]
 
-OPTIMIZERS = ("sgd", "adagrad", "adam", "amsgrad")
+OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam", "amsgrad")
 EMBEDDING_UPDATES = ("sparse", "dense")
 # The built-in learning rates (the CLI's defaults and its help text follow them): the dense layers'
 # and the tables', for Adagrad at batch 256. Chosen by the full-table DLRM's validation loss, the
@@ -37,13 +37,14 @@ class OptimConfig:
     """Optimizers: one for the embedding tables, one (same kind) for the dense layers.
 
     Attributes:
-        name: ``sgd``, ``adagrad``, ``adam`` or ``amsgrad``.
+        name: ``sgd``, ``adagrad``, ``rowwise_adagrad`` (tables: one accumulator per row; dense
+            layers: Adagrad), ``adam`` or ``amsgrad``.
         lr: learning rate of the dense layers.
         embedding_lr: learning rate of the embedding tables (default: ``lr``).
         embedding_update: ``sparse`` updates only the rows a batch touched (sparse gradients; for
             ``adam``/``amsgrad`` this is the lazy variant, whose moments of an untouched row do not
             decay); ``dense`` uses dense gradients and the exact torch optimizer (slower for big tables).
-        eps: epsilon of Adagrad/Adam/AMSGrad.
+        eps: epsilon of Adagrad/row-wise Adagrad/Adam/AMSGrad.
         beta1, beta2: Adam/AMSGrad moment decay rates.
         warmup_steps: linear learning-rate warm-up of both optimizers: step ``s`` (1, 2, ...) uses
             ``lr * min(1, s / warmup_steps)`` (0: no warm-up).

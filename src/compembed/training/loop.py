@@ -233,7 +233,7 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
         state["done"] = True
         checkpoint()  # the last parameters
     barrier(ctx)  # rank 0 has written the best parameters before any rank reads them
-    result = _final_evaluation(config, model, dataset, state, validation, log)
+    result = _final_evaluation(config, model, optimizers, dataset, state, validation, log)
     run.write_summary(result.to_dict())
     return result
 
@@ -269,8 +269,8 @@ def _log_train(state: dict[str, Any], epoch: int, interval: _Interval, optimizer
     return mean, rate
 
 
-def _final_evaluation(config: TrainConfig, model: nn.Module, dataset: CTRDataset, state: dict[str, Any],
-                      validation: Validation, log: MetricsLog) -> RunResult:
+def _final_evaluation(config: TrainConfig, model: nn.Module, optimizers: list[Optimizer], dataset: CTRDataset,
+                      state: dict[str, Any], validation: Validation, log: MetricsLog) -> RunResult:
     """Evaluate every split with the final parameters (the best ones with ``keep_best``) and log it.
 
     Its records follow the done checkpoint, so a resumed finished run rewrites them (the log is cut
@@ -285,7 +285,7 @@ def _final_evaluation(config: TrainConfig, model: nn.Module, dataset: CTRDataset
                    "params_step": params_step, **result.to_dict()})
     best = state["val"]["best"]
     return RunResult(
-        config=config, memory=memory_report(model), evals=evals, steps=state["step"], samples=state["samples"],
+        config=config, memory=memory_report(model, optimizers), evals=evals, steps=state["step"], samples=state["samples"],
         train_loss=state["loss_sum"] / state["loss_count"] if state["loss_count"] else None,
         train_seconds=state["train_seconds"], model=model,
         best=None if best is None else {"step": best["step"], "epoch": best["epoch"], "val_loss": best["loss"],
