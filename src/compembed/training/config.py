@@ -184,7 +184,7 @@ class TrainConfig:
 _SECTIONS = {"model": ModelConfig, "optim": OptimConfig, "data": DataConfig}
 SYNTHETIC_ONLY = ("rows", "cardinality_scale", "seed", "id_order")  # DataConfig fields of synthetic data alone
 # [train] fields written only when they differ from these values (added later: older runs and sweep keys keep theirs)
-_LEFT_OUT_AT = {"precision": "fp32"}
+LEFT_OUT_AT = {"precision": "fp32"}
 
 
 def _plain(value: Any) -> Any:
@@ -200,7 +200,7 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
         value = getattr(config, f.name)
         if f.name in _SECTIONS:
             out[f.name] = {k: _plain(v) for k, v in dataclasses.asdict(value).items() if v is not None and v != {} and v != ""}
-        elif f.name not in _LEFT_OUT_AT or value != _LEFT_OUT_AT[f.name]:
+        elif f.name not in LEFT_OUT_AT or value != LEFT_OUT_AT[f.name]:
             out["train"][f.name] = _plain(value)
     if config.data.source != "synthetic":
         out["data"] = {k: v for k, v in out["data"].items() if k not in SYNTHETIC_ONLY}
