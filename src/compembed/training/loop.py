@@ -205,9 +205,9 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
                 total = min(total, state["batch"] + config.max_steps - state["step"])
             bar = tqdm(total=total, initial=state["batch"], unit="batch", desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not progress or not ctx.is_main, dynamic_ncols=True, leave=False)
-            loader = prefetch(dataset.loader("train", config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
-                                             start_batch=state["batch"], rank=ctx.rank, world_size=ctx.world_size),
-                              ctx.device)
+            batches = dataset.loader("train", config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
+                                     start_batch=state["batch"], rank=ctx.rank, world_size=ctx.world_size)
+            loader = prefetch(batches, ctx.device)  # on CUDA: gathered and pinned ahead in a thread
             interval = _Interval()
             for batch in loader:
                 step = state["step"] + 1
