@@ -211,3 +211,31 @@ def test_run_files_get_the_umask_mode_and_the_data_path_is_stored_absolute(tmp_p
     capsys.readouterr()
     assert main(["evaluate", str(run)]) == 0
     assert main(["train", "--resume", "--out", str(run), "--no-progress"]) == 0
+
+
+def test_bf16_precision_and_device_options(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "bf16"
+    assert main(["train", "--out", str(out), *TINY, "--precision", "bf16", "--max-steps", "15", "--device", "cpu"]) == 0
+    assert tomllib.loads((out / "config.toml").read_text())["train"]["precision"] == "bf16"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["train"]["precision"] == "bf16" and summary["steps"] == 15
+    assert main(["evaluate", str(out), "--device", "auto"]) == 0
+    assert f"{summary['evals']['test']['loss']:.5f}" in capsys.readouterr().out
+    # fp32, the default, is left out of the stored config (older runs and sweep keys keep theirs)
+    assert main(["train", "--write-config", str(tmp_path / "fp32.toml")]) == 0
+    assert "precision" not in tomllib.loads((tmp_path / "fp32.toml").read_text())["train"]
+    capsys.readouterr()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv in (["train", "--out", str(tmp_path / "gpu"), *TINY, "--device", "cuda"],
+                 ["evaluate", str(out), "--device", "cuda"],
+                 ["demo", "--rows", "3000", "--no-progress", "--device", "cuda"]):
+        assert main(argv) == 2, argv
+        assert "device 'cuda': CUDA is not available" in capsys.readouterr().err, argv
+    for argv in (["train", "--out", str(tmp_path / "half"), *TINY, "--precision", "fp16"],
+                 ["demo", "--rows", "3000", "--no-progress", "--precision", "fp16"]):
+        assert main(argv) == 2, argv
+        assert "precision fp16 runs on CUDA only" in capsys.readouterr().err, argv
+    assert not (tmp_path / "gpu").exists() and not (tmp_path / "half").exists()
+    with pytest.raises(SystemExit):
+        main(["train", "--precision", "fp8"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..embedding import COLD_SCHEMES, SCHEMES
 from ..models import ARCHS, ModelConfig
-from ..training.config import OPTIMIZERS, SYNTHETIC_ONLY, DataConfig, OptimConfig, TrainConfig, load_config, save_config
+from ..training.config import OPTIMIZERS, PRECISIONS, SYNTHETIC_ONLY, DataConfig, OptimConfig, TrainConfig, load_config, save_config
 from .errors import UsageError
 
 # (section, field, flag, argparse options). Every default is None so that only the options a user
@@ -76,7 +76,17 @@ OPTIONS: list[tuple[str, str, str, dict]] = [
     ("train", "keep_best", "--keep-best", dict(
         action=argparse.BooleanOptionalAction,
         help="evaluate at the end with the parameters of the lowest val loss (best.safetensors), not the last")),
+    ("train", "precision", "--precision", dict(
+        choices=PRECISIONS, help="training steps under autocast: bf16 (CPU or CUDA) or fp16 (CUDA only, with a loss "
+        "scale); parameters and evaluation stay fp32")),
 ]
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--device {cpu,cuda,auto}`` (not part of a run's config: a run may be resumed on another device)."""
+    parser.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
+                        help="where to compute: cpu, cuda (or cuda:N), or auto: cuda when available, else cpu "
+                        "(default: cpu)")
 
 
 def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -140,6 +150,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="continue the run in --out from its checkpoint, with the config stored there")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--features", action="store_true", help="also print the per-feature memory table")
+    add_device_option(p)
     add_config_options(p)
     p.set_defaults(func=run_train, resume_hint=_train_resume_hint)
 
@@ -158,6 +169,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, default=8192, help="evaluation batch size (default: 8192)")
     e.add_argument("--last", action="store_true",
                    help="evaluate the last parameters (checkpoint.safetensors) even when best.safetensors exists")
+    add_device_option(e)
     e.set_defaults(func=run_evaluate)
 
 
@@ -187,7 +199,7 @@ def run_train(args: argparse.Namespace) -> int:
         save_config(config, args.write_config)
         print(f"wrote {args.write_config}")
         return 0
-    result = train(config, out_dir=out, resume=args.resume, progress=not args.no_progress)
+    result = train(config, out_dir=out, resume=args.resume, progress=not args.no_progress, device=args.device)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports, as only it writes the run directory
     print(format_table([result.to_dict()], split="test" if "test" in result.evals else next(iter(result.evals), "test")))
@@ -211,10 +223,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from ..models import build_model
     from ..training.checkpoint import load_checkpoint
+    from ..training.device import resolve_device
     from ..training.evaluate import evaluate
     from ..training.loop import BEST, CHECKPOINT, CONFIG, open_data
     from ..training.report import format_table, memory_report
 
+    device = resolve_device(args.device)
     run_dir = Path(args.run_dir)
     if not run_dir.exists():
         raise FileNotFoundError(errno.ENOENT, "no such run directory", str(run_dir))
@@ -227,6 +241,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model = build_model(config.model, dataset.info)
     best = run_dir / BEST
     load_checkpoint(best if best.exists() and not args.last else run_dir / CHECKPOINT, model)
+    model.to(device)
     with torch.no_grad():
         evals = {s: evaluate(model, dataset, s, args.batch_size) for s in args.split}
     row = {"arch": config.model.arch, "label": config.model.label(), "memory": memory_report(model).to_dict(),
