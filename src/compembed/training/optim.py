@@ -110,7 +110,15 @@ def build_optimizers(model: nn.Module, config: OptimConfig) -> list[Optimizer]:
         if not uses_sparse_gradients(config) or config.name in ("sgd", "adagrad"):
             optimizers.append(_dense_optimizer(config, tables, table_lr))
         elif config.name == "adam":
-            optimizers.append(torch.optim.SparseAdam(tables, lr=table_lr, betas=(config.beta1, config.beta2), eps=config.eps))
+            # SparseAdam refuses dense gradients: tables without rows (DHE's MLP) get Adam at the tables' rate.
+            always_dense = {id(p) for m in model.embeddings.modules() if getattr(m, "dense_gradients", False)
+                            for p in m.parameters()}
+            sparse_tables = [p for p in tables if id(p) not in always_dense]
+            if sparse_tables:
+                optimizers.append(torch.optim.SparseAdam(sparse_tables, lr=table_lr, betas=(config.beta1, config.beta2),
+                                                         eps=config.eps))
+            if len(sparse_tables) < len(tables):
+                optimizers.append(_dense_optimizer(config, [p for p in tables if id(p) in always_dense], table_lr))
         else:
             optimizers.append(SparseAMSGrad(tables, lr=table_lr, betas=(config.beta1, config.beta2), eps=config.eps))
     if dense:
