@@ -57,7 +57,7 @@ class FeatureConfig:
         cold_scheme: for ``hybrid``, the scheme of the other ids, shifted to ``x - K``: one of
             ``COLD_SCHEMES``, with this config's operation, num_collisions, num_partitions, factors.
         robe_size: ``robe``'s shared array length in values (0: ``ceil(n * D / num_collisions)``, the
-            hashing trick's bytes).
+            hashing trick's bytes, and at least one block).
         block_size: ``robe``'s Z, contiguous values per hashed block; divides D (0: Z = D).
         robe_signs: ``robe`` multiplies each block by a hashed sign.
         dhe_hashes: ``dhe``'s k, the hash encoding's size (even when ``dhe_gaussian``).
@@ -143,8 +143,8 @@ class FeatureConfig:
 
     @property
     def robe_values(self) -> int:
-        """ROBE's array length: ``robe_size``, or ``ceil(n * D / num_collisions)`` when 0."""
-        return self.robe_size or -(-self.num_embeddings * self.embedding_dim // self.num_collisions)
+        """ROBE's array length: ``robe_size``, or when 0 ``ceil(n * D / num_collisions)`` but at least one block."""
+        return self.robe_size or max(self.block_z, -(-self.num_embeddings * self.embedding_dim // self.num_collisions))
 
     @property
     def hash_seed_of_feature(self) -> int:
