@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from compembed.embedding import EmbeddingCollection, FeatureConfig, FusedEmbeddingCollection, build_embedding_bag
 from compembed.embedding.robe import PRIME, ROBEEmbeddingBag
 from compembed.optim import RowWiseAdagrad, SparseAdagrad, SparseSGD
+
+from embedding.ops import OpCounter
 
 
 def slow_vector(module: ROBEEmbeddingBag, x: int) -> list[float]:
@@ -135,18 +136,6 @@ def test_no_python_loop_over_ids():
         return counter.count
 
     assert ops(8) == ops(4096) == ops(8) > 0
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the aten ops dispatched inside its context."""
-
-    def __enter__(self):
-        self.count = 0
-        return super().__enter__()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("kwargs,message", [
