@@ -45,7 +45,8 @@ class FeatureConfig:
         scheme: ``full``, ``hashing`` (``ceil(n / num_collisions)`` buckets), ``qr`` (remainder
             modulus ``num_collisions``), ``gqr`` / ``crt`` (``num_partitions`` tables near
             ``n**(1/k)`` rows, or explicit ``factors``), ``path`` (QR with per-remainder MLPs),
-            ``hybrid`` (the ``hot_rows`` first ids own rows, the others use ``cold_scheme``).
+            ``hybrid`` (the ``hot_rows`` first ids own rows, the others use ``cold_scheme``), ``robe``
+            (ROBE-Z: hashed blocks of one shared array), ``dhe`` (Deep Hash Embedding: hash encoding + MLP).
         operation: how ``qr``/``gqr``/``crt`` combine their rows: ``mult``, ``add`` or ``concat``.
         num_collisions: ids per shared row for ``hashing``, ``qr`` and ``path``.
         num_partitions: k for ``gqr`` and ``crt`` when ``factors`` is not given.

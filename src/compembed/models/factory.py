@@ -37,7 +37,8 @@ class ModelConfig:
     Attributes:
         arch: ``dlrm`` or ``dcn``.
         embedding_dim: D, the width of every feature's vector.
-        scheme: ``full``, ``hashing``, ``qr``, ``gqr``, ``crt``, ``path`` or ``hybrid`` (see ``FeatureConfig``).
+        scheme: ``full``, ``hashing``, ``qr``, ``gqr``, ``crt``, ``path``, ``hybrid``, ``robe`` or ``dhe``
+            (see ``FeatureConfig``).
         operation: ``mult``, ``add`` or ``concat`` for ``qr``/``gqr``/``crt``.
         num_collisions: ids per shared row (``hashing``, ``qr``, ``path``).
         num_partitions: k tables for ``gqr`` and ``crt``.
