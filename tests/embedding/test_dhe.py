@@ -102,7 +102,15 @@ def test_gradients_flow_to_every_layer_and_are_dense_even_with_sparse():
     grads = {name: p.grad for name, p in module.named_parameters()}
     assert len(grads) == 6  # two linear layers, one batch norm: weight and bias each
     assert all(g is not None and not g.is_sparse and g.abs().sum() > 0 for g in grads.values())
-    assert module.dense_gradients
+    assert module.dense_gradients and module.sparse is False  # DDP's sparse sync leaves it to DDP
+
+
+def test_dhe_params_are_not_taken_for_sparse_ones_in_distributed_training():
+    from compembed.distributed.ddp import sparse_parameters
+
+    coll = EmbeddingCollection([FeatureConfig("d", 100, 8, scheme="dhe"), FeatureConfig("r", 100, 8, scheme="robe")],
+                               sparse=True)
+    assert [name for name, _ in sparse_parameters(coll)] == ["embeddings.r.weight"]
 
 
 def test_hash_functions_are_buffers_drawn_from_the_seed():

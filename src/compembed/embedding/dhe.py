@@ -55,7 +55,8 @@ class DHEEmbeddingBag(nn.Module):
         batchnorm: batch norm after each hidden layer's linear map (training needs batches of 2+ ids).
         activation: ``mish`` or ``relu``.
         mode: bag pooling, ``sum``, ``mean`` (default, as ``nn.EmbeddingBag``) or ``max``.
-        sparse: accepted for the common interface; DHE's gradients are always dense.
+        sparse: accepted for the common interface and ignored: DHE's gradients are always dense
+            (``self.sparse`` is False, so that distributed training reduces them as dense ones).
         include_last_offset: as ``nn.EmbeddingBag``.
         padding_idx: id whose vector is zero (left out of sums and means).
         seed: draws the hash functions (buffers ``hash_a``, ``hash_b``).
@@ -106,7 +107,7 @@ class DHEEmbeddingBag(nn.Module):
         self.batchnorm = batchnorm
         self.activation = activation
         self.mode = mode
-        self.sparse = sparse
+        self.sparse = False  # whatever was asked: the gradients are dense (DDP reduces them as dense ones)
         self.include_last_offset = include_last_offset
         self.padding_idx = padding_idx
         self.seed = seed
