@@ -53,7 +53,7 @@ def _feature(method: str, name: str, n: int, knob: int, dim: int, threshold: int
 
 def _overrides(config: FeatureConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"scheme": config.scheme}
-    if config.scheme != "full":
+    if config.scheme in ("hashing", "qr", "gqr"):
         out["operation"] = config.operation
     if config.scheme in ("hashing", "qr"):
         out["num_collisions"] = config.num_collisions
