@@ -66,10 +66,10 @@ PRESETS: dict[str, BenchConfig] = {
     "full": BenchConfig(
         preset="full", rounds=7, steps=12, warmup=3,
         emb_variants=("full-per-feature", "full-per-feature-torch-sgd", "full-batched", "fbgemm-full", "hashing",
-                      "qr-reference", "qr-collection", "qr", "gqr", "crt", "hybrid", "path"),
+                      "qr-reference", "qr-collection", "qr", "gqr", "crt", "hybrid", "path", "robe", "dhe"),
         dlrm_variants=("full-per-feature", "full-batched", "fbgemm-full", "hashing", "qr-reference", "qr-collection",
-                       "qr", "gqr", "crt", "hybrid", "path", "mlp-only", "qr-adagrad", "qr-torch-adagrad",
-                       "qr-rowwise-adagrad"),
+                       "qr", "gqr", "crt", "hybrid", "path", "robe", "dhe", "mlp-only", "qr-adagrad",
+                       "qr-torch-adagrad", "qr-rowwise-adagrad"),
         scaling_cardinalities=(10**5, 10**6, 10**7, 10**8),
         scaling_schemes=(("full", 1), ("qr", 2), ("gqr", 2), ("gqr", 3), ("gqr", 4)),
         scaling_rounds=5, scaling_steps=4,

@@ -8,8 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from ..embedding import COLD_SCHEMES, SCHEMES
+from ..embedding import COLD_SCHEMES, SCHEMES, FeatureConfig
 from ..models import ARCHS, ModelConfig
+from ..models.factory import HASHED_FIELDS
 from ..training.config import OPTIMIZERS, PRECISIONS, SYNTHETIC_ONLY, DataConfig, OptimConfig, TrainConfig, load_config, save_config
 from .errors import UsageError
 
@@ -27,6 +28,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _default(section: str, name: str) -> str:
     value = getattr(_D[section], name)
+    if value is None and section == "model" and name in HASHED_FIELDS:  # unset: the feature's default
+        value = getattr(FeatureConfig("", 1), name)
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
@@ -41,6 +44,17 @@ OPTIONS: list[tuple[str, str, str, dict]] = [
     ("model", "hot_rows", "--hot-rows", dict(
         type=int, help="hybrid: the K most frequent ids (frequency-ordered ids) of a feature get rows of their own")),
     ("model", "cold_scheme", "--cold-scheme", dict(choices=COLD_SCHEMES, help="hybrid: scheme of the other ids")),
+    # robe and dhe (issue 11)
+    ("model", "robe_size", "--robe-size", dict(type=int, help="robe: shared array length in values (0: n*D/collisions)")),
+    ("model", "block_size", "--block-size", dict(type=int, help="robe: Z, values per hashed block, divides D (0: D)")),
+    ("model", "robe_signs", "--robe-signs", dict(action=argparse.BooleanOptionalAction, help="robe: hashed signs")),
+    ("model", "dhe_hashes", "--dhe-hashes", dict(type=int, help="dhe: k, the hash encoding's size")),
+    ("model", "dhe_hidden", "--dhe-hidden", dict(type=_ints, help="dhe: hidden sizes of the decoder MLP")),
+    ("model", "dhe_gaussian", "--dhe-gaussian", dict(action=argparse.BooleanOptionalAction,
+                                                     help="dhe: Gaussian (Box-Muller) encoding, else uniform")),
+    ("model", "dhe_batchnorm", "--dhe-batchnorm", dict(action=argparse.BooleanOptionalAction,
+                                                       help="dhe: batch norm after each hidden layer")),
+    ("model", "dhe_activation", "--dhe-activation", dict(choices=("mish", "relu"), help="dhe: MLP activation")),
     ("model", "threshold", "--threshold", dict(type=int, help="compress only features with more categories")),
     ("model", "embedding_dim", "--dim", dict(type=int, help="embedding dimension D")),
     ("model", "bottom_mlp", "--bottom-mlp", dict(type=_ints, help="DLRM bottom MLP hidden sizes (output: D)")),
