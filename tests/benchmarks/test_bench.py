@@ -203,3 +203,47 @@ def test_hybrid_variant_gives_one_percent_of_each_feature_its_own_rows():
     assert [r.scheme for r in reports] == ["hybrid[5]+qr-mult", "full", "hybrid[30]+qr-mult", "hybrid[1000]+qr-mult"]
     assert reports[3].table_sizes == (1000, 24_750, 4)
     assert "hybrid" in PRESETS["full"].emb_variants and "hybrid" not in PRESETS["quick"].emb_variants
+
+
+def test_adagrad_variants_train_like_compembed_train_and_agree():
+    from compembed.benchmarks.variants import make_model_optimizers
+    from compembed.models.dlrm import DLRM
+    from compembed.optim import RowWiseAdagrad, SparseAdagrad
+
+    kinds = {}
+    models = {}
+    for name in ("qr-adagrad", "qr-torch-adagrad", "qr-rowwise-adagrad"):
+        torch.manual_seed(0)
+        model = DLRM(build_variant(name, CARDS, dim=8, threshold=50, collisions=4), num_dense=3)
+        optimizers = make_model_optimizers(name, model, lr=0.1)
+        kinds[name] = [type(o) for o in optimizers]
+        torch.manual_seed(1)
+        for _ in range(3):
+            loss = model(torch.rand(16, 3), _ids(CARDS)).sigmoid().sum()
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        models[name] = model
+    assert kinds == {"qr-adagrad": [SparseAdagrad, torch.optim.Adagrad],
+                     "qr-torch-adagrad": [torch.optim.Adagrad, torch.optim.Adagrad],
+                     "qr-rowwise-adagrad": [RowWiseAdagrad, torch.optim.Adagrad]}
+    fast, ref, rowwise = (models[n].state_dict() for n in ("qr-adagrad", "qr-torch-adagrad", "qr-rowwise-adagrad"))
+    assert all(torch.equal(fast[key], ref[key]) for key in fast)  # the same computation, bit for bit
+    assert any(not torch.equal(fast[k], rowwise[k]) for k in fast if k.startswith("embeddings."))
+    assert VARIANTS["qr-adagrad"].torch_reference == "qr-torch-adagrad"
+
+
+def test_fast_optimizers_ratio_against_torch_optim():
+    def m(name, speeds):
+        return Measurement("dlrm", name, samples_per_s=speeds, peak_rss=1000)
+
+    tasks = {"dlrm": {"full-batched": m("full-batched", [100.0]), "qr-adagrad": m("qr-adagrad", [150.0, 130.0]),
+                      "qr-torch-adagrad": m("qr-torch-adagrad", [100.0, 100.0])}}
+    out = summarize(BenchConfig(), tasks, [], {}, 1.0)
+    row = out["tasks"]["dlrm"]["variants"]["qr-adagrad"]
+    assert row["speed_vs_torch_optim"] == pytest.approx(1.4) and row["torch_reference"] == "qr-torch-adagrad"
+    assert "speed_vs_torch_optim" not in out["tasks"]["dlrm"]["variants"]["qr-torch-adagrad"]
+    target = next(t for t in out["targets"] if "fast sparse optimizers vs torch.optim" in t["target"])
+    assert target["value"] == pytest.approx(1.4) and target["met"] is True
+    assert "- `qr-adagrad` vs `qr-torch-adagrad` (the same model, its tables on torch.optim): 1.40x" in to_markdown(out)

@@ -112,8 +112,10 @@ def test_clear_errors(tmp_path, capsys):
     assert "comma-separated integers" in capsys.readouterr().err
 
 
-def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
-    options = [*TINY, "--rows", "8000", "--checkpoint-every", "10", "--log-every", "10", "--eval-every", "15"]
+@pytest.mark.parametrize("optimizer", ["adagrad", "rowwise_adagrad"])
+def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, optimizer):
+    options = [*TINY, "--rows", "8000", "--checkpoint-every", "10", "--log-every", "10", "--eval-every", "15",
+               "--optimizer", optimizer]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main(["train", "--out", str(whole), *options]) == 0
 
@@ -136,6 +138,12 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "optim."))), name
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
     assert sa["evals"] == sb["evals"] and sa["train_loss"] == sb["train_loss"] and sa["best"] == sb["best"]
+    assert load_config(cut / "config.toml").optim.name == optimizer
+    state = sa["memory"]["embedding_state_bytes"]
+    assert state == sb["memory"]["embedding_state_bytes"]
+    rows = sum(v.shape[0] for k, v in load_file(whole / "checkpoint.safetensors").items() if k.startswith("model.embeddings."))
+    values = sa["memory"]["embedding_parameters"]
+    assert state == 4 * (rows if optimizer == "rowwise_adagrad" else values)  # float32 accumulators: per row / per value
 
 
 @pytest.mark.skipif(not CRITEO.exists(), reason=f"real Criteo sample not present at {CRITEO} (../shared data missing)")
@@ -203,3 +211,65 @@ def test_run_files_get_the_umask_mode_and_the_data_path_is_stored_absolute(tmp_p
     capsys.readouterr()
     assert main(["evaluate", str(run)]) == 0
     assert main(["train", "--resume", "--out", str(run), "--no-progress"]) == 0
+
+
+def test_bf16_precision_and_device_options(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "bf16"
+    assert main(["train", "--out", str(out), *TINY, "--precision", "bf16", "--max-steps", "15", "--device", "cpu"]) == 0
+    assert tomllib.loads((out / "config.toml").read_text())["train"]["precision"] == "bf16"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["train"]["precision"] == "bf16" and summary["steps"] == 15
+    assert main(["evaluate", str(out), "--device", "auto"]) == 0
+    assert f"{summary['evals']['test']['loss']:.5f}" in capsys.readouterr().out
+    # fp32, the default, is left out of the stored config (older runs and sweep keys keep theirs)
+    assert main(["train", "--write-config", str(tmp_path / "fp32.toml")]) == 0
+    assert "precision" not in tomllib.loads((tmp_path / "fp32.toml").read_text())["train"]
+    capsys.readouterr()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv in (["train", "--out", str(tmp_path / "gpu"), *TINY, "--device", "cuda"],
+                 ["evaluate", str(out), "--device", "cuda"],
+                 ["demo", "--rows", "3000", "--no-progress", "--device", "cuda"]):
+        assert main(argv) == 2, argv
+        assert "device 'cuda': CUDA is not available" in capsys.readouterr().err, argv
+    for argv in (["train", "--out", str(tmp_path / "half"), *TINY, "--precision", "fp16"],
+                 ["demo", "--rows", "3000", "--no-progress", "--precision", "fp16"]):
+        assert main(argv) == 2, argv
+        assert "precision fp16 runs on CUDA only" in capsys.readouterr().err, argv
+    assert not (tmp_path / "gpu").exists() and not (tmp_path / "half").exists()
+    with pytest.raises(SystemExit):
+        main(["train", "--precision", "fp8"])
+
+
+@pytest.mark.parametrize("scheme,options,optimizer", [
+    ("robe", ["--block-size", "4", "--robe-signs", "--collisions", "3"], "adagrad"),
+    ("robe", ["--robe-size", "500"], "adam"),
+    ("dhe", ["--dhe-hashes", "8", "--dhe-hidden", "12", "--dhe-batchnorm"], "adagrad"),
+    ("dhe", ["--dhe-hashes", "7", "--no-dhe-gaussian", "--dhe-activation", "relu"], "adam"),
+])
+def test_robe_and_dhe_train_and_resume_exactly(tmp_path, scheme, options, optimizer):
+    from compembed.training import train
+
+    from training.runs import Interrupt, interrupt_at
+
+    cfg = tmp_path / "run.toml"
+    assert main(["train", "--write-config", str(cfg), "--scheme", scheme, *options, "--optimizer", optimizer,
+                 "--threshold", "0", *TINY, "--rows", "2000", "--max-steps", "16", "--checkpoint-every", "5", "--log-every", "5"]) == 0
+    config = load_config(cfg)
+    assert config.model.scheme == scheme and config.optim.name == optimizer
+    if scheme == "robe":
+        assert (config.model.block_size, config.model.robe_signs, config.model.robe_size) in ((4, True, None), (None, None, 500))
+    else:
+        assert config.model.dhe_hashes in (8, 7) and config.model.dhe_batchnorm in (True, None)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(["train", "--config", str(cfg), "--out", str(whole)]) == 0
+    with pytest.raises(Interrupt):
+        train(config, out_dir=cut, progress=False, on_step=interrupt_at(12))  # as if killed after the checkpoint at 10
+    assert main(["train", "--out", str(cut), "--resume", "--no-progress"]) == 0
+    a, b = load_file(whole / "checkpoint.safetensors"), load_file(cut / "checkpoint.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "optim.")))
+    assert any(k.endswith("hash_a") for k in a)  # the hash functions are in the checkpoint
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
+    assert sa["evals"] == sb["evals"] and sa["train_loss"] == sb["train_loss"] and sa["steps"] == 16
+    assert 0 < sa["evals"]["test"]["loss"] < 1.0
+    assert main(["evaluate", str(whole), "--split", "test"]) == 0

@@ -38,6 +38,6 @@ def test_sparse_parameters_are_the_sparse_tables():
     tables = EmbeddingCollection([FeatureConfig("a", 100, 4, "qr"), FeatureConfig("b", 10, 4, "full")], sparse=True)
     model = nn.ModuleDict({"emb": tables, "mlp": nn.Linear(4, 1)})
     names = [name for name, _ in sparse_parameters(model)]
-    assert names == ["emb.embeddings.a.weights.0", "emb.embeddings.a.weights.1", "emb.embeddings.b.weights.0"]
+    assert names == ["emb.embeddings.a.weights.0", "emb.embeddings.a.weights.1", "emb.embeddings.b.weight"]
     dense = EmbeddingCollection([FeatureConfig("a", 100, 4, "qr")], sparse=False)
     assert sparse_parameters(dense) == []

@@ -28,7 +28,7 @@ def random_bags(n, num_bags, max_len, gen):
 def copy_of(module: nn.EmbeddingBag, **kwargs) -> FullEmbeddingBag:
     ours = FullEmbeddingBag(module.num_embeddings, module.embedding_dim, **kwargs)
     with torch.no_grad():
-        ours.weights[0].copy_(module.weight)
+        ours.weight.copy_(module.weight)
     return ours
 
 
@@ -89,7 +89,7 @@ def test_trivial_partition_per_id_equals_nn_embedding():
 def test_combine_then_pool_on_weighted_multi_hot_bags(op):
     gen = torch.Generator().manual_seed(2)
     n, m, dim = 200, 7, 6
-    bag = CompositionalEmbeddingBag(n, dim, QuotientRemainder(n, m), operation=op, init_std=0.5)
+    bag = CompositionalEmbeddingBag(n, dim, QuotientRemainder(n, m), operation=op, mode="sum", init_std=0.5)
     ids, offsets, w = random_bags(n, 8, 6, gen)
     # One more bag with ids sharing a quotient row, and a negative weight.
     offsets = torch.cat([offsets, torch.tensor([ids.numel()])])
@@ -143,8 +143,8 @@ def test_gradients_reach_every_table(scheme, op, sparse, mode):
 
 
 def test_sparse_and_dense_gradients_agree():
-    dense = CompositionalEmbeddingBag(300, 8, QuotientRemainder(300, 17))
-    sparse = CompositionalEmbeddingBag(300, 8, QuotientRemainder(300, 17), sparse=True)
+    dense = CompositionalEmbeddingBag(300, 8, QuotientRemainder(300, 17), mode="sum")
+    sparse = CompositionalEmbeddingBag(300, 8, QuotientRemainder(300, 17), mode="sum", sparse=True)
     sparse.load_state_dict(dense.state_dict())
     ids, offsets, w = random_bags(300, 10, 5, torch.Generator().manual_seed(4))
     for module in (dense, sparse):

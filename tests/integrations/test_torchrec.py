@@ -9,8 +9,9 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType  # 
 from torchrec.distributed.planner import Topology  # noqa: E402
 from torchrec.distributed.planner.enumerators import EmbeddingEnumerator  # noqa: E402
 from torchrec.distributed.sharding_plan import get_default_sharders  # noqa: E402
+from torchrec.fx import symbolic_trace  # noqa: E402
 from torchrec.models.dlrm import DLRM  # noqa: E402
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: E402
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor  # noqa: E402
 
 from compembed.embedding import EmbeddingCollection, FeatureConfig, FusedEmbeddingCollection  # noqa: E402
 from compembed.integrations.torchrec import (  # noqa: E402
@@ -100,7 +101,7 @@ def test_pooled_mult_differs_on_multi_hot_bags():
     assert wrong.unpooled_tables == set()
     with pytest.raises(ValueError, match="'multi_hot' was declared one-hot"):
         wrong(kjt)
-    wrong.one_hot_features = []  # bypass the check to show the numbers differ
+    wrong.transform.one_hot_features = []  # bypass the check to show the numbers differ
     assert not torch.allclose(wrong(kjt)["multi_hot"], trec(kjt)["multi_hot"])
 
 
@@ -130,6 +131,46 @@ def test_dlrm_uses_module_unchanged():
     assert logits.shape == (6, 1)
     logits.sum().backward()
     assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in trec.partition_weights("multi_hot"))
+
+
+def test_unpartitioned_tables_refuse_out_of_range_ids():
+    tables = [EmbeddingBagConfig(num_embeddings=10, embedding_dim=4, name="t", feature_names=["f"]),
+              EmbeddingBagConfig(num_embeddings=100, embedding_dim=4, name="q", feature_names=["g"])]
+    trec = CompositionalEmbeddingBagCollection(tables, {"q": QuotientRemainder(100, 4)})
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f", "g"], values=torch.tensor([3, 9, -1, 5]),
+                                              lengths=torch.tensor([2, 1, 1, 0]))
+    with pytest.raises(IndexError, match=r"feature 'f': id -1 at position 2 is out of range \[0, 10\)"):
+        trec(kjt)
+    ok = KeyedJaggedTensor.from_lengths_sync(keys=["f", "g"], values=torch.tensor([3, 9, 0, 5]),
+                                             lengths=torch.tensor([2, 1, 1, 0]))
+    assert trec(ok).values().shape == (2, 8)
+
+
+def test_fx_symbolic_trace_of_collection_and_dlrm():
+    """torchrec.fx traces the wrapper (and TorchRec's DLRM over it): the id transform and the per-id
+    pooling are single opaque nodes, so the graph gives the eager outputs and still checks the ids."""
+    trec = CompositionalEmbeddingBagCollection.from_collection(make_collection(), one_hot=["one_hot"])
+    traced = symbolic_trace(trec)
+    targets = {getattr(n.target, "__name__", n.target) for n in traced.graph.nodes if n.op == "call_function"}
+    assert {"_transform_ids", "_pool"} <= targets
+    for seed in (7, 8):  # batches other than any seen while tracing
+        kjt = make_batch(seed=seed, batch_size=6)
+        torch.testing.assert_close(traced(kjt).values(), trec(kjt).values())
+    bags = make_batch(seed=7, batch_size=2).to_dict()
+    bags["multi_hot"] = JaggedTensor(values=torch.tensor([3, 1000]), lengths=torch.tensor([2, 0]))
+    with pytest.raises(IndexError, match=r"feature 'multi_hot': id 1000 at position 1 is out of range"):
+        traced(KeyedJaggedTensor.from_jt_dict(bags))
+
+    one_dim = EmbeddingCollection([f for f in FEATURES if f.operation != "concat"], output="stack")
+    torch.manual_seed(0)
+    tables = CompositionalEmbeddingBagCollection.from_collection(one_dim, one_hot=["one_hot"])
+    model = DLRM(embedding_bag_collection=tables,
+                 dense_in_features=13, dense_arch_layer_sizes=[16, 8], over_arch_layer_sizes=[16, 1])
+    traced_model = symbolic_trace(model)
+    kjt = KeyedJaggedTensor.from_jt_dict({k: v for k, v in make_batch(seed=9, batch_size=6).to_dict().items()
+                                          if k != "concat"})
+    dense = torch.randn(6, 13, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(traced_model(dense, kjt), model(dense, kjt))
 
 
 def test_planner_storage_estimates_are_compressed_sizes():
@@ -239,7 +280,83 @@ def test_hybrid_outputs_and_gradients_equal_compembed(weighted):
     torch.testing.assert_close(from_fused(kjt).values(), want)
 
 
+def test_fx_symbolic_trace_of_hybrid_tables():
+    torch.manual_seed(0)
+    trec = CompositionalEmbeddingBagCollection.from_collection(EmbeddingCollection(HYBRID, output="cat"),
+                                                               one_hot=["h_one_hot"])
+    traced = symbolic_trace(trec)
+    assert "_assemble" in {getattr(n.target, "__name__", n.target) for n in traced.graph.nodes}
+    kjt = hybrid_batch(HYBRID, seed=3)
+    torch.testing.assert_close(traced(kjt).values(), trec(kjt).values())
+
+
 def test_hybrid_without_torchrec_form_names_feature_and_scheme():
     ours = EmbeddingCollection([FeatureConfig("top", 300, 4, "hybrid", hot_rows=20, mode="max")])
     with pytest.raises(ValueError, match="feature 'top': scheme 'hybrid' with mode 'max' has no TorchRec form"):
         CompositionalEmbeddingBagCollection.from_collection(ours)
+
+
+# ---- quantisation for inference: TorchRec's int8 modules replace the partition tables ---------------
+
+def state_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values() if isinstance(t, torch.Tensor))
+
+
+def quantised_dlrm_case():
+    one_dim = EmbeddingCollection([f for f in FEATURES if f.operation != "concat"], output="stack")
+    torch.manual_seed(0)
+    trec = CompositionalEmbeddingBagCollection.from_collection(one_dim, one_hot=["one_hot"])
+    model = DLRM(embedding_bag_collection=trec, dense_in_features=13, dense_arch_layer_sizes=[16, 8],
+                 over_arch_layer_sizes=[16, 1]).eval()
+    kjt = KeyedJaggedTensor.from_jt_dict({k: v for k, v in make_batch(seed=5, batch_size=16).to_dict().items()
+                                          if k != "concat"})
+    return model, kjt, torch.randn(16, 13, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("how", ["quantize_inference_model", "quantize_embeddings"])
+def test_quantisation_swaps_every_partition_table(how):
+    from torchrec import EmbeddingCollection as TorchRecEC
+    from torchrec.inference.modules import quantize_embeddings, quantize_inference_model
+    from torchrec.quant import embedding_modules as quant
+
+    model, kjt, dense = quantised_dlrm_case()
+    trec = model.sparse_arch.embedding_bag_collection
+    with torch.no_grad():
+        want, want_sparse = model(dense, kjt), trec(kjt).values()
+    float_bytes = state_bytes(trec)
+    if how == "quantize_inference_model":
+        quantised = quantize_inference_model(model)
+    else:
+        quantised = quantize_embeddings(model, dtype=torch.qint8, inplace=True,
+                                        additional_qconfig_spec_keys=[TorchRecEC],
+                                        additional_mapping={TorchRecEC: quant.EmbeddingCollection})
+    qtrec = quantised.sparse_arch.embedding_bag_collection
+    assert qtrec is trec  # the wrapper stays; its TorchRec collections are swapped
+    assert isinstance(qtrec.pooled, quant.EmbeddingBagCollection)
+    assert isinstance(qtrec.unpooled, quant.EmbeddingCollection)
+    assert state_bytes(qtrec) < 0.6 * float_bytes
+    with torch.no_grad():
+        got_sparse, got = qtrec(kjt).values(), quantised(dense, kjt)
+    # Row-wise int8: each feature's vectors move, but by well under 2% of their scale.
+    for j, name in enumerate(qtrec._embedding_names):
+        cols = slice(8 * j, 8 * (j + 1))
+        error = (got_sparse[:, cols] - want_sparse[:, cols]).abs().max()
+        assert 0 < error < 0.02 * want_sparse[:, cols].abs().max(), name
+    torch.testing.assert_close(got, want, rtol=0, atol=0.02 * want.abs().max().item())
+
+
+def test_default_quantize_embeddings_is_never_a_silent_no_op():
+    """TorchRec's quantize_embeddings maps only EmbeddingBagCollection by default, so the per-id (multi-hot
+    mult) tables, an EmbeddingCollection, would stay float: a clear error, or a warning when nothing moved."""
+    from torchrec.inference.modules import quantize_embeddings
+
+    model, kjt, dense = quantised_dlrm_case()
+    with pytest.raises(ValueError, match=r"swapped the pooled partition tables .* but its per-id tables \(multi_hot"):
+        quantize_embeddings(model, dtype=torch.qint8, inplace=False)
+
+    only_per_id = EmbeddingCollection([f for f in FEATURES if f.name == "multi_hot"], output="cat")
+    trec = CompositionalEmbeddingBagCollection.from_collection(only_per_id)
+    assert trec.pooled is None
+    with pytest.warns(UserWarning, match=r"left every partition table .* in float.*quantize_inference_model"):
+        quantised = quantize_embeddings(trec, dtype=torch.qint8, inplace=False)
+    assert state_bytes(quantised) == state_bytes(trec)

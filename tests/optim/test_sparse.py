@@ -1,6 +1,8 @@
 """Sparse optimizers equal torch.optim on the same gradients and touch only the rows in the batch."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -37,7 +39,7 @@ def test_sgd_equals_torch(sparse, lr):
 def test_adagrad_equals_torch(sparse, kwargs):
     ours = _run(SparseAdagrad, kwargs, sparse)
     ref = _run(torch.optim.Adagrad, kwargs, sparse)
-    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    assert torch.equal(ours, ref)  # bit-identical: torch's ops in torch's order
 
 
 def _rowwise_reference(rows=50, dim=6, steps=4, lr=0.1, eps=1e-8):
@@ -140,3 +142,85 @@ def test_an_empty_sparse_gradient_changes_nothing(cls):
     assert weight.grad.is_sparse and weight.grad._nnz() == 0
     cls([weight], lr=0.1).step()
     assert torch.equal(weight, before)
+
+
+def _batches(steps: int, rows: int = 50, dim: int = 6, seed: int = 11) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per step: ids with duplicates, and their upstream gradient rows."""
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, rows, (40,), generator=generator), torch.randn(40, dim, generator=generator))
+            for _ in range(steps)]
+
+
+def test_rowwise_adagrad_with_lr_decay_and_initial_accumulator_matches_a_row_by_row_loop():
+    lr, lr_decay, initial, eps = 0.1, 0.3, 0.25, 1e-6
+    torch.manual_seed(4)
+    start = torch.randn(50, 6, dtype=torch.float64)
+    batches = _batches(5)
+    # the definition, one row at a time in Python floats
+    rows = [[float(x) for x in r] for r in start]
+    acc = [initial] * 50
+    for step, (ids, upstream) in enumerate(batches, start=1):
+        grad = {}
+        for i, g in zip(ids.tolist(), upstream.tolist()):
+            grad[i] = [a + b for a, b in zip(grad.get(i, [0.0] * 6), g)]
+        clr = lr / (1 + (step - 1) * lr_decay)
+        for i, g in grad.items():
+            acc[i] += sum(x * x for x in g) / len(g)
+            rows[i] = [w - clr * x / (acc[i] ** 0.5 + eps) for w, x in zip(rows[i], g)]
+    weight = torch.nn.Parameter(start.clone())
+    opt = RowWiseAdagrad([weight], lr=lr, lr_decay=lr_decay, initial_accumulator_value=initial, eps=eps)
+    for ids, upstream in batches:
+        opt.zero_grad()
+        _embedding_grad(weight, ids, upstream.double(), sparse=True)
+        opt.step()
+    torch.testing.assert_close(weight.detach(), torch.tensor(rows, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(opt.state[weight]["sum"], torch.tensor(acc, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+def _steps(weight: torch.nn.Parameter, opt, batches) -> None:
+    for ids, upstream in batches:
+        opt.zero_grad()
+        _embedding_grad(weight, ids, upstream, sparse=True)
+        opt.step()
+
+
+@pytest.mark.parametrize("cls,kwargs", [
+    (SparseSGD, dict(lr=0.1)),
+    (SparseAdagrad, dict(lr=0.1, lr_decay=0.05, initial_accumulator_value=0.1)),
+    (RowWiseAdagrad, dict(lr=0.1, lr_decay=0.05)),
+])
+def test_state_dict_saved_mid_run_continues_bit_identically(cls, kwargs):
+    batches = _batches(6)
+    torch.manual_seed(2)
+    start = torch.randn(50, 6)
+    whole = torch.nn.Parameter(start.clone())
+    _steps(whole, cls([whole], **kwargs), batches)
+
+    first = torch.nn.Parameter(start.clone())
+    opt = cls([first], **kwargs)
+    _steps(first, opt, batches[:3])
+    saved = copy.deepcopy(opt.state_dict())
+    resumed = torch.nn.Parameter(first.detach().clone())
+    again = cls([resumed], **kwargs)
+    again.load_state_dict(saved)
+    _steps(resumed, again, batches[3:])
+    assert torch.equal(resumed.detach(), whole.detach())
+    assert not torch.equal(resumed.detach(), start)
+
+
+def test_a_torch_adagrad_state_continues_in_sparse_adagrad():
+    # a checkpoint written while the tables trained with torch.optim.Adagrad resumes on SparseAdagrad
+    batches = _batches(6)
+    torch.manual_seed(2)
+    start = torch.randn(50, 6)
+    ref = torch.nn.Parameter(start.clone())
+    _steps(ref, torch.optim.Adagrad([ref], lr=0.1, lr_decay=0.05), batches)
+
+    weight = torch.nn.Parameter(start.clone())
+    old = torch.optim.Adagrad([weight], lr=0.1, lr_decay=0.05)
+    _steps(weight, old, batches[:3])
+    new = SparseAdagrad([weight], lr=0.1, lr_decay=0.05)
+    new.load_state_dict(old.state_dict())
+    _steps(weight, new, batches[3:])
+    assert torch.equal(weight.detach(), ref.detach())
+    assert new.state[weight]["step"] == 6

@@ -158,3 +158,31 @@ def test_loop_schema_covers_the_fresh_state():
     with pytest.raises(CheckpointCorruptError, match=r"loop state.epoch is True, expected an int"):
         check_state(dict(fresh_state(), epoch=True), LOOP_SCHEMA, "x", "loop state")
     check_state(dict(fresh_state(), loss_sum=3), LOOP_SCHEMA, "x", "loop state")  # an int is a float
+
+
+def test_a_checkpoint_with_the_old_full_table_name_still_loads(tmp_path):
+    # FullEmbeddingBag's table was ``weights.0`` before it became ``weight`` (nn.EmbeddingBag's name).
+    from compembed.embedding import EmbeddingCollection, FeatureConfig
+
+    def build():
+        torch.manual_seed(0)
+        configs = [FeatureConfig("a", 30, 4, "full"), FeatureConfig("h", 300, 4, "hybrid", hot_rows=5, cold_scheme="full")]
+        model = EmbeddingCollection(configs)
+        optimizer = torch.optim.Adagrad(model.parameters())
+        return model, optimizer
+
+    model, optimizer = build()
+    model(torch.tensor([[3, 200], [29, 1]])).square().sum().backward()
+    optimizer.step()
+    path = tmp_path / CHECKPOINT
+    save_checkpoint(path, model, [optimizer], {"loop": {"step": 1}})
+    tensors = {k.replace(".weight", ".weights.0"): v for k, v in load_file(str(path)).items()}
+    assert "model.embeddings.a.weights.0" in tensors and "model.embeddings.h.cold.weights.0" in tensors
+    with safe_open(str(path), framework="pt") as f:
+        header = {k: v for k, v in f.metadata().items() if k != "compembed_sha256"}  # as an older version wrote it
+    save_file(tensors, str(path), metadata=header)
+    fresh, fresh_optimizer = build()
+    assert load_checkpoint(path, fresh, [fresh_optimizer]) == {"loop": {"step": 1}}
+    for (name, mine), theirs in zip(fresh.named_parameters(), model.parameters()):
+        assert torch.equal(mine, theirs), name
+        assert torch.equal(fresh_optimizer.state[mine]["sum"], optimizer.state[theirs]["sum"]), name

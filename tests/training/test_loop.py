@@ -37,7 +37,7 @@ def test_deterministic_for_a_seed():
     assert not all(torch.equal(pa[k], pc[k]) for k in pa)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam", "amsgrad"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "rowwise_adagrad", "adam", "amsgrad"])
 @pytest.mark.parametrize("kill_at", [7, 26])  # mid-epoch 1 (last checkpoint at 5); mid-epoch 2 (checkpoint at 25)
 def test_resume_after_kill_equals_uninterrupted(tmp_path, optimizer, kill_at):
     dataset = toy_dataset()

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from compembed.models import ModelConfig, build_model
+from compembed.optim import RowWiseAdagrad, SparseAdagrad, SparseSGD
 from compembed.training import LinearWarmup, OptimConfig, SparseAMSGrad, TrainConfig, build_optimizers, train
 from compembed.training.loop import METRICS
 
@@ -52,8 +53,11 @@ def test_lazy_update_leaves_untouched_rows_alone():
 
 
 @pytest.mark.parametrize("name,update,table_kind,dense_kind", [
-    ("sgd", "sparse", torch.optim.SGD, torch.optim.SGD),
-    ("adagrad", "sparse", torch.optim.Adagrad, torch.optim.Adagrad),
+    ("sgd", "sparse", SparseSGD, torch.optim.SGD),
+    ("adagrad", "sparse", SparseAdagrad, torch.optim.Adagrad),
+    ("rowwise_adagrad", "sparse", RowWiseAdagrad, torch.optim.Adagrad),
+    ("rowwise_adagrad", "dense", RowWiseAdagrad, torch.optim.Adagrad),
+    ("adagrad", "dense", torch.optim.Adagrad, torch.optim.Adagrad),
     ("adam", "sparse", torch.optim.SparseAdam, torch.optim.Adam),
     ("amsgrad", "sparse", SparseAMSGrad, torch.optim.Adam),
     ("amsgrad", "dense", torch.optim.Adam, torch.optim.Adam),
@@ -114,3 +118,78 @@ def test_training_uses_the_warmup_rates_of_each_step(tmp_path):
 def test_warmup_config_error():
     with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
         OptimConfig(warmup_steps=-1)
+
+
+def _train_steps(name: str, fast: bool, steps: int = 6, scheme: str = "qr"):
+    """A toy model (QR: its partition rows repeat within a batch) after ``steps`` steps; its optimizers."""
+    dataset = toy_dataset(rows=512)
+    torch.manual_seed(5)
+    model = build_model(ModelConfig(scheme=scheme, threshold=0, embedding_dim=8, bottom_mlp=(8,), top_mlp=(8,)),
+                        dataset.info, sparse=True)
+    optimizers = build_optimizers(model, OptimConfig(name=name, lr=0.02, embedding_lr=0.1), fast=fast)
+    names = dataset.info.categorical_names
+    for _, batch in zip(range(steps), dataset.loader("train", 64)):
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        F.binary_cross_entropy_with_logits(model(batch.dense, batch.features(names)), batch.labels).backward()
+        for opt in optimizers:
+            opt.step()
+    return model, optimizers
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad"])
+def test_fast_table_optimizers_train_like_torch_optim(name):
+    fast_model, fast_opts = _train_steps(name, fast=True)
+    ref_model, ref_opts = _train_steps(name, fast=False)
+    assert type(fast_opts[0]) is not type(ref_opts[0])  # the two runs really use different optimizers
+    for (key, a), b in zip(fast_model.state_dict().items(), ref_model.state_dict().values()):
+        if name == "adagrad":  # bit-identical; SparseSGD rounds its scatter-add differently (within an ulp or so)
+            assert torch.equal(a, b), key
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=key)
+    if name == "adagrad":
+        for p_fast, p_ref in zip(fast_opts[0].param_groups[0]["params"], ref_opts[0].param_groups[0]["params"]):
+            assert torch.equal(fast_opts[0].state[p_fast]["sum"], ref_opts[0].state[p_ref]["sum"])
+            assert fast_opts[0].state[p_fast]["step"] == int(ref_opts[0].state[p_ref]["step"]) == 6
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "rowwise_adagrad", "adam", "amsgrad"])
+def test_memory_report_counts_the_optimizer_state_exactly(name):
+    from compembed.planning.budget import state_factor
+    from compembed.training.report import memory_report
+
+    model, optimizers = _train_steps(name, fast=True, steps=2)
+    tables = list(model.embeddings.parameters())
+    report = memory_report(model, optimizers)
+    dim = tables[0].shape[1]
+    assert all(p.dim() == 2 and p.shape[1] == dim for p in tables)
+    # per-value state as the planner counts it, plus AMSGrad's float32 step counter per table
+    counters = 4 * len(tables) if name == "amsgrad" else 0
+    assert report.embedding_state_bytes == report.embedding_bytes * state_factor(name, dim) + counters
+    if name == "rowwise_adagrad":
+        assert report.embedding_state_bytes == 4 * sum(p.shape[0] for p in tables)  # one float per row
+    dense = [p for p in model.parameters() if all(p is not t for t in tables)]
+    per_value = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 1, "adam": 2, "amsgrad": 3}[name]
+    dense_counters = 4 * len(dense) if name != "sgd" else 0  # torch's float32 step tensors
+    assert report.dense_state_bytes == 4 * per_value * sum(p.numel() for p in dense) + dense_counters
+    assert memory_report(model).embedding_state_bytes is None
+
+
+@pytest.mark.parametrize("scheme", ["tt", "md"])
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "rowwise_adagrad", "adam", "amsgrad"])
+def test_tt_and_md_tables_train_on_the_table_optimizers(scheme, name):
+    # every tt/md parameter has a sparse gradient (cores over their used slices, md projections as rows),
+    # so each table optimizer (SparseSGD, SparseAdagrad, RowWiseAdagrad, SparseAdam, SparseAMSGrad) takes it
+    torch.manual_seed(5)
+    start = {k: v.clone() for k, v in build_model(
+        ModelConfig(scheme=scheme, threshold=0, embedding_dim=8, bottom_mlp=(8,), top_mlp=(8,)),
+        toy_dataset(rows=512).info, sparse=True).embeddings.state_dict().items()}
+    model, optimizers = _train_steps(name, fast=True, steps=3, scheme=scheme)
+    kinds = {"sgd": SparseSGD, "adagrad": SparseAdagrad, "rowwise_adagrad": RowWiseAdagrad,
+             "adam": torch.optim.SparseAdam, "amsgrad": SparseAMSGrad}
+    assert type(optimizers[0]) is kinds[name]
+    tables = dict(model.embeddings.named_parameters())
+    assert all(p.grad is None or p.grad.is_sparse for p in tables.values())
+    moved = [k for k, v in model.embeddings.state_dict().items() if not torch.equal(v, start[k])]
+    assert moved and all(torch.isfinite(p).all() for p in tables.values())
+    assert any(k.endswith(("core1", "core2", "core3")) for k in moved) if scheme == "tt" else any("proj" in k for k in moved)

@@ -38,7 +38,8 @@ def to_markdown(result: dict, command: str | None = None) -> str:
         + (f" ({machine['gpu']})" if machine.get("gpu") else "")
         + f"; load average at the end {machine.get('load_average_at_end', '?')}. "
         f"Batch {cfg['batch']}, {len(cfg['cardinalities'])} one-hot features, D={cfg['dim']}, threshold "
-        f"{cfg['threshold']}, {cfg['collisions']} collisions, sparse SGD; {cfg['rounds']} interleaved rounds x "
+        f"{cfg['threshold']}, {cfg['collisions']} collisions, sparse SGD (the *adagrad variants: the optimizers "
+        f"of `compembed train`); {cfg['rounds']} interleaved rounds x "
         f"{cfg['steps']} steps per variant (median, min-max over rounds); run took {result['elapsed_s']:.0f}s.",
         "",
     ]
@@ -81,6 +82,10 @@ def to_markdown(result: dict, command: str | None = None) -> str:
                 row += [_num(v.get("gflops"), ".1f"), _num(v.get("roofline_fraction"), ".0%")]
             rows.append(row)
         lines += _table(header, rows) + [""]
+        fast = [(name, v) for name, v in data["variants"].items() if v.get("speed_vs_torch_optim")]
+        if fast:
+            lines += [f"- `{name}` vs `{v['torch_reference']}` (the same model, its tables on torch.optim): "
+                      f"{_ratio(v['speed_vs_torch_optim'])}" for name, v in fast] + [""]
     for name, reason in result.get("skipped", {}).items():
         lines += [f"- `{name}` skipped: {reason}"]
     if result.get("skipped"):

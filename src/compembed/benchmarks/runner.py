@@ -43,7 +43,8 @@ class BenchConfig:
     steps: int = 6
     warmup: int = 2
     emb_variants: tuple[str, ...] = ("full-per-feature", "full-batched", "qr-reference", "qr")
-    dlrm_variants: tuple[str, ...] = ("full-batched", "qr", "mlp-only")
+    # qr-adagrad / qr-torch-adagrad: the training loop's optimizers, fast against torch.optim
+    dlrm_variants: tuple[str, ...] = ("full-batched", "qr", "mlp-only", "qr-adagrad", "qr-torch-adagrad")
     # Scaling: (cardinality per table, scheme, k) points; "full" points above the memory cap are estimated.
     scaling_cardinalities: tuple[int, ...] = (10**5, 10**8)
     scaling_schemes: tuple[tuple[str, int], ...] = (("full", 1), ("gqr", 2))
@@ -65,9 +66,11 @@ PRESETS: dict[str, BenchConfig] = {
     "full": BenchConfig(
         preset="full", rounds=7, steps=12, warmup=3,
         emb_variants=("full-per-feature", "full-per-feature-torch-sgd", "full-batched", "fbgemm-full", "hashing",
-                      "qr-reference", "qr-collection", "qr", "gqr", "crt", "hybrid", "path", "tt", "tt-cache", "md"),
+                      "qr-reference", "qr-collection", "qr", "gqr", "crt", "hybrid", "path", "robe", "dhe", "tt",
+                      "tt-cache", "md"),
         dlrm_variants=("full-per-feature", "full-batched", "fbgemm-full", "hashing", "qr-reference", "qr-collection",
-                       "qr", "gqr", "crt", "hybrid", "path", "tt", "tt-cache", "md", "mlp-only"),
+                       "qr", "gqr", "crt", "hybrid", "path", "robe", "dhe", "tt", "tt-cache", "md", "mlp-only",
+                       "qr-adagrad", "qr-torch-adagrad", "qr-rowwise-adagrad"),
         scaling_cardinalities=(10**5, 10**6, 10**7, 10**8),
         scaling_schemes=(("full", 1), ("qr", 2), ("gqr", 2), ("gqr", 3), ("gqr", 4)),
         scaling_rounds=5, scaling_steps=4,
@@ -312,6 +315,10 @@ def summarize(config: BenchConfig, tasks: dict[str, dict[str, Measurement]], sca
                         row[f"speed_vs_{base}"] = m.median / medians[base]
                 if best_full:
                     row["speed_vs_best_full"] = m.median / medians[best_full]
+                reference = VARIANTS[name].torch_reference
+                if medians.get(reference):  # the same model with its tables on torch.optim
+                    row["torch_reference"] = reference
+                    row["speed_vs_torch_optim"] = m.median / medians[reference]
                 if best_full and rss.get(best_full) and m.peak_rss:
                     row["rss_vs_best_full"] = m.peak_rss / rss[best_full]
                 # Memory above a floor every worker of the task pays: the idle worker's (interpreter,
@@ -352,6 +359,8 @@ def targets(out: dict) -> list[dict]:
         check("(DLRM step, QR vs the same step without tables, mlp-only)", qr_dlrm.get("speed_vs_mlp-only"), None),
         check("embedding part, QR vs straightforward per-feature QR (qr-reference)", qr_emb.get("speed_vs_qr-reference"), 1.5),
         check("embedding part, QR vs per-feature EmbeddingCollection QR", qr_emb.get("speed_vs_qr-collection"), 1.5),
+        check("DLRM step with Adagrad as `compembed train` runs it, QR: fast sparse optimizers vs torch.optim "
+              "(qr-adagrad / qr-torch-adagrad)", dlrm.get("qr-adagrad", {}).get("speed_vs_torch_optim"), 1.25),
         check("DLRM training peak RSS, QR vs best full-table baseline", qr_dlrm.get("rss_vs_best_full"), 0.35, higher=False),
         check("(same, RSS above an idle worker's: tables + training state only)",
               qr_dlrm.get("rss_above_idle_vs_best_full"), 0.35, higher=False),

@@ -3,7 +3,12 @@
 A variant is an embedding module with ``configs`` and ``forward((B, F) ids) -> (B, F, D)``, plus
 the optimizer that trains its tables. Every variant trains with sparse gradients and the same
 SGD (``SparseSGD``: only the rows in the batch), except ``full-per-feature-torch-sgd``
-(stock ``torch.optim.SGD``) and ``fbgemm-full`` (FBGEMM's own SGD, fused into its backward).
+(stock ``torch.optim.SGD``), ``fbgemm-full`` (FBGEMM's own SGD, fused into its backward) and the
+``qr-*adagrad`` variants, trained as ``compembed train --optimizer adagrad`` / ``rowwise_adagrad``
+builds its optimizers (``training.build_optimizers``: the tables' optimizer, ``torch.optim.Adagrad``
+for the MLPs); ``qr-torch-adagrad`` puts the tables on ``torch.optim.Adagrad`` instead, what the
+training loop used before it had the fast sparse optimizers. A variant's ``torch_reference`` is
+the same model on ``torch.optim``: the benchmark reports the fast optimizers' speed-up against it.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from ..embedding.fused import FusedEmbeddingCollection
 from ..embedding.init import default_std, factor_stds, uniform_
 from ..optim import SparseSGD
 
-__all__ = ["VARIANTS", "Variant", "PooledQREmbeddings", "FBGEMMFullTables", "NoTables", "fbgemm_unavailable", "build_variant"]
+__all__ = ["VARIANTS", "TRAIN_OPTIMIZERS", "Variant", "make_optimizer", "make_model_optimizers", "PooledQREmbeddings", "FBGEMMFullTables", "NoTables", "fbgemm_unavailable", "build_variant"]
 
 
 @dataclass(frozen=True)
@@ -29,8 +34,13 @@ class Variant:
     name: str
     description: str
     build: Callable[[Sequence[int], int, int, int, torch.device], nn.Module]
-    optimizer: str = "sparse-sgd"  # or "torch-sgd", or "fused" (updated inside backward)
+    optimizer: str = "sparse-sgd"  # or "torch-sgd", "fused" (updated inside backward), or one of TRAIN_OPTIMIZERS
     full_tables: bool = False
+    torch_reference: str | None = None  # the variant of the same model trained by torch.optim
+
+
+# Optimizers built as `compembed train` builds them; "torch-" runs the tables on torch.optim (fast=False).
+TRAIN_OPTIMIZERS = ("adagrad", "torch-adagrad", "rowwise_adagrad")
 
 
 def _collection(cls, per_feature: Callable[[int], dict] | None = None, **options):
@@ -149,7 +159,8 @@ class NoTables(nn.Module):
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("full-per-feature", "one nn.EmbeddingBag-style full table per feature (EmbeddingCollection)",
-            _collection(EmbeddingCollection, scheme="full"), full_tables=True),
+            _collection(EmbeddingCollection, scheme="full"), full_tables=True,
+            torch_reference="full-per-feature-torch-sgd"),
     Variant("full-per-feature-torch-sgd", "as full-per-feature, trained by stock torch.optim.SGD",
             _collection(EmbeddingCollection, scheme="full"), optimizer="torch-sgd", full_tables=True),
     Variant("full-batched", "all full tables in one weight with row offsets (FusedEmbeddingCollection)",
@@ -165,6 +176,13 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
             _collection(EmbeddingCollection, scheme="qr", operation="mult")),
     Variant("qr", "QR-mult, fused (FusedEmbeddingCollection)",
             _collection(FusedEmbeddingCollection, scheme="qr", operation="mult")),
+    Variant("qr-adagrad", "as qr, Adagrad as `compembed train` builds it (SparseAdagrad tables, torch Adagrad MLPs)",
+            _collection(FusedEmbeddingCollection, scheme="qr", operation="mult"), optimizer="adagrad",
+            torch_reference="qr-torch-adagrad"),
+    Variant("qr-torch-adagrad", "as qr-adagrad, the tables on torch.optim.Adagrad (the training loop before)",
+            _collection(FusedEmbeddingCollection, scheme="qr", operation="mult"), optimizer="torch-adagrad"),
+    Variant("qr-rowwise-adagrad", "as qr-adagrad, row-wise Adagrad on the tables (`--optimizer rowwise_adagrad`)",
+            _collection(FusedEmbeddingCollection, scheme="qr", operation="mult"), optimizer="rowwise_adagrad"),
     Variant("gqr", "generalized QR (k=3 mixed radix), mult, fused",
             _collection(FusedEmbeddingCollection, scheme="gqr", operation="mult", num_partitions=3)),
     Variant("crt", "Chinese remainder (k=3 coprime moduli), mult, fused",
@@ -174,6 +192,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
                         cold_scheme="qr", operation="mult")),
     Variant("path", "path-based QR (quotient table + per-remainder MLP 16-64-16), per-feature modules",
             _collection(FusedEmbeddingCollection, scheme="path", hidden_dims=(64,))),
+    Variant("robe", "ROBE-Z (Z = D): one array per feature of n*D/4 values (hashing's bytes), per-feature modules",
+            _collection(FusedEmbeddingCollection, scheme="robe")),
+    Variant("dhe", "DHE, no tables: 64 Gaussian hash values -> MLP 64-64-D per feature (Mish), per-feature modules",
+            _collection(FusedEmbeddingCollection, scheme="dhe", dhe_hashes=64, dhe_hidden=(64,))),
     Variant("tt", "TT-Rec: 3 TT cores of rank 8 per feature (dense core gradients), per-feature modules",
             _collection(FusedEmbeddingCollection, scheme="tt", tt_rank=8)),
     Variant("tt-cache", "TT-Rec rank 8 with the 1% most frequent ids cached as full rows",
@@ -194,12 +216,44 @@ def build_variant(name: str, cardinalities: Sequence[int], dim: int = 16, thresh
     return VARIANTS[name].build(cardinalities, dim, threshold, collisions, torch.device(device))
 
 
+def _train_optimizer(kind: str, lr: float):
+    """``(OptimConfig, fast)`` of a ``TRAIN_OPTIMIZERS`` kind, one learning rate for tables and MLPs."""
+    from ..training.config import OptimConfig
+
+    return OptimConfig(name=kind.removeprefix("torch-"), lr=lr, embedding_lr=lr), not kind.startswith("torch-")
+
+
+def _kind(variant: str) -> str:
+    return VARIANTS[variant].optimizer if variant in VARIANTS else "sparse-sgd"
+
+
 def make_optimizer(variant: str, params, lr: float) -> torch.optim.Optimizer | None:
-    """The optimizer of the variant's parameters (None when none are left to it)."""
+    """The optimizer of the variant's embedding parameters (None when none are left to it)."""
     params = [p for p in params if p.requires_grad]
     if not params:
         return None
-    if variant in VARIANTS and VARIANTS[variant].optimizer == "torch-sgd":
+    kind = _kind(variant)
+    if kind in TRAIN_OPTIMIZERS:
+        from ..training.optim import table_optimizer
+
+        config, fast = _train_optimizer(kind, lr)
+        return table_optimizer(config, params, lr, fast=fast)
+    if kind == "torch-sgd":
         return torch.optim.SGD(params, lr=lr)
     return SparseSGD(params, lr=lr)
 
+
+def make_model_optimizers(variant: str, model: nn.Module, lr: float) -> list[torch.optim.Optimizer]:
+    """The optimizers of a whole model over the variant's tables (``model.embeddings``).
+
+    SGD variants: one optimizer over every parameter, as ``make_optimizer``. ``TRAIN_OPTIMIZERS``
+    variants: ``training.build_optimizers``, the optimizers ``compembed train`` would use.
+    """
+    kind = _kind(variant)
+    if kind in TRAIN_OPTIMIZERS:
+        from ..training.optim import build_optimizers
+
+        config, fast = _train_optimizer(kind, lr)
+        return build_optimizers(model, config, fast=fast)
+    opt = make_optimizer(variant, model.parameters(), lr)
+    return [] if opt is None else [opt]

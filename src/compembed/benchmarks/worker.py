@@ -11,7 +11,8 @@ Tasks:
 - ``emb``: the embedding part alone: lookup ``(B, F)`` ids, backward a fixed upstream gradient,
   optimizer step.
 - ``dlrm``: a whole DLRM training step (bottom MLP 13-512-256-64-D, dot interaction, top MLP
-  512-256-1, BCE loss) over the variant's embeddings, SGD on every parameter.
+  512-256-1, BCE loss) over the variant's embeddings, SGD on every parameter (the ``qr-*adagrad``
+  variants: the optimizers ``compembed train`` builds, ``variants.make_model_optimizers``).
 - ``bags``: the embedding part on multi-hot bags (1-D ids with offsets, ``bag_length`` ids per bag
   on average, empty bags included), with the offsets check on or off (``check_offsets``); its
   facts time the check alone over one batch (``offset_check_s``).
@@ -33,7 +34,7 @@ from torch import nn
 from ..embedding import feature_configs, pooling
 from ..embedding.fused import FusedEmbeddingCollection
 from .memory import peak_rss_bytes
-from .variants import build_variant, make_optimizer
+from .variants import build_variant, make_model_optimizers, make_optimizer
 
 __all__ = ["build_step", "mlp_flops_per_sample", "main"]
 
@@ -102,7 +103,7 @@ def build_step(spec: dict) -> tuple[Callable[[], None], dict]:
     from ..models.dlrm import DLRM
 
     model = DLRM(emb, num_dense=NUM_DENSE).to(device)
-    opt = make_optimizer(variant, model.parameters(), lr)
+    optimizers = make_model_optimizers(variant, model, lr)
     dense = [torch.rand(batch, NUM_DENSE, generator=generator).to(device) for _ in range(NUM_BATCHES)]
     labels = [torch.randint(0, 2, (batch,), generator=generator).float().to(device) for _ in range(NUM_BATCHES)]
     facts["flop_per_sample"] = mlp_flops_per_sample(model)
@@ -112,8 +113,9 @@ def build_step(spec: dict) -> tuple[Callable[[], None], dict]:
         i = next(counter) % NUM_BATCHES
         loss = F.binary_cross_entropy_with_logits(model(dense[i], ids[i]), labels[i])
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
     return dlrm_step, facts
 
 

@@ -28,7 +28,8 @@ import torch
 from ..data.criteo_spec import CATEGORICAL_NAMES, KAGGLE_CARDINALITIES
 from ..embedding import EmbeddingCollection, feature_configs
 from ..partitions import QuotientRemainder, is_complementary
-from ..training.config import OptimConfig
+from ..training.config import PRECISIONS, OptimConfig
+from .train import add_device_option
 
 _RECIPE = OptimConfig()  # the default recipe's learning rates
 
@@ -78,6 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated model seeds (initialisation and shuffling; default: 0,1,2,3,4)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data, the same for every run (default: 0)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's choice)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="training steps under autocast: bf16, or fp16 (CUDA only); default: fp32")
+    add_device_option(p)
     p.add_argument("--out", metavar="DIR", default=None,
                    help="keep each run (config, checkpoint, metrics) under DIR/<scheme>; a rerun resumes them")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -98,7 +102,7 @@ def demo_configs(args: argparse.Namespace, seed: int):
         optim=OptimConfig(name=args.optimizer, lr=args.lr, embedding_lr=args.embedding_lr),
         data=DataConfig(source=args.data, rows=args.rows, cardinality_scale=args.scale, seed=args.data_seed),
         batch_size=args.batch_size, epochs=args.epochs, seed=seed, threads=args.threads,
-        checkpoint_every=0, log_every=100,
+        checkpoint_every=0, log_every=100, precision=args.precision,
     )
     return [dataclasses.replace(base, model=dataclasses.replace(base.model, scheme=s, operation=op))
             for s, op in DEMO_SCHEMES]
@@ -107,9 +111,12 @@ def demo_configs(args: argparse.Namespace, seed: int):
 def run(args: argparse.Namespace) -> int:
     if args.memory:
         return run_memory(args)
+    from ..training.device import check_precision, resolve_device
     from ..training.loop import open_data, train
     from ..training.report import format_seed_table
 
+    device = resolve_device(args.device)
+    check_precision(args.precision, device)  # before the data is made
     configs = demo_configs(args, args.seeds[0])
     started = time.perf_counter()
     dataset = open_data(configs[0].data)
@@ -120,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
           f"{len(info.categorical_names)} categorical features with {sum(info.cardinalities):,} categories; "
           f"D={args.dim}, batch {args.batch_size}, {args.epochs} epoch(s), {args.optimizer} with lr {args.lr} "
           f"(dense) and {args.embedding_lr} (tables); features with more than {args.threshold} categories "
-          f"compressed at {args.collisions} collisions; model seeds {','.join(map(str, args.seeds))} on the same data")
+          f"compressed at {args.collisions} collisions; {args.precision} on {device}; model seeds {','.join(map(str, args.seeds))} on the same data")
     if hasattr(dataset, "bayes_loss"):
         print(f"the data's Bayes-optimal test loss (true click probabilities): {dataset.bayes_loss('test'):.5f}")
     runs: dict[str, list[dict]] = {}
@@ -129,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
             label = config.model.label()
             out = Path(args.out) / f"{label.replace('/', '-')}-seed{seed}" if args.out else None
             print(f"training {label} (seed {seed}) ...", flush=True)
-            result = train(config, dataset, out_dir=out, resume=out is not None, progress=not args.no_progress)
+            result = train(config, dataset, out_dir=out, resume=out is not None, progress=not args.no_progress,
+                           device=device)
             runs.setdefault(label, []).append(result.to_dict())
     hashing = next((label for label in runs if label.startswith("hashing")), None)
     print()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from ..embedding import COLD_SCHEMES, SCHEMES, FeatureConfig
 from ..models import ARCHS, ModelConfig
-from ..models.factory import TT_MD_FIELDS
-from ..training.config import OPTIMIZERS, SYNTHETIC_ONLY, DataConfig, OptimConfig, TrainConfig, load_config, save_config
+from ..models.factory import SCHEME_FIELDS
+from ..training.config import OPTIMIZERS, PRECISIONS, SYNTHETIC_ONLY, DataConfig, OptimConfig, TrainConfig, load_config, save_config
 from .errors import UsageError
 
 # (section, field, flag, argparse options). Every default is None so that only the options a user
@@ -28,8 +28,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _default(section: str, name: str) -> str:
     value = getattr(_D[section], name)
-    if section == "model" and name in TT_MD_FIELDS:  # unset in the model config: the feature's default
-        value = getattr(FeatureConfig("default", 1), name)
+    if value is None and section == "model" and name in SCHEME_FIELDS:  # unset: the feature's default
+        value = getattr(FeatureConfig("", 1), name)
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
@@ -44,7 +44,17 @@ OPTIONS: list[tuple[str, str, str, dict]] = [
     ("model", "hot_rows", "--hot-rows", dict(
         type=int, help="hybrid: the K most frequent ids (frequency-ordered ids) of a feature get rows of their own")),
     ("model", "cold_scheme", "--cold-scheme", dict(choices=COLD_SCHEMES, help="hybrid: scheme of the other ids")),
-    # tt and md (issue 11)
+    # robe, dhe, tt and md (issue 11)
+    ("model", "robe_size", "--robe-size", dict(type=int, help="robe: shared array length in values (0: n*D/collisions)")),
+    ("model", "block_size", "--block-size", dict(type=int, help="robe: Z, values per hashed block, divides D (0: D)")),
+    ("model", "robe_signs", "--robe-signs", dict(action=argparse.BooleanOptionalAction, help="robe: hashed signs")),
+    ("model", "dhe_hashes", "--dhe-hashes", dict(type=int, help="dhe: k, the hash encoding's size")),
+    ("model", "dhe_hidden", "--dhe-hidden", dict(type=_ints, help="dhe: hidden sizes of the decoder MLP")),
+    ("model", "dhe_gaussian", "--dhe-gaussian", dict(action=argparse.BooleanOptionalAction,
+                                                     help="dhe: Gaussian (Box-Muller) encoding, else uniform")),
+    ("model", "dhe_batchnorm", "--dhe-batchnorm", dict(action=argparse.BooleanOptionalAction,
+                                                       help="dhe: batch norm after each hidden layer")),
+    ("model", "dhe_activation", "--dhe-activation", dict(choices=("mish", "relu"), help="dhe: MLP activation")),
     ("model", "tt_rank", "--tt-rank", dict(type=int, help="tt: TT-rank of the 3 cores (capped per feature at its largest useful rank)")),
     ("model", "tt_cache_rows", "--tt-cache-rows", dict(
         type=int, help="tt: the K most frequent ids (frequency-ordered ids) read full cached rows")),
@@ -86,7 +96,17 @@ OPTIONS: list[tuple[str, str, str, dict]] = [
     ("train", "keep_best", "--keep-best", dict(
         action=argparse.BooleanOptionalAction,
         help="evaluate at the end with the parameters of the lowest val loss (best.safetensors), not the last")),
+    ("train", "precision", "--precision", dict(
+        choices=PRECISIONS, help="training steps under autocast: bf16 (CPU or CUDA) or fp16 (CUDA only, with a loss "
+        "scale); parameters and evaluation stay fp32")),
 ]
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--device {cpu,cuda,auto}`` (not part of a run's config: a run may be resumed on another device)."""
+    parser.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
+                        help="where to compute: cpu, cuda (or cuda:N), or auto: cuda when available, else cpu "
+                        "(default: cpu)")
 
 
 def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -150,6 +170,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="continue the run in --out from its checkpoint, with the config stored there")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--features", action="store_true", help="also print the per-feature memory table")
+    add_device_option(p)
     add_config_options(p)
     p.set_defaults(func=run_train, resume_hint=_train_resume_hint)
 
@@ -168,6 +189,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, default=8192, help="evaluation batch size (default: 8192)")
     e.add_argument("--last", action="store_true",
                    help="evaluate the last parameters (checkpoint.safetensors) even when best.safetensors exists")
+    add_device_option(e)
     e.set_defaults(func=run_evaluate)
 
 
@@ -197,7 +219,7 @@ def run_train(args: argparse.Namespace) -> int:
         save_config(config, args.write_config)
         print(f"wrote {args.write_config}")
         return 0
-    result = train(config, out_dir=out, resume=args.resume, progress=not args.no_progress)
+    result = train(config, out_dir=out, resume=args.resume, progress=not args.no_progress, device=args.device)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports, as only it writes the run directory
     print(format_table([result.to_dict()], split="test" if "test" in result.evals else next(iter(result.evals), "test")))
@@ -221,10 +243,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from ..models import build_model
     from ..training.checkpoint import load_checkpoint
+    from ..training.device import resolve_device
     from ..training.evaluate import evaluate
     from ..training.loop import BEST, CHECKPOINT, CONFIG, open_data
     from ..training.report import format_table, memory_report
 
+    device = resolve_device(args.device)
     run_dir = Path(args.run_dir)
     if not run_dir.exists():
         raise FileNotFoundError(errno.ENOENT, "no such run directory", str(run_dir))
@@ -237,6 +261,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model = build_model(config.model, dataset.info)
     best = run_dir / BEST
     load_checkpoint(best if best.exists() and not args.last else run_dir / CHECKPOINT, model)
+    model.to(device)
     with torch.no_grad():
         evals = {s: evaluate(model, dataset, s, args.batch_size) for s in args.split}
     row = {"arch": config.model.arch, "label": config.model.label(), "memory": memory_report(model).to_dict(),

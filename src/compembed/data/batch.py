@@ -45,7 +45,15 @@ class Batch:
         return out
 
     def to(self, device: torch.device | str) -> "Batch":
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        """The batch on ``device`` (copies from pinned memory do not block the host)."""
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked host memory, for asynchronous copies to a CUDA device."""
+        return self._map(lambda t: t.pin_memory())
+
+    def _map(self, fn) -> "Batch":
+        move = lambda t: None if t is None else fn(t)  # noqa: E731
         return Batch(
             dense=move(self.dense), sparse=move(self.sparse), labels=move(self.labels),
             multi_hot={k: (move(v), move(o)) for k, (v, o) in self.multi_hot.items()},

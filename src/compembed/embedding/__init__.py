@@ -1,4 +1,4 @@
-"""Embedding modules: compositional, path-based, hybrid, TT-Rec, mixed-dimension, hashing and full tables, and a per-feature collection."""
+"""Embedding modules: compositional, path-based, hybrid, hashing, ROBE-Z, DHE, TT-Rec, mixed-dimension and full tables, and a per-feature collection."""
 from .collection import (
     BUILDERS,
     COLD_SCHEMES,
@@ -10,12 +10,14 @@ from .collection import (
     feature_configs,
 )
 from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, FullEmbeddingBag, HashEmbeddingBag, combine
+from .dhe import DHEEmbeddingBag
 from .fused import FusedEmbeddingCollection
 from .hybrid import HybridEmbeddingBag
 from .init import default_std, factor_std, factor_stds
 from .md import MixedDimEmbeddingBag
 from .path import ClassMLP, PathEmbedding, PathEmbeddingBag
 from .pooling import pool_bags
+from .robe import ROBEEmbeddingBag
 from .tt import TTEmbeddingBag
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "PathEmbedding",
     "PathEmbeddingBag",
     "HybridEmbeddingBag",
+    "ROBEEmbeddingBag",
+    "DHEEmbeddingBag",
     "TTEmbeddingBag",
     "MixedDimEmbeddingBag",
     "ClassMLP",

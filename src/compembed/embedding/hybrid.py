@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..partitions import Partition, check_ids
-from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag
+from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, check_mode, check_norm_args, lookup_repr
 from .init import default_std, uniform_
-from .pooling import MODES, pool_bags
+from .pooling import pool_bags
 
 __all__ = ["HybridEmbeddingBag", "assemble"]
 
@@ -38,10 +38,16 @@ class HybridEmbeddingBag(nn.Module):
             ``CompositionalEmbeddingBag`` with ``operation`` is built over it) or an already built
             ``CompositionalEmbedding`` / ``CompositionalEmbeddingBag`` of ``n - K`` ids and width D.
         operation: how a ``cold`` partition's tables combine: ``mult``, ``add`` or ``concat``.
-        mode: bag pooling, ``sum``, ``mean`` or ``max`` (each id's vector is composed first).
+
+    Keyword-only, with ``nn.EmbeddingBag``'s names and defaults:
+        max_norm, norm_type, scale_grad_by_freq: as ``nn.EmbeddingBag``, for the hot rows and a
+            single-table cold part (full or hashing); a composed cold part raises ``ValueError``.
+            A cold module built from a partition gets them; a given one must have the same.
+        mode: bag pooling, ``sum``, ``mean`` (default) or ``max`` (each id's vector is composed first).
         sparse: sparse gradients for the hot table (and for a cold module built from a partition;
             a given cold module must have the same setting).
         include_last_offset: as ``nn.EmbeddingBag``.
+        padding_idx: an id left out of every bag (as ``nn.EmbeddingBag``'s).
         init_std: std of every id's vector at init: the hot rows are drawn with it, and a cold
             module built from a partition composes to it. Default ``1/sqrt(3n)``, a full table's.
 
@@ -61,9 +67,14 @@ class HybridEmbeddingBag(nn.Module):
         hot_rows: int,
         cold: Partition | CompositionalEmbedding | None = None,
         operation: str = "mult",
-        mode: str = "sum",
+        *,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
         sparse: bool = False,
         include_last_offset: bool = False,
+        padding_idx: int | None = None,
         init_std: float | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -74,14 +85,20 @@ class HybridEmbeddingBag(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if isinstance(hot_rows, bool) or not isinstance(hot_rows, int) or not 0 <= hot_rows <= num_embeddings:
             raise ValueError(f"hot_rows must be an int in [0, num_embeddings={num_embeddings}], got {hot_rows!r}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        check_mode(mode, scale_grad_by_freq)
+        check_norm_args(max_norm, norm_type, scale_grad_by_freq, sparse, None)  # a composed cold part refuses them itself
+        if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
+            raise ValueError(f"padding_idx must be in [0, {num_embeddings}), got {padding_idx}")
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.hot_rows = hot_rows
         self.mode = mode
         self.sparse = sparse
         self.include_last_offset = include_last_offset
+        self.padding_idx = padding_idx
+        self.max_norm = None if max_norm is None else float(max_norm)
+        self.norm_type = float(norm_type)
+        self.scale_grad_by_freq = scale_grad_by_freq
         self.init_std = default_std(num_embeddings) if init_std is None else float(init_std)
         self.cold = self._cold_module(cold, operation, device, dtype)  # initialised as it is built
         if hot_rows:
@@ -107,13 +124,18 @@ class HybridEmbeddingBag(nn.Module):
             )
         if isinstance(cold, Partition):
             return CompositionalEmbeddingBag(
-                num_cold, self.embedding_dim, cold, operation=operation, mode=self.mode, sparse=self.sparse,
-                init_std=self.init_std, device=device, dtype=dtype,
+                num_cold, self.embedding_dim, cold, operation=operation, max_norm=self.max_norm,
+                norm_type=self.norm_type, scale_grad_by_freq=self.scale_grad_by_freq, mode=self.mode,
+                sparse=self.sparse, init_std=self.init_std, device=device, dtype=dtype,
             )
         if cold.embedding_dim != self.embedding_dim:
             raise ValueError(f"cold has embedding_dim {cold.embedding_dim}, the hybrid {self.embedding_dim}")
         if cold.padding_idx is not None or cold.sparse != self.sparse:
             raise ValueError(f"cold must have no padding_idx and sparse={self.sparse}")
+        mine = (self.max_norm, self.norm_type, self.scale_grad_by_freq)
+        if (cold.max_norm, cold.norm_type, cold.scale_grad_by_freq) != mine:
+            raise ValueError(f"cold must have the hybrid's max_norm={mine[0]}, norm_type={mine[1]}, "
+                             f"scale_grad_by_freq={mine[2]}")
         return cold
 
     def reset_parameters(self) -> None:
@@ -154,23 +176,27 @@ class HybridEmbeddingBag(nn.Module):
         check_ids(input, self.num_embeddings)
         ids = input.long()
         if self.cold is None:
-            return F.embedding(ids, self.hot, sparse=self.sparse)
+            return self._hot_vectors(ids)
         if self.hot is None:
             return self.cold.embed(ids)
         is_hot, hot_rows, cold_ids = self.split(ids)
-        return assemble(is_hot, F.embedding(hot_rows, self.hot, sparse=self.sparse), self.cold.embed(cold_ids))
+        return assemble(is_hot, self._hot_vectors(hot_rows), self.cold.embed(cold_ids))
+
+    def _hot_vectors(self, rows: Tensor) -> Tensor:
+        return F.embedding(rows, self.hot, max_norm=self.max_norm, norm_type=self.norm_type,
+                           scale_grad_by_freq=self.scale_grad_by_freq, sparse=self.sparse)
 
     def forward(
         self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
     ) -> Tensor:
         return pool_bags(
-            self.embed(input), input, offsets, per_sample_weights, self.mode, include_last_offset=self.include_last_offset
+            self.embed(input), input, offsets, per_sample_weights, self.mode,
+            include_last_offset=self.include_last_offset, padding_idx=self.padding_idx,
         )
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}, hot_rows={self.hot_rows}, mode={self.mode!r}"
-        if self.sparse:
-            s += ", sparse=True"
+        s += lookup_repr(self)
         if self.include_last_offset:
             s += ", include_last_offset=True"
         return s

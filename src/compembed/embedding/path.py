@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..partitions import Partition
-from .compositional import check_module_args
+from .compositional import check_mode, check_module_args, check_norm_args
 from .init import default_std, uniform_
-from .pooling import MODES, pool_bags
+from .pooling import pool_bags
 
 __all__ = ["ClassMLP", "PathEmbedding", "PathEmbeddingBag"]
 
@@ -156,6 +156,12 @@ class PathEmbedding(nn.Module):
 class PathEmbeddingBag(PathEmbedding):
     """Path-based composition pooled over bags, with ``nn.EmbeddingBag``'s forward.
 
+    Signature: ``(num_embeddings, embedding_dim, partition, hidden_dims=(64,), *, max_norm=None,
+    norm_type=2.0, scale_grad_by_freq=False, mode="mean", sparse=False, include_last_offset=False,
+    padding_idx=None, init_std=None, device=None, dtype=None)``: everything after ``hidden_dims``
+    keyword-only, with ``nn.EmbeddingBag``'s names and defaults. A path-composed vector is no
+    table row, so ``max_norm`` and ``scale_grad_by_freq`` raise ``ValueError``.
+
     Shape:
         as ``CompositionalEmbeddingBag``: ``(B, L)`` input, or 1-D input with offsets -> ``(B, D)``.
     """
@@ -166,7 +172,11 @@ class PathEmbeddingBag(PathEmbedding):
         embedding_dim: int,
         partition: Partition,
         hidden_dims: Sequence[int] = (64,),
-        mode: str = "sum",
+        *,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
         sparse: bool = False,
         include_last_offset: bool = False,
         padding_idx: int | None = None,
@@ -174,12 +184,14 @@ class PathEmbeddingBag(PathEmbedding):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        check_mode(mode, scale_grad_by_freq)
         super().__init__(
             num_embeddings, embedding_dim, partition, hidden_dims=hidden_dims, padding_idx=padding_idx,
             sparse=sparse, init_std=init_std, device=device, dtype=dtype,
         )
+        check_norm_args(max_norm, norm_type, scale_grad_by_freq, sparse,
+                        f"a base row transformed by the MLPs of {partition.num_tables - 1} more tables")
+        self.max_norm, self.norm_type, self.scale_grad_by_freq = None, float(norm_type), False  # what is allowed
         self.mode = mode
         self.include_last_offset = include_last_offset
 

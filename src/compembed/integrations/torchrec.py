@@ -24,11 +24,18 @@ sums with ``add``/``concat`` and for one-hot bags; otherwise each id's vector is
 ``DistributedModelParallel`` finds the inner TorchRec collections and shards the partition tables like
 any other tables; the wrapper itself holds no parameters and is replicated.
 
+The id transform (with the id checks) and the other data-dependent steps are single ``torch.fx.wrap``
+calls, so ``torchrec.fx.symbolic_trace`` and the train pipelines' tracer go through the wrapper, and
+``TrainPipelineSparseDist(pipeline_postproc=True)`` runs the transform in its data-distribution stage.
+TorchRec's quantisation swaps the inner collections for its int8 ones; a pass that leaves the per-id
+tables float raises an error (see ``qconfig``).
+
 Needs TorchRec (see the Makefile's install recipe): the core package never imports this module.
 """
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Collection, Mapping, Sequence
 
 import torch
@@ -39,6 +46,8 @@ try:
     from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
     from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingBagCollectionInterface
     from torchrec.modules.embedding_modules import EmbeddingCollection as TorchRecEmbeddingCollection
+    from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
+    from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddingCollection
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 except ImportError as err:  # pragma: no cover - exercised only without TorchRec
     raise ImportError(
@@ -114,14 +123,23 @@ def partition_table_configs(
     ]
 
 
-class PartitionIdTransform:
-    """Maps a KJT of logical features to the KJT of their partition tables.
+class PartitionIdTransform(torch.nn.Module):
+    """Maps a KJT of logical features to the KJT of their partition tables, validating the ids.
 
     Args:
         partitions: feature name -> partition. Features without one pass through unchanged.
         hot_rows: feature name -> K for hybrid features: ids ``x < K`` go to feature ``f__hot`` (row
             ``x``), the others, shifted to ``x - K``, to the partition features (whose partition
             covers the ``n - K`` cold ids).
+        num_embeddings: feature name -> table rows of features without a partition: their ids are
+            checked to lie in ``[0, n)`` as the partitioned ones are (sharded TorchRec would map an
+            out-of-range id silently to row 0).
+        one_hot: features whose bags must hold at most one id (checked, with a clear error).
+
+    A module without parameters whose work is one opaque call (``torch.fx.wrap``): symbolic tracing
+    (``torchrec.fx.symbolic_trace``, the train pipelines' tracer) records it as one node instead of
+    tracing its data-dependent checks, and ``TrainPipelineSparseDist(pipeline_postproc=True)`` can run
+    it in the data-distribution stage like any TorchRec postproc module.
 
     Shape:
         ``(features)`` a KJT with keys ``[f, ...]`` and values ``(N,)`` -> a KJT with keys
@@ -130,24 +148,47 @@ class PartitionIdTransform:
         its hot ids with their per-bag counts, then its cold ids' classes with theirs.
     """
 
-    def __init__(self, partitions: Mapping[str, Partition], hot_rows: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        partitions: Mapping[str, Partition],
+        hot_rows: Mapping[str, int] | None = None,
+        num_embeddings: Mapping[str, int] | None = None,
+        one_hot: Collection[str] = (),
+    ) -> None:
+        super().__init__()
         self.partitions = dict(partitions)
         self.hot_rows = dict(hot_rows or {})
+        self.num_embeddings = dict(num_embeddings or {})
+        self.one_hot_features = sorted(one_hot)
 
-    def __call__(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+    def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        return _transform_ids(self, features)
+
+    def transform(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        """The eager body of ``forward``."""
         keys: list[str] = []
         values, lengths, weights = [], [], []
         has_weights = features.weights_or_none() is not None
         for name, bags in features.to_dict().items():
             partition = self.partitions.get(name)
-            k = 1 if partition is None else partition.num_tables
-            if partition is None:
-                keys.append(name)
-                values.append(bags.values())
-                lengths.append(bags.lengths())
-                weights.append(bags.weights_or_none())
-                continue
             ids, bag_lengths, bag_weights = bags.values(), bags.lengths(), bags.weights_or_none()
+            if name in self.one_hot_features and bag_lengths.numel() and int(bag_lengths.max()) > 1:
+                raise ValueError(
+                    f"feature {name!r} was declared one-hot but bag {int(bag_lengths.argmax())} holds "
+                    f"{int(bag_lengths.max())} ids; leave it out of one_hot to combine per id"
+                )
+            if partition is None:
+                if name in self.num_embeddings:
+                    try:
+                        check_ids(ids, self.num_embeddings[name])
+                    except (IndexError, TypeError) as err:
+                        raise type(err)(f"feature {name!r}: {err}") from None
+                keys.append(name)
+                values.append(ids)
+                lengths.append(bag_lengths)
+                weights.append(bag_weights)
+                continue
+            k = partition.num_tables
             hot = self.hot_rows.get(name, 0)
             try:
                 if hot:
@@ -175,6 +216,26 @@ class PartitionIdTransform:
             weights=torch.cat(weights) if has_weights else None,
             stride=features.stride(),
         )
+
+
+# The data-dependent steps, each one node under torch.fx symbolic tracing (they run eagerly).
+@torch.fx.wrap
+def _transform_ids(transform: PartitionIdTransform, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+    return transform.transform(features)
+
+
+@torch.fx.wrap
+def _assemble(is_hot: Tensor, hot: Tensor, cold: Tensor) -> Tensor:
+    return assemble(is_hot, hot, cold)
+
+
+@torch.fx.wrap
+def _pool(vectors: Tensor, offsets: Tensor, weights: Tensor | None, mode: str) -> Tensor:
+    """Pool per-id vectors ``(N, D)`` into ``(B, D)`` bags given by ``offsets`` ``(B + 1,)``."""
+    positions = torch.arange(vectors.shape[0], device=vectors.device)
+    return F.embedding_bag(
+        positions, vectors, offsets, mode=mode, per_sample_weights=weights, include_last_offset=True
+    )
 
 
 class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
@@ -253,10 +314,12 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             else:
                 self.unpooled_tables.add(table.name)
                 unpooled.extend(_unpooled_config(c) for c in configs)
-        self.one_hot_features = sorted(f for t in checked for f in t.feature_names)
         self.transform = PartitionIdTransform(
             {f: self.partitions[t.name] for t in self._tables if t.name in self.partitions for f in t.feature_names},
             {f: self.hot_rows[t.name] for t in self._tables if t.name in self.hot_rows for f in t.feature_names},
+            num_embeddings={f: t.num_embeddings for t in self._tables if t.name not in self.partitions
+                            for f in t.feature_names},
+            one_hot=[f for t in checked for f in t.feature_names],
         )
         # TorchRec's sharders find these two by type; the planner sees only the compressed tables.
         self.pooled = EmbeddingBagCollection(pooled, is_weighted=is_weighted, device=device) if pooled else None
@@ -285,12 +348,16 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         unpooled = self.unpooled.embedding_configs() if self.unpooled is not None else []
         return [*pooled, *unpooled]
 
+    @property
+    def one_hot_features(self) -> list[str]:
+        """The features pooled per table although their combine is not linear: checked one-hot at forward."""
+        return self.transform.one_hot_features
+
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        bags = features.to_dict()
-        self._check_one_hot(bags)
-        parts = self.transform(features)
+        parts = self.transform(features)  # validates the ids (and the declared one-hot bags)
         pooled = self.pooled(parts).to_dict() if self.pooled is not None else {}
         per_id = self.unpooled(parts) if self.unpooled is not None else {}
+        bags = features.to_dict()
         outputs = []
         for table in self._tables:
             partition = self.partitions.get(table.name)
@@ -303,8 +370,9 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
                 if table.name in self.unpooled_tables:
                     vectors = combine([per_id[key].values() for key in keys], operation)  # (N, D)
                     if hot:
-                        vectors = assemble(bags[name].values() < hot, per_id[hot_key(name)].values(), vectors)
-                    outputs.append(self._pool(vectors, bags[name], self.modes[table.name]))
+                        vectors = _assemble(bags[name].values() < hot, per_id[hot_key(name)].values(), vectors)
+                    weights = bags[name].weights() if self._is_weighted else None
+                    outputs.append(_pool(vectors, bags[name].offsets(), weights, self.modes[table.name]))
                 else:
                     out = combine([pooled[key] for key in keys], operation)
                     outputs.append(pooled[hot_key(name)] + out if hot else out)
@@ -314,22 +382,36 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             length_per_key=self._lengths_per_embedding,
         )
 
-    def _pool(self, vectors: Tensor, bags, mode: str) -> Tensor:
-        """Pool per-id vectors ``(N, D)`` into the ``(B, D)`` bags of one feature's jagged input."""
-        positions = torch.arange(vectors.shape[0], device=vectors.device)
-        weights = bags.weights() if self._is_weighted else None
-        return F.embedding_bag(
-            positions, vectors, bags.offsets(), mode=mode, per_sample_weights=weights, include_last_offset=True
-        )
+    # Quantisation. torch.ao's passes (which TorchRec's quantize_embeddings and quantize_inference_model
+    # run) set ``qconfig`` on every module they visit and delete it at the end of convert, after the
+    # swaps: the deletion is where the wrapper checks that its partition tables were quantised together.
+    @property
+    def qconfig(self):
+        try:
+            return self.__dict__["_qconfig"]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no qconfig") from None
 
-    def _check_one_hot(self, bags: Mapping) -> None:
-        for name in self.one_hot_features:
-            lengths = bags[name].lengths()
-            if lengths.numel() and int(lengths.max()) > 1:
-                raise ValueError(
-                    f"feature {name!r} was declared one-hot but bag {int(lengths.argmax())} holds "
-                    f"{int(lengths.max())} ids; leave it out of one_hot to combine per id"
-                )
+    @qconfig.setter
+    def qconfig(self, value) -> None:
+        self.__dict__["_qconfig"] = value
+
+    @qconfig.deleter
+    def qconfig(self) -> None:
+        del self.__dict__["_qconfig"]
+        if self.unpooled is None or isinstance(self.unpooled, QuantEmbeddingCollection):
+            return
+        how = (
+            f"its per-id tables ({', '.join(sorted(self.unpooled_tables))}: multi-hot mult, held in a TorchRec "
+            "EmbeddingCollection, which quantize_embeddings maps only when asked) stay float. Quantise them "
+            "with torchrec.inference.modules.quantize_inference_model, or pass quantize_embeddings "
+            "additional_qconfig_spec_keys=[torchrec.EmbeddingCollection] and additional_mapping="
+            "{torchrec.EmbeddingCollection: torchrec.quant.embedding_modules.EmbeddingCollection}"
+        )
+        if isinstance(self.pooled, QuantEmbeddingBagCollection):
+            raise ValueError(f"quantisation swapped the pooled partition tables of {type(self).__name__} but {how}")
+        warnings.warn(f"a quantisation pass left every partition table of {type(self).__name__} in float: {how}",
+                      stacklevel=2)
 
     # Weights
     def partition_weights(self, table: str) -> list[Tensor]:

@@ -17,6 +17,10 @@ from .dlrm import DLRM
 __all__ = ["ARCHS", "ModelConfig", "FeatureSpec", "build_collection", "build_model"]
 
 ARCHS = ("dlrm", "dcn")
+# The ModelConfig fields of the robe, dhe, tt and md options: None (unset) keeps FeatureConfig's
+# default and leaves them out of stored configs and sweep keys; set, they go to every feature as they are.
+SCHEME_FIELDS = ("robe_size", "block_size", "robe_signs", "dhe_hashes", "dhe_hidden", "dhe_gaussian", "dhe_batchnorm",
+                 "dhe_activation", "tt_rank", "tt_cache_rows", "md_alpha", "md_blocks", "md_base_dim")
 
 
 class FeatureSpec(Protocol):
@@ -34,7 +38,8 @@ class ModelConfig:
     Attributes:
         arch: ``dlrm`` or ``dcn``.
         embedding_dim: D, the width of every feature's vector.
-        scheme: ``full``, ``hashing``, ``qr``, ``gqr``, ``crt``, ``path`` or ``hybrid`` (see ``FeatureConfig``).
+        scheme: ``full``, ``hashing``, ``qr``, ``gqr``, ``crt``, ``path``, ``hybrid``, ``robe``, ``dhe``,
+            ``tt`` or ``md`` (see ``FeatureConfig``).
         operation: ``mult``, ``add`` or ``concat`` for ``qr``/``gqr``/``crt``.
         num_collisions: ids per shared row (``hashing``, ``qr``, ``path``).
         num_partitions: k tables for ``gqr`` and ``crt``.
@@ -43,8 +48,10 @@ class ModelConfig:
             compressed feature get rows of their own (a feature with ``n <= K`` gets a full table).
         cold_scheme: for ``hybrid``, the scheme of the other ids (``full``, ``hashing``, ``qr``,
             ``gqr`` or ``crt``, with the options above).
-        tt_rank, tt_cache_rows, md_alpha, md_blocks, md_base_dim: the options of ``tt`` (TT-Rec) and
-            ``md`` (mixed dimensions), as ``FeatureConfig`` describes them; unset (None): its defaults.
+        robe_size, block_size, robe_signs, dhe_hashes, dhe_hidden, dhe_gaussian, dhe_batchnorm,
+            dhe_activation, tt_rank, tt_cache_rows, md_alpha, md_blocks, md_base_dim: the options of
+            ``robe``, ``dhe``, ``tt`` (TT-Rec) and ``md`` (mixed dimensions) of every feature
+            (``SCHEME_FIELDS``; see ``FeatureConfig``). None, the default, keeps ``FeatureConfig``'s default.
         threshold: compress only features with more categories than this (0: all; 200 is DLRM's default).
         bottom_mlp: DLRM bottom MLP hidden sizes (output: ``embedding_dim``).
         top_mlp: DLRM top MLP hidden sizes (output: one logit).
@@ -66,7 +73,16 @@ class ModelConfig:
     path_hidden: tuple[int, ...] = (64,)
     hot_rows: int = 0
     cold_scheme: str = "qr"
-    # tt and md (issue 11); None: FeatureConfig's default (left out of stored configs and sweep keys)
+    # robe, dhe, tt and md (issue 11; SCHEME_FIELDS): passed to every feature's FeatureConfig when set.
+    # None (FeatureConfig's default) leaves them out of the saved config, so older configs keep their sweep keys.
+    robe_size: int | None = None
+    block_size: int | None = None
+    robe_signs: bool | None = None
+    dhe_hashes: int | None = None
+    dhe_hidden: tuple[int, ...] | None = None
+    dhe_gaussian: bool | None = None
+    dhe_batchnorm: bool | None = None
+    dhe_activation: str | None = None
     tt_rank: int | None = None
     tt_cache_rows: int | None = None
     md_alpha: float | None = None
@@ -124,22 +140,26 @@ class ModelConfig:
         if self.scheme == "full":
             return "full"
         if self.scheme in ("tt", "md"):
-            f = FeatureConfig("label", 1, self.embedding_dim, **self.tt_md_options())
+            f = FeatureConfig("label", 1, self.embedding_dim, **self.scheme_options())
             if self.scheme == "tt":
                 return f"tt/r{f.tt_rank}" + (f"+cache{f.tt_cache_rows}" if f.tt_cache_rows else "")
             return f"md/a{f.md_alpha:g}/b{f.md_blocks}" + (f"/d{f.md_base_dim}" if f.md_base_dim else "")
+        if self.scheme == "robe":
+            size = f"-{self.robe_size}" if self.robe_size else f"/{self.num_collisions}"
+            return f"robe-z{self.block_size or self.embedding_dim}{size}"
+        if self.scheme == "dhe":
+            defaults = FeatureConfig("", 1)
+            hidden = self.dhe_hidden if self.dhe_hidden is not None else defaults.dhe_hidden
+            return f"dhe{self.dhe_hashes or defaults.dhe_hashes}-{'-'.join(map(str, hidden))}"
         if self.scheme in ("hashing", "qr", "path"):
             head = {"hashing": "hashing", "qr": f"qr-{self.operation}", "path": f"path{list(self.path_hidden)}"}
             return f"{head[self.scheme]}/{self.num_collisions}"
         return f"{self.scheme}-{self.operation}/k{self.num_partitions}"
 
-
-    def tt_md_options(self) -> dict[str, Any]:
-        """The tt and md options that are set, as ``FeatureConfig`` keywords."""
-        return {k: getattr(self, k) for k in TT_MD_FIELDS if getattr(self, k) is not None}
-
-
-TT_MD_FIELDS = ("tt_rank", "tt_cache_rows", "md_alpha", "md_blocks", "md_base_dim")
+    def scheme_options(self) -> dict[str, Any]:
+        """The robe, dhe, tt and md options that are set (``SCHEME_FIELDS`` not None), as
+        ``FeatureConfig`` keywords."""
+        return {k: getattr(self, k) for k in SCHEME_FIELDS if getattr(self, k) is not None}
 
 
 def _tt_md_checks(c: ModelConfig) -> list[tuple[bool, str]]:
@@ -173,7 +193,7 @@ def build_collection(
         info.cardinalities, info.categorical_names, embedding_dim=config.embedding_dim, scheme=config.scheme,
         operation=config.operation, num_collisions=config.num_collisions, num_partitions=config.num_partitions,
         hidden_dims=config.path_hidden, hot_rows=config.hot_rows, cold_scheme=config.cold_scheme,
-        **config.tt_md_options(),
+        **config.scheme_options(),
     )
     unknown = sorted(set(config.features) - set(info.categorical_names))
     if unknown:

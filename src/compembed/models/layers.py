@@ -60,6 +60,12 @@ class DotInteraction(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         num = x.shape[1]
         rows, cols = torch.tril_indices(num, num, offset=-1, device=x.device)
+        # Under autocast the Gram is computed in the autocast dtype (as ``bmm`` would be). The cast is
+        # explicit and outside the Function: its backward runs without autocast, so it must see ``x``
+        # and the incoming gradient in one dtype; autograd casts ``grad_x`` back to ``x``'s dtype.
+        device = x.device.type
+        if torch.is_autocast_enabled(device) and x.is_floating_point():
+            x = x.to(torch.get_autocast_dtype(device))
         return _PairwiseDots.apply(x, rows * num + cols, cols * num + rows)
 
     @staticmethod
@@ -86,7 +92,7 @@ class _PairwiseDots(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, lower, upper = ctx.saved_tensors
         num = x.shape[1]
-        sym = grad.new_zeros(grad.shape[0], num * num)
+        sym = grad.new_zeros(grad.shape[0], num * num, dtype=x.dtype)
         sym.index_copy_(1, lower, grad)
         sym.index_copy_(1, upper, grad)
         return torch.bmm(sym.view(-1, num, num), x), None, None

@@ -8,7 +8,9 @@ gradient's ``(indices, values)`` and update the touched rows with ``scatter_add_
 - ``SparseSGD``: ``W[i] -= lr * g_i`` (duplicates of a row add up, as in the dense update).
 - ``SparseAdagrad``: ``torch.optim.Adagrad``'s update, one accumulator per parameter element:
   ``S[i] += G_i**2; W[i] -= clr * G_i / (sqrt(S[i]) + eps)`` with ``G_i`` the summed gradient of
-  row ``i`` (the sparse gradient is coalesced first) and ``clr = lr / (1 + (step - 1) * lr_decay)``.
+  row ``i`` (the sparse gradient is coalesced first) and ``clr = lr / (1 + (step - 1) * lr_decay)``,
+  computed with torch's own ops in torch's order, so its results are bit-identical to torch's (a
+  1-ulp difference would not stay small: a row whose first gradient is ~0 moves by ``+-lr``).
 - ``RowWiseAdagrad``: one accumulator per row (FBGEMM's row-wise Adagrad), the mean of the
   squared row gradient: ``s[i] += mean(G_i**2); W[i] -= clr * G_i / (sqrt(s[i]) + eps)``. Its state
   is ``rows`` floats instead of ``rows x D``, so an Adagrad-trained table costs ~1x, not 2x, its size.
@@ -132,7 +134,7 @@ class _Adagrad(_SparseOptimizer):
         if not state:
             state["step"] = 0
             state["sum"] = self._accumulator(p, group["initial_accumulator_value"])
-        state["step"] += 1
+        state["step"] = int(state["step"]) + 1  # int; a torch.optim.Adagrad state holds a tensor
         clr = group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
         acc = state["sum"]
         if p.grad.is_sparse:
@@ -140,10 +142,14 @@ class _Adagrad(_SparseOptimizer):
             rows, g = _rows_and_values(p.grad, coalesce=True)
             total = acc.index_select(0, rows).add_(self._square(g))
             acc[rows] = total  # rows are unique after coalescing
-            _add_rows(p, rows, g / self._expand(total.sqrt().add_(group["eps"]), g) * -clr)
+            # gather, add with alpha (one rounding, as torch's sparse add_ with alpha), write back
+            p[rows] = p.index_select(0, rows).add_(g / self._expand(total.sqrt().add_(group["eps"]), g), alpha=-clr)
         else:
             g = p.grad
-            acc.add_(self._square(g))
+            if self.rowwise and g.dim() > 1:
+                acc.add_(self._square(g))
+            else:
+                acc.addcmul_(g, g)  # torch.optim.Adagrad's own op (and rounding)
             p.addcdiv_(g, self._expand(acc.sqrt().add_(group["eps"]), g), value=-clr)
 
 

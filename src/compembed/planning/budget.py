@@ -10,11 +10,12 @@ import math
 import re
 
 from ..embedding import FeatureConfig
+from ..embedding.dhe import dhe_parameters
 from ..embedding.md import md_feature_layout, md_num_parameters
 from ..embedding.tt import tt_feature_layout, tt_num_parameters
 from ..partitions import ChineseRemainder, GeneralizedQuotientRemainder, QuotientRemainder, choose_divisors, choose_moduli
 
-__all__ = ["STATE_FACTORS", "state_factor", "feature_rows", "feature_parameters", "feature_bytes", "parse_bytes", "format_bytes"]
+__all__ = ["STATE_FACTORS", "state_factor", "feature_rows", "feature_values", "feature_bytes", "parse_bytes", "format_bytes"]
 
 # Optimizer state per parameter, in parameters: Adagrad keeps one sum of squares per value, Adam two
 # moments, AMSGrad also the running maximum, row-wise Adagrad one value per row (1/D per value).
@@ -62,10 +63,14 @@ def feature_rows(config: FeatureConfig) -> int:
     return _scheme_rows(config.scheme, config.num_embeddings, config)
 
 
-def feature_parameters(config: FeatureConfig) -> int:
-    """Parameters of one feature's embedding: table rows times D, or the closed form of ``tt``
-    (three cores and a cache) and ``md`` (blocks and projections)."""
+def feature_values(config: FeatureConfig) -> int:
+    """Learned values of one feature's embedding: its tables' rows x D, ``robe``'s array, ``dhe``'s MLP,
+    or the closed form of ``tt`` (three cores and a cache) and ``md`` (blocks and projections)."""
     n, dim = config.num_embeddings, config.embedding_dim
+    if config.scheme == "robe":
+        return config.robe_values
+    if config.scheme == "dhe":
+        return dhe_parameters(config.dhe_hashes, config.dhe_hidden, dim, config.dhe_batchnorm)
     if config.scheme == "tt":
         layout = tt_feature_layout(n, dim, config.tt_rank, config.tt_cache_rows)
         return tt_num_parameters(layout["row_factors"], layout["dim_factors"], layout["rank"], layout["cache_rows"])
@@ -77,8 +82,18 @@ def feature_parameters(config: FeatureConfig) -> int:
 
 
 def feature_bytes(config: FeatureConfig, optimizer: str = "sgd", itemsize: int = 4) -> int:
-    """Bytes of one feature's tables plus their optimizer state."""
-    values = feature_parameters(config)
+    """Bytes of one feature's tables (or ``robe`` array, or ``dhe`` MLP) plus their optimizer state.
+
+    Row-wise Adagrad keeps one value per row: ``robe``'s array has rows of one value (one per value);
+    ``dhe``'s layers have a row per output (weight ``(out, in)``) and per value (1-D biases, batch norm).
+    """
+    values = feature_values(config)
+    if config.scheme == "robe" and optimizer == "rowwise_adagrad":
+        return values * itemsize * 2
+    if config.scheme == "dhe" and optimizer == "rowwise_adagrad":
+        dims = (config.dhe_hashes, *config.dhe_hidden, config.embedding_dim)
+        rows = sum(2 * o for o in dims[1:]) + (2 * sum(config.dhe_hidden) if config.dhe_batchnorm else 0)
+        return (values + rows) * itemsize
     return int(round(values * itemsize * (1.0 + state_factor(optimizer, config.embedding_dim))))
 
 

@@ -16,11 +16,12 @@ from ..io import atomic_write_bytes
 from ..models import ModelConfig
 from ..schema import check_fields
 
-__all__ = ["OPTIMIZERS", "DEFAULT_LR", "DEFAULT_EMBEDDING_LR", "OptimConfig", "DataConfig", "TrainConfig", "load_config",
-           "save_config", "config_to_dict", "config_from_dict"]
+__all__ = ["OPTIMIZERS", "PRECISIONS", "DEFAULT_LR", "DEFAULT_EMBEDDING_LR", "OptimConfig", "DataConfig", "TrainConfig",
+           "load_config", "save_config", "config_to_dict", "config_from_dict"]
 
-OPTIMIZERS = ("sgd", "adagrad", "adam", "amsgrad")
+OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam", "amsgrad")
 EMBEDDING_UPDATES = ("sparse", "dense")
+PRECISIONS = ("fp32", "bf16", "fp16")
 # The built-in learning rates (the CLI's defaults and its help text follow them): the dense layers'
 # and the tables', for Adagrad at batch 256. Chosen by the full-table DLRM's validation loss, the
 # same for every scheme, over dense {0.002, 0.005, 0.01, 0.02} x tables {0.02, 0.05, 0.1}: on the
@@ -37,13 +38,14 @@ class OptimConfig:
     """Optimizers: one for the embedding tables, one (same kind) for the dense layers.
 
     Attributes:
-        name: ``sgd``, ``adagrad``, ``adam`` or ``amsgrad``.
+        name: ``sgd``, ``adagrad``, ``rowwise_adagrad`` (tables: one accumulator per row; dense
+            layers: Adagrad), ``adam`` or ``amsgrad``.
         lr: learning rate of the dense layers.
         embedding_lr: learning rate of the embedding tables (default: ``lr``).
         embedding_update: ``sparse`` updates only the rows a batch touched (sparse gradients; for
             ``adam``/``amsgrad`` this is the lazy variant, whose moments of an untouched row do not
             decay); ``dense`` uses dense gradients and the exact torch optimizer (slower for big tables).
-        eps: epsilon of Adagrad/Adam/AMSGrad.
+        eps: epsilon of Adagrad/row-wise Adagrad/Adam/AMSGrad.
         beta1, beta2: Adam/AMSGrad moment decay rates.
         warmup_steps: linear learning-rate warm-up of both optimizers: step ``s`` (1, 2, ...) uses
             ``lr * min(1, s / warmup_steps)`` (0: no warm-up).
@@ -141,6 +143,8 @@ class TrainConfig:
             loss than the best so far (0: never stop early).
         keep_best: the final evaluation uses the parameters of the lowest ``val`` loss seen (kept in
             ``best.safetensors`` of the run directory), not the last ones.
+        precision: ``fp32``, or the training steps' forward pass under autocast in ``bf16`` or ``fp16``
+            (CUDA only, with a loss scale); parameters, optimizer state and evaluation stay float32.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -158,9 +162,12 @@ class TrainConfig:
     eval_every: int = 0
     early_stopping: int = 0
     keep_best: bool = True
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         check_fields(self, "train config")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train config: precision must be one of {PRECISIONS}, got {self.precision!r}")
         unknown = [s for s in self.eval_splits if s not in SPLITS]
         if unknown:
             raise ValueError(f"train config: eval_splits: unknown split(s) {unknown}; the splits are {list(SPLITS)}")
@@ -177,6 +184,8 @@ class TrainConfig:
 
 _SECTIONS = {"model": ModelConfig, "optim": OptimConfig, "data": DataConfig}
 SYNTHETIC_ONLY = ("rows", "cardinality_scale", "seed", "id_order")  # DataConfig fields of synthetic data alone
+# [train] fields written only when they differ from these values (added later: older runs and sweep keys keep theirs)
+LEFT_OUT_AT = {"precision": "fp32"}
 
 
 def _plain(value: Any) -> Any:
@@ -185,14 +194,14 @@ def _plain(value: Any) -> Any:
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     """TOML-ready nested dict: ``[train]``, ``[model]``, ``[optim]``, ``[data]`` (None values, empty
-    strings and empty tables left out, so configs written before a field existed keep their meaning and their
-    sweep keys; the synthetic settings of ``[data]`` left out for a prepared dataset)."""
+    strings, empty tables and ``precision = "fp32"`` left out, so configs written before a field existed keep
+    their meaning and their sweep keys; the synthetic settings of ``[data]`` left out for a prepared dataset)."""
     out: dict[str, Any] = {"train": {}}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name in _SECTIONS:
             out[f.name] = {k: _plain(v) for k, v in dataclasses.asdict(value).items() if v is not None and v != {} and v != ""}
-        else:
+        elif f.name not in LEFT_OUT_AT or value != LEFT_OUT_AT[f.name]:
             out["train"][f.name] = _plain(value)
     if config.data.source != "synthetic":
         out["data"] = {k: v for k, v in out["data"].items() if k not in SYNTHETIC_ONLY}

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.dataset import CTRDataset
+from .device import prefetch
 
 __all__ = ["EvalResult", "evaluate"]
 
@@ -31,19 +32,24 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: CTRDataset, split: str, batch_size: int = 8192) -> EvalResult:
-    """Mean BCE, accuracy at 0.5 and exact ROC-AUC over all of ``split`` (all scores kept: (N,) floats)."""
+    """Mean BCE, accuracy at 0.5 and exact ROC-AUC over all of ``split`` (all scores kept: (N,) floats).
+
+    Runs in float32 on the device of ``model``'s parameters (the batches are moved there); the scores
+    are gathered on the CPU.
+    """
     was_training = model.training
     model.eval()
     names = list(dataset.info.categorical_names)
+    device = next(model.parameters(), torch.empty(0)).device
     logits, labels, probs = [], [], []
     try:
-        for batch in dataset.loader(split, batch_size):
+        for batch in prefetch(dataset.loader(split, batch_size), device):
             if len(batch) == 0:
                 continue
-            logits.append(model(batch.dense, batch.features(names)))
-            labels.append(batch.labels)
+            logits.append(model(batch.dense, batch.features(names)).float().cpu())
+            labels.append(batch.labels.cpu())
             if batch.click_prob is not None:
-                probs.append(batch.click_prob)
+                probs.append(batch.click_prob.cpu())
     finally:
         model.train(was_training)
     if not labels:

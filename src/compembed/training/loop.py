@@ -6,6 +6,7 @@ detection in ``liveness`` and the learning-rate warm-up in ``optim``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -28,6 +29,7 @@ from ..distributed import (
 from ..models import build_model
 from .config import TrainConfig, config_to_dict
 from .datasets import open_data
+from .device import autocast, check_precision, grad_scaler, prefetch, resolve_device
 from .evaluate import EvalResult, evaluate
 from .liveness import DeadUnitsWarning, LiveUnits
 from .metrics_log import MetricsLog
@@ -80,26 +82,36 @@ class RunResult:
 
 
 def train_step(model: nn.Module, optimizers: list[Optimizer], batch: Batch, names: list[str],
-               ctx: DistContext | None = None) -> float:
+               ctx: DistContext | None = None, precision: str = "fp32",
+               scaler: torch.amp.GradScaler | None = None) -> float:
     """One SGD step on ``batch``; returns the batch's mean BCE. Raises before updating if it is not finite.
 
     With a multi-process ``ctx`` (``model`` wrapped by ``distributed.wrap_model``), ``batch`` is this
     rank's shard: the step equals one on the whole global batch and the returned loss is its mean.
+    ``precision`` ``bf16``/``fp16`` runs the forward pass under autocast on the batch's device (the loss
+    is taken in float32); ``scaler`` (fp16) scales the loss and skips steps whose gradients overflow.
     """
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
-    loss = F.binary_cross_entropy_with_logits(model(batch.dense, batch.features(names)), batch.labels)
+    with autocast(precision, batch.labels.device):
+        logits = model(batch.dense, batch.features(names))
+    loss = F.binary_cross_entropy_with_logits(logits.float(), batch.labels)
     if ctx is not None and ctx.distributed:
         loss, value, _ = global_batch_loss(loss, len(batch), ctx)
     else:
         value = loss.item()
     if not math.isfinite(value):
         raise NonFiniteLossError(f"training loss is {value}")
-    loss.backward()
+    (loss if scaler is None else scaler.scale(loss)).backward()
     if ctx is not None:
         sync_sparse_gradients(model, ctx)
     for optimizer in optimizers:
-        optimizer.step()
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)  # unscales the gradients first; skips the step on inf/NaN
+    if scaler is not None:
+        scaler.update()
     return value
 
 
@@ -110,6 +122,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> RunResult:
     """Train and evaluate the model ``config`` describes.
 
@@ -123,11 +136,17 @@ def train(
             and the RNG all continue from the checkpoint.
         progress: show a tqdm bar with samples/s and the loss.
         on_step: called with the loop state after every step (tests use it to interrupt a run).
+        device: where to compute: ``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (see ``device.resolve_device``).
+            Not part of the config: a run may be resumed on another device. On CUDA the next batches
+            are gathered and pinned in a background thread.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf (the message names epoch, batch and step).
         FileExistsError: ``out_dir`` holds a run and ``resume`` is False.
+        ValueError: CUDA asked for but not available; ``precision`` fp16 on the CPU.
     """
+    device = resolve_device(device)
+    check_precision(config.precision, device)
     dataset = dataset if dataset is not None else open_data(config.data)
     threads = torch.get_num_threads()
     if config.threads:
@@ -135,6 +154,11 @@ def train(
     # torchrun's environment: one rank of a data-parallel job (gloo: this loop computes on CPU); else one process
     ctx = init_from_env(backend="gloo")
     try:
+        if not ctx.distributed:
+            ctx = dataclasses.replace(ctx, device=device)
+        elif ctx.device != device:
+            raise ValueError(f"device {device}: this torchrun job computes on {ctx.device} (backend "
+                             f"{ctx.backend}); run it without --device")
         return _train(config, dataset, out_dir, resume, progress, on_step, ctx)
     finally:
         torch.set_num_threads(threads)
@@ -146,16 +170,22 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
     torch.manual_seed(config.seed)
     # Sparse gradients are built by torch's own ops; say so explicitly, which also silences its warning.
     torch.sparse.check_sparse_tensor_invariants.disable()
-    model = build_model(config.model, dataset.info, sparse=uses_sparse_gradients(config.optim))
+    # on its device before the optimizers see it, so that a resumed optimizer state lands there too
+    model = build_model(config.model, dataset.info, sparse=uses_sparse_gradients(config.optim)).to(ctx.device)
     optimizers = build_optimizers(model, config.optim)
+    scaler = grad_scaler(config.precision, ctx.device) if config.precision == "fp16" else None
     warmup = LinearWarmup(optimizers, config.optim.warmup_steps)
     names = list(dataset.info.categorical_names)
     run = RunDir(out_dir, ctx)
     state = run.start(config, model, optimizers, resume)
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])  # the loss scale continues too
     log = MetricsLog(run.file(METRICS, writer=True), state)
     validation = Validation(config, model, dataset, state["val"], log, run.file(BEST), ctx)
 
     def checkpoint() -> None:
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
         run.checkpoint(config, model, optimizers, state)
 
     def limit_reached() -> bool:
@@ -175,8 +205,9 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
                 total = min(total, state["batch"] + config.max_steps - state["step"])
             bar = tqdm(total=total, initial=state["batch"], unit="batch", desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not progress or not ctx.is_main, dynamic_ncols=True, leave=False)
-            loader = dataset.loader("train", config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
-                                    start_batch=state["batch"], rank=ctx.rank, world_size=ctx.world_size)
+            batches = dataset.loader("train", config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
+                                     start_batch=state["batch"], rank=ctx.rank, world_size=ctx.world_size)
+            loader = prefetch(batches, ctx.device)  # on CUDA: gathered and pinned ahead in a thread
             interval = _Interval()
             for batch in loader:
                 step = state["step"] + 1
@@ -186,7 +217,7 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
                     live_units.arm()  # measured in this step's forward pass
                 started = time.perf_counter()
                 try:
-                    loss = train_step(net, optimizers, batch, names, ctx)
+                    loss = train_step(net, optimizers, batch, names, ctx, config.precision, scaler)
                 except NonFiniteLossError as err:
                     bar.close()
                     where = f"epoch {epoch + 1}, batch {state['batch']} (step {step})"
@@ -216,6 +247,7 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
                     on_step(state)
                 if limit_reached() or validation.stopped:
                     break
+            loader.close()  # stops a prefetching thread now, not when the generator is collected
             bar.close()
             if validation.stopped or (limit_reached() and state["batch"] < epoch_batches()):
                 break  # stopped mid-epoch (early stopping, max_steps): the final evaluation follows
@@ -233,7 +265,7 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
         state["done"] = True
         checkpoint()  # the last parameters
     barrier(ctx)  # rank 0 has written the best parameters before any rank reads them
-    result = _final_evaluation(config, model, dataset, state, validation, log)
+    result = _final_evaluation(config, model, optimizers, dataset, state, validation, log)
     run.write_summary(result.to_dict())
     return result
 
@@ -269,8 +301,8 @@ def _log_train(state: dict[str, Any], epoch: int, interval: _Interval, optimizer
     return mean, rate
 
 
-def _final_evaluation(config: TrainConfig, model: nn.Module, dataset: CTRDataset, state: dict[str, Any],
-                      validation: Validation, log: MetricsLog) -> RunResult:
+def _final_evaluation(config: TrainConfig, model: nn.Module, optimizers: list[Optimizer], dataset: CTRDataset,
+                      state: dict[str, Any], validation: Validation, log: MetricsLog) -> RunResult:
     """Evaluate every split with the final parameters (the best ones with ``keep_best``) and log it.
 
     Its records follow the done checkpoint, so a resumed finished run rewrites them (the log is cut
@@ -285,7 +317,7 @@ def _final_evaluation(config: TrainConfig, model: nn.Module, dataset: CTRDataset
                    "params_step": params_step, **result.to_dict()})
     best = state["val"]["best"]
     return RunResult(
-        config=config, memory=memory_report(model), evals=evals, steps=state["step"], samples=state["samples"],
+        config=config, memory=memory_report(model, optimizers), evals=evals, steps=state["step"], samples=state["samples"],
         train_loss=state["loss_sum"] / state["loss_count"] if state["loss_count"] else None,
         train_seconds=state["train_seconds"], model=model,
         best=None if best is None else {"step": best["step"], "epoch": best["epoch"], "val_loss": best["loss"],

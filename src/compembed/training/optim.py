@@ -1,11 +1,20 @@
 """Optimizers: a sparse (row-wise) one for the embedding tables, a dense one for the layers.
 
-| name      | embedding tables (``embedding_update="sparse"``) | dense layers            |
-|-----------|---------------------------------------------------|-------------------------|
-| sgd       | ``torch.optim.SGD`` on sparse gradients            | ``torch.optim.SGD``     |
-| adagrad   | ``torch.optim.Adagrad`` on sparse gradients        | ``torch.optim.Adagrad`` |
-| adam      | ``torch.optim.SparseAdam`` (lazy Adam)             | ``torch.optim.Adam``    |
-| amsgrad   | ``SparseAMSGrad`` below (lazy AMSGrad)             | ``Adam(amsgrad=True)``  |
+| name            | embedding tables (``embedding_update="sparse"``)  | dense layers            |
+|-----------------|---------------------------------------------------|-------------------------|
+| sgd             | ``optim.SparseSGD`` (equals ``torch.optim.SGD``)   | ``torch.optim.SGD``     |
+| adagrad         | ``optim.SparseAdagrad`` (equals ``torch.optim.Adagrad``) | ``torch.optim.Adagrad`` |
+| rowwise_adagrad | ``optim.RowWiseAdagrad`` (one accumulator per row) | ``torch.optim.Adagrad`` |
+| adam            | ``torch.optim.SparseAdam`` (lazy Adam)             | ``torch.optim.Adam``    |
+| amsgrad         | ``SparseAMSGrad`` below (lazy AMSGrad)             | ``Adam(amsgrad=True)``  |
+
+``SparseSGD``/``SparseAdagrad`` compute torch's update but touch only the rows of the batch
+(``torch.optim.SGD`` adds a sparse gradient to the whole table, ``torch.optim.Adagrad`` builds
+several sparse tensors per step); ``build_optimizers(..., fast=False)`` gives the torch ones, the
+reference the benchmark times them against. Row-wise Adagrad (FBGEMM's, production DLRM's) keeps
+``s[i] += mean(G_i**2)`` per row and steps ``W[i] -= lr * G_i / (sqrt(s[i]) + eps)``: its state is
+one float per row instead of one per value. Its dense layers use plain (element-wise) Adagrad, as
+FBGEMM's fused row-wise optimizer leaves the MLPs to a dense optimizer.
 
 torch has no sparse AMSGrad (``SparseAdam`` has no ``amsgrad``), so ``SparseAMSGrad`` provides the
 lazy variant: rows a batch does not touch keep their moments unchanged instead of decaying them.
@@ -21,9 +30,11 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..optim import RowWiseAdagrad, SparseAdagrad, SparseSGD
 from .config import OptimConfig
 
-__all__ = ["LinearWarmup", "SparseAMSGrad", "build_optimizers", "uses_sparse_gradients", "split_parameters"]
+__all__ = ["LinearWarmup", "SparseAMSGrad", "build_optimizers", "table_optimizer", "uses_sparse_gradients",
+           "split_parameters"]
 
 
 class SparseAMSGrad(Optimizer):
@@ -96,23 +107,48 @@ def _dense_optimizer(config: OptimConfig, params: list[Tensor], lr: float) -> Op
     betas = (config.beta1, config.beta2)
     if config.name == "sgd":
         return torch.optim.SGD(params, lr=lr)
-    if config.name == "adagrad":
+    if config.name in ("adagrad", "rowwise_adagrad"):
         return torch.optim.Adagrad(params, lr=lr, eps=config.eps)
     return torch.optim.Adam(params, lr=lr, betas=betas, eps=config.eps, amsgrad=config.name == "amsgrad")
 
 
-def build_optimizers(model: nn.Module, config: OptimConfig) -> list[Optimizer]:
-    """``[embedding optimizer, dense optimizer]`` (either left out when it has no parameters)."""
+def table_optimizer(config: OptimConfig, params: list[Tensor], lr: float, fast: bool = True) -> Optimizer:
+    """The optimizer of the embedding tables ``params`` (see the module's table; ``fast``: see ``build_optimizers``)."""
+    betas = (config.beta1, config.beta2)
+    if config.name == "rowwise_adagrad":  # dense gradients too: the same formula over every row
+        return RowWiseAdagrad(params, lr=lr, eps=config.eps)
+    if not uses_sparse_gradients(config):
+        return _dense_optimizer(config, params, lr)
+    if config.name == "sgd":
+        return SparseSGD(params, lr=lr) if fast else torch.optim.SGD(params, lr=lr)
+    if config.name == "adagrad":
+        return SparseAdagrad(params, lr=lr, eps=config.eps) if fast else torch.optim.Adagrad(params, lr=lr, eps=config.eps)
+    if config.name == "adam":
+        return torch.optim.SparseAdam(params, lr=lr, betas=betas, eps=config.eps)
+    return SparseAMSGrad(params, lr=lr, betas=betas, eps=config.eps)
+
+
+def build_optimizers(model: nn.Module, config: OptimConfig, fast: bool = True) -> list[Optimizer]:
+    """``[embedding optimizer, dense optimizer]`` (either left out when it has no parameters).
+
+    ``fast=False`` trains the tables of ``sgd``/``adagrad`` with ``torch.optim.SGD``/``Adagrad``
+    on the sparse gradients instead (the same update, slower): the benchmark's reference.
+    """
     tables, dense = split_parameters(model)
     table_lr = config.embedding_lr or config.lr
     optimizers: list[Optimizer] = []
     if tables:
-        if not uses_sparse_gradients(config) or config.name in ("sgd", "adagrad"):
-            optimizers.append(_dense_optimizer(config, tables, table_lr))
-        elif config.name == "adam":
-            optimizers.append(torch.optim.SparseAdam(tables, lr=table_lr, betas=(config.beta1, config.beta2), eps=config.eps))
+        if config.name == "adam" and uses_sparse_gradients(config):
+            # SparseAdam refuses dense gradients: tables without rows (DHE's MLP) get Adam at the tables' rate.
+            always_dense = {id(p) for m in model.embeddings.modules() if getattr(m, "dense_gradients", False)
+                            for p in m.parameters()}
+            sparse_tables = [p for p in tables if id(p) not in always_dense]
+            if sparse_tables:
+                optimizers.append(table_optimizer(config, sparse_tables, table_lr, fast))
+            if len(sparse_tables) < len(tables):
+                optimizers.append(_dense_optimizer(config, [p for p in tables if id(p) in always_dense], table_lr))
         else:
-            optimizers.append(SparseAMSGrad(tables, lr=table_lr, betas=(config.beta1, config.beta2), eps=config.eps))
+            optimizers.append(table_optimizer(config, tables, table_lr, fast))
     if dense:
         optimizers.append(_dense_optimizer(config, dense, config.lr))
     return optimizers

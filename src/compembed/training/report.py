@@ -7,20 +7,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
+from torch.optim import Optimizer
 
-__all__ = ["MemoryReport", "memory_report", "format_table", "format_seed_table"]
+__all__ = ["MemoryReport", "memory_report", "optimizer_state_bytes", "format_table", "format_seed_table"]
 
 
 @dataclass(frozen=True)
 class MemoryReport:
-    """Parameters and bytes of a model's embedding tables against full tables, and of the rest."""
+    """Parameters and bytes of a model's embedding tables against full tables, and of the rest.
+
+    ``embedding_state_bytes`` / ``dense_state_bytes``: the bytes of the tensors the optimizers hold
+    for the tables / the other parameters (Adagrad: one value per parameter; row-wise Adagrad: one
+    per table row; Adam: two; AMSGrad: three; plus step counters), None when no optimizer was given.
+    """
 
     embedding_parameters: int
     embedding_bytes: int
     full_parameters: int
     full_bytes: int
     dense_parameters: int
+    embedding_state_bytes: int | None = None
+    dense_state_bytes: int | None = None
 
     @property
     def compression_ratio(self) -> float:
@@ -31,21 +39,36 @@ class MemoryReport:
             "embedding_parameters": self.embedding_parameters, "embedding_bytes": self.embedding_bytes,
             "full_parameters": self.full_parameters, "full_bytes": self.full_bytes,
             "dense_parameters": self.dense_parameters, "compression_ratio": self.compression_ratio,
+            "embedding_state_bytes": self.embedding_state_bytes, "dense_state_bytes": self.dense_state_bytes,
         }
 
 
-def memory_report(model: nn.Module) -> MemoryReport:
+def optimizer_state_bytes(optimizers: Sequence[Optimizer], params: Sequence[Tensor]) -> int:
+    """Bytes of every tensor the ``optimizers`` hold in their state for ``params`` (exact: what is allocated)."""
+    wanted = {id(p) for p in params}
+    return sum(v.numel() * v.element_size() for opt in optimizers for p, state in opt.state.items()
+               if id(p) in wanted for v in state.values() if isinstance(v, Tensor))
+
+
+def memory_report(model: nn.Module, optimizers: Sequence[Optimizer] | None = None) -> MemoryReport:
+    """The model's sizes, and with ``optimizers`` the bytes of their state (see ``MemoryReport``)."""
     tables = model.embeddings
     params = list(tables.parameters())
     itemsize = params[0].element_size()
     table_ids = {id(p) for p in params}
     emb = sum(p.numel() for p in params)
+    states = {}
+    if optimizers is not None:
+        others = [p for p in model.parameters() if id(p) not in table_ids]
+        states = dict(embedding_state_bytes=optimizer_state_bytes(optimizers, params),
+                      dense_state_bytes=optimizer_state_bytes(optimizers, others))
     return MemoryReport(
         embedding_parameters=emb,
         embedding_bytes=sum(p.numel() * p.element_size() for p in params),
         full_parameters=tables.full_table_parameters,
         full_bytes=tables.full_table_parameters * itemsize,
         dense_parameters=sum(p.numel() for p in model.parameters() if id(p) not in table_ids),
+        **states,
     )
 
 
@@ -60,20 +83,21 @@ def format_table(rows: Sequence[dict[str, Any]], split: str = "test") -> str:
     relative to it (the paper's measure: +0.7% means 0.7% higher loss than full tables).
     """
     full = next((r["evals"].get(split, {}).get("loss") for r in rows if r["label"] == "full"), None)
-    header = ["model", "embedding", "emb params", "emb MiB", "vs full", f"{split} loss", "loss gap", "acc", "AUC",
-              "bayes loss", "samples/s"]
+    header = ["model", "embedding", "emb params", "emb MiB", "emb state MiB", "vs full", f"{split} loss", "loss gap",
+              "acc", "AUC", "bayes loss", "samples/s"]
     lines = [header]
     for r in rows:
         mem, ev = r["memory"], r["evals"].get(split, {})
         loss = ev.get("loss")
         gap = None if full is None or loss is None else 100 * (loss / full - 1)
+        state = mem.get("embedding_state_bytes")
         lines.append([
             r["arch"], r["label"], f"{mem['embedding_parameters']:,}", f"{mem['embedding_bytes'] / 2**20:.2f}",
-            f"{mem['compression_ratio']:.2f}x", _fmt(loss, ".5f"), _fmt(gap, "+.2f") + ("%" if gap is not None else ""),
+            _fmt(None if state is None else state / 2**20, ".2f"), f"{mem['compression_ratio']:.2f}x", _fmt(loss, ".5f"), _fmt(gap, "+.2f") + ("%" if gap is not None else ""),
             _fmt(ev.get("accuracy"), ".4f"), _fmt(ev.get("auc"), ".4f"), _fmt(ev.get("bayes_loss"), ".5f"),
             _fmt(r.get("samples_per_s"), ",.0f"),
         ])
-    return _render(lines, drop=6 if full is None else None)
+    return _render(lines, drop=header.index("loss gap") if full is None else None)
 
 
 def _render(lines: list[list[str]], drop: int | None = None) -> str:

@@ -21,7 +21,7 @@ from torch.optim import Optimizer
 from ..distributed import DistContext
 from ..io import atomic_write_bytes
 from .checkpoint import CheckpointCorruptError, check_state, load_checkpoint, read_checkpoint_state, save_checkpoint
-from .config import TrainConfig, config_from_dict, config_to_dict, save_config
+from .config import LEFT_OUT_AT, TrainConfig, config_from_dict, config_to_dict, save_config
 
 __all__ = ["CHECKPOINT", "METRICS", "SUMMARY", "CONFIG", "BEST", "RunDir", "fresh_state", "check_resumable",
            "LOOP_SCHEMA", "BEST_SCHEMA"]
@@ -68,6 +68,8 @@ def check_resumable(stored: dict[str, Any], config: TrainConfig, path: Path) -> 
     diffs = []
     for section in sorted(set(stored) | set(current)):
         a, b = stored.get(section, {}), current.get(section, {})
+        if section == "train":  # keys left out at their default: show the value
+            a, b = {**LEFT_OUT_AT, **a}, {**LEFT_OUT_AT, **b}
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key) and not (section == "train" and key in _RESULT_NEUTRAL):
                 diffs.append(f"[{section}] {key}: checkpoint {a.get(key)!r}, now {b.get(key)!r}")
