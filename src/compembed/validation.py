@@ -64,9 +64,9 @@ def trusted_inputs() -> Iterator[None]:
 def _tracing() -> bool:
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return True
-    from torch.fx._symbolic_trace import is_fx_tracing
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-    return is_fx_tracing()
+    return is_fx_symbolic_tracing()
 
 
 def _has_no_values(t: object) -> bool:
