@@ -69,6 +69,19 @@ def test_per_id_module_and_bags_with_offsets_export():
         program.module()(values, torch.tensor([0, 3, 2, 5]), weights)
 
 
+@pytest.mark.parametrize("name", ["qr", "path", "hybrid"])
+def test_bags_export_with_dynamic_ids_and_bags(name):
+    torch.manual_seed(0)
+    bag = MODULES[name]()
+    values, offsets = torch.tensor([1, 50, 99, 7, 8]), torch.tensor([0, 2, 2])
+    program = torch.export.export(bag, (values, offsets), dynamic_shapes=({0: Dim("ids")}, {0: Dim("bags")}))
+    for values, offsets in [(torch.tensor([3, 4, 5, 6, 7, 8, 9, 1]), torch.tensor([0, 1])),
+                            (torch.tensor([0, 99, 10, 11]), torch.tensor([0, 0, 1, 3, 4]))]:
+        torch.testing.assert_close(program.module()(values, offsets), bag(values, offsets))
+    with pytest.raises(RuntimeError, match="offsets must start at 0, never decrease and end within the number of ids"):
+        program.module()(values, torch.tensor([0, 3, 2, 4]))
+
+
 @pytest.mark.parametrize("name", list(MODULES))
 def test_every_scheme_compiles_fullgraph(name):
     torch.manual_seed(0)
