@@ -99,6 +99,8 @@ def test_every_scheme_runs_on_the_meta_device(name):
     assert out.shape == (5, D) and out.device.type == "meta"
     bags = module(torch.zeros(7, dtype=torch.long, device="meta"), torch.tensor([0, 3], device="meta"))
     assert bags.shape == (2, D)
+    reference = torch.nn.EmbeddingBag(N, D, device="meta")  # as nn.EmbeddingBag does
+    assert reference(torch.zeros(7, dtype=torch.long, device="meta"), torch.tensor([0, 3], device="meta")).shape == bags.shape
 
 
 def mixed_features() -> list[FeatureConfig]:
