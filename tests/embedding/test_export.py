@@ -61,7 +61,7 @@ def test_per_id_module_and_bags_with_offsets_export():
     per_id = CompositionalEmbedding(N, D, QuotientRemainder(N, 4), padding_idx=3)
     x = ids(5)
     torch.testing.assert_close(torch.export.export(per_id, (x,)).module()(x), per_id(x))
-    bag = CompositionalEmbeddingBag(N, D, QuotientRemainder(N, 4), include_last_offset=True)
+    bag = CompositionalEmbeddingBag(N, D, QuotientRemainder(N, 4), mode="sum", include_last_offset=True)
     values, offsets, weights = torch.tensor([1, 50, 99, 7, 8]), torch.tensor([0, 2, 2, 5]), torch.rand(5)
     program = torch.export.export(bag, (values, offsets, weights))
     torch.testing.assert_close(program.module()(values, offsets, weights), bag(values, offsets, weights))
