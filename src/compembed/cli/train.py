@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import os
 import sys
 from pathlib import Path
@@ -209,24 +208,12 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from ..models import build_model
-    from ..training.checkpoint import load_checkpoint
     from ..training.evaluate import evaluate
-    from ..training.loop import BEST, CHECKPOINT, CONFIG, open_data
     from ..training.report import format_table, memory_report
+    from ..training.rundir import load_run
 
-    run_dir = Path(args.run_dir)
-    if not run_dir.exists():
-        raise FileNotFoundError(errno.ENOENT, "no such run directory", str(run_dir))
-    if not run_dir.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "not a directory, so not a run of `compembed train`", str(run_dir))
-    config = load_config(run_dir / CONFIG)
-    if args.data:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=args.data))
-    dataset = open_data(config.data)
-    model = build_model(config.model, dataset.info)
-    best = run_dir / BEST
-    load_checkpoint(best if best.exists() and not args.last else run_dir / CHECKPOINT, model)
+    run = load_run(args.run_dir, last=args.last, data=args.data)
+    config, dataset, model = run.config, run.dataset, run.model
     with torch.no_grad():
         evals = {s: evaluate(model, dataset, s, args.batch_size) for s in args.split}
     row = {"arch": config.model.arch, "label": config.model.label(), "memory": memory_report(model).to_dict(),
