@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..partitions import ID_DTYPES, check_ids
+from ..validation import assert_in_graph, check_mode
 from .collection import (
     EmbeddingCollection, FeatureConfig, FeatureInput, FeatureReport, build_embedding_bag, check_batch_sizes,
 )
@@ -289,7 +290,12 @@ class FusedEmbeddingCollection(EmbeddingCollection):
         if ids.dtype not in ID_DTYPES:
             raise TypeError(f"ids must be an integer tensor (int64 or int32), got dtype {ids.dtype}")
         ids = ids.long()  # a no-op for int64
-        if ids.numel() == 0:
+        mode = check_mode(ids)
+        if mode == "graph":  # compiled, exported or on an accelerator: one device-side assert, no sync
+            assert_in_graph(((ids >= 0) & (ids < self._cardinalities)).all(),
+                            "compembed: an id is out of its feature's range [0, num_embeddings) (run the batch "
+                            "eagerly on the CPU to see which one)")
+        if mode != "eager" or ids.numel() == 0:
             return ids
         low, high = torch.aminmax(ids, dim=0)  # per column: two small reductions, one pass
         if bool((low < 0).any() | (high >= self._cardinalities).any()):
