@@ -82,7 +82,12 @@ def example_inputs(dataset, rows: int = EXAMPLE_ROWS) -> tuple[Tensor, Any]:
     batch = next(iter(dataset.loader("train", rows)))
     if len(batch) < 2:
         raise ValueError(f"the dataset's train split has {len(batch)} row(s); the export traces with at least 2")
-    return batch.dense, batch.features(list(dataset.info.categorical_names))
+    features = batch.features(list(dataset.info.categorical_names))
+    if isinstance(features, Tensor):
+        return batch.dense, features
+    # copies, not views of one (B, F) tensor: export would give a view's batch size a symbol of its own
+    return batch.dense, {k: v.clone() if isinstance(v, Tensor) else tuple(t.clone() for t in v)
+                         for k, v in features.items()}
 
 
 def _dynamic_shapes(features: Any) -> tuple:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -123,7 +124,7 @@ def load_served(path: str | os.PathLike) -> ServedModel:
     extra = {EXTRA_FILE: ""}
     try:
         program = torch.export.load(str(path), extra_files=extra)
-    except (RuntimeError, ValueError, KeyError) as err:
+    except (RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path}: not a readable exported model ({err})") from None
     if not extra[EXTRA_FILE]:
         raise ValueError(f"{path}: an exported program without compembed's preprocessing ({EXTRA_FILE}); "
