@@ -18,6 +18,7 @@ from compembed.data.vocab import load_id_maps
 from compembed.models import ModelConfig
 from compembed.serving.export import export_run
 from compembed.serving.predict import load_served, predict_file
+from compembed.serving.quantize import embedding_bytes, quantize_int8
 from compembed.training.config import DataConfig, OptimConfig, TrainConfig
 from compembed.training.loop import train
 from compembed.training.rundir import load_run
@@ -185,3 +186,13 @@ def test_predict_refuses_what_it_cannot_score(tmp_path: Path) -> None:
         load_served(tmp_path / "model.pt2")
     with pytest.raises(FileNotFoundError):
         load_served(tmp_path / "missing.pt2")
+
+
+def test_cli_evaluate_int8_reports_int8_bytes(criteo: dict, capsys: pytest.CaptureFixture) -> None:
+    assert main(["evaluate", str(criteo["run"]), "--int8"]) == 0
+    out = capsys.readouterr().out
+    assert "qr-mult/4 int8" in out
+    run = load_run(criteo["run"])
+    int8_bytes = embedding_bytes(quantize_int8(run.model).embeddings)
+    assert 2 * int8_bytes == embedding_bytes(run.model.embeddings)  # d = 8: (8 + 8) bytes a row instead of 32
+    assert f"  {int8_bytes / 2**20:.2f}  " in out

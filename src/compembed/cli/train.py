@@ -157,6 +157,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, default=8192, help="evaluation batch size (default: 8192)")
     e.add_argument("--last", action="store_true",
                    help="evaluate the last parameters (checkpoint.safetensors) even when best.safetensors exists")
+    e.add_argument("--int8", action="store_true",
+                   help="evaluate with int8 row-wise tables (as `compembed export --int8` writes them); the table "
+                   "bytes shown are the int8 ones")
     e.set_defaults(func=run_evaluate)
 
 
@@ -214,9 +217,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     run = load_run(args.run_dir, last=args.last, data=args.data)
     config, dataset, model = run.config, run.dataset, run.model
+    memory, label = memory_report(model), config.model.label()
+    if args.int8:
+        from ..serving.quantize import embedding_bytes, quantize_int8
+
+        model = quantize_int8(model)
+        memory, label = dataclasses.replace(memory, embedding_bytes=embedding_bytes(model.embeddings)), label + " int8"
     with torch.no_grad():
         evals = {s: evaluate(model, dataset, s, args.batch_size) for s in args.split}
-    row = {"arch": config.model.arch, "label": config.model.label(), "memory": memory_report(model).to_dict(),
+    row = {"arch": config.model.arch, "label": label, "memory": memory.to_dict(),
            "evals": {k: v.to_dict() for k, v in evals.items()}, "samples_per_s": None}
     for split in args.split:
         print(format_table([row], split=split))
