@@ -9,6 +9,7 @@ Every module checks values through ``check_mode``, so one switch applies everywh
   ``torch._assert_async(condition, message)``: one op in the graph (no data-dependent guard, no
   graph break) that runs on the device without a host sync. A bad input fails the run with
   ``message`` (on CPU a ``RuntimeError``; on CUDA a device-side assert, reported at the next sync).
+  (``torch.jit.trace``, deprecated, checks its example inputs but drops the op from the trace.)
 * ``"off"``: validation disabled (``set_validation(False)`` or inside ``trusted_inputs()``), or
   tensors without values: meta tensors and fake tensors outside tracing pass through untouched.
 
@@ -21,6 +22,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 __all__ = ["set_validation", "validation_enabled", "trusted_inputs", "check_mode", "assert_in_graph", "tracing", "has_values"]
 
@@ -64,15 +67,11 @@ def trusted_inputs() -> Iterator[None]:
 def _tracing() -> bool:
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return True
-    from torch.fx._symbolic_trace import is_fx_tracing
-
-    return is_fx_tracing()
+    return is_fx_symbolic_tracing()
 
 
 def _has_no_values(t: object) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return not isinstance(t, Tensor) or t.device.type == "meta" or isinstance(t, FakeTensor)
+    return not isinstance(t, Tensor) or t.is_meta or isinstance(t, FakeTensor)
 
 
 def check_mode(t: object) -> str:
@@ -83,7 +82,7 @@ def check_mode(t: object) -> str:
         return "graph"
     if _has_no_values(t):
         return "off"
-    return "eager" if t.device.type == "cpu" else "graph"
+    return "eager" if t.is_cpu else "graph"
 
 
 def assert_in_graph(condition: Tensor, message: str) -> None:

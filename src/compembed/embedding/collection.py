@@ -298,14 +298,13 @@ class EmbeddingCollection(nn.Module):
 
 def check_batch_sizes(names: Sequence[str], pooled: Sequence[Tensor]) -> None:
     """Raise a clear error unless every feature's pooled bags ``(B_f, D_f)`` have the same batch size."""
-    sizes: list[tuple[int, list[str]]] = []  # a list, not a dict: symbolic sizes (torch.export) are unhashable
+    if all(bags.shape[0] == pooled[0].shape[0] for bags in pooled):  # (no dict of sizes: traced, they are symbols)
+        return
+    sizes: dict[int, list[str]] = {}
     for name, bags in zip(names, pooled):
-        group = next((members for size, members in sizes if size == bags.shape[0]), None)
-        if group is None:
-            sizes.append((bags.shape[0], group := []))
-        group.append(name)
+        sizes.setdefault(bags.shape[0], []).append(name)
     if len(sizes) > 1:
-        groups = "; ".join(f"{size} bags: {', '.join(map(repr, group))}" for size, group in sizes)
+        groups = "; ".join(f"{size} bags: {', '.join(map(repr, group))}" for size, group in sizes.items())
         raise ValueError(f"the features have different batch sizes ({groups}); each needs one bag per row")
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..partitions import Partition
-from ..validation import has_values, tracing
+from ..validation import has_values
 from .compositional import check_module_args
 from .init import default_std, uniform_
 from .pooling import MODES, pool_bags
@@ -59,10 +59,11 @@ class ClassMLP(nn.Module):
         # Look up only the classes present (sparse gradients touch just those rows). With few of
         # them (QR's remainders), applying every present class's layer to every input and keeping
         # each input's own is cheaper than gathering an (in x out) matrix per input.
-        # Compiled or exported, the choice cannot depend on the data: with no more classes than
-        # inputs of the layer, eager takes the first branch for every batch, and so does the graph.
-        # Meta tensors have no values to find the present classes in: every class is "present".
-        if tracing() or has_values(classes):
+        # Compiled, exported or on meta tensors, no shape may depend on the data: every class is
+        # "present" (the same values; a sparse gradient then lists the absent classes' rows as
+        # zeros), and the branch depends on the class count alone: with no more classes than
+        # inputs of the layer, eager takes the first branch for every batch too.
+        if has_values(classes):
             present, inverse = torch.unique(classes, return_inverse=True)
         else:
             present, inverse = torch.arange(self.num_classes, device=classes.device), classes

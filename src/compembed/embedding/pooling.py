@@ -60,9 +60,8 @@ def _offsets_ok(offsets: Tensor, n: int, include_last_offset: bool) -> Tensor:
     """A 0-d bool tensor: non-empty ``offsets`` start at 0, never decrease and end within ``n``
     (at ``n`` with the last offset). Only tensor ops: no host sync."""
     end_ok = offsets[-1] == n if include_last_offset else offsets[-1] <= n
-    # non-decreasing iff equal to its running maximum: comparing offsets[1:] with offsets[:-1] would make
-    # torch.export guard the batch size against 2 (the broadcast of two size-(B-1) slices)
-    return (offsets[0] == 0) & end_ok & torch.all(torch.cummax(offsets, 0).values == offsets)
+    # Non-decreasing: every offset is the running maximum (no (B-1,) slices: export needs B >= 3 for those).
+    return (offsets[0] == 0) & end_ok & torch.all(offsets == torch.cummax(offsets, 0).values)
 
 
 def _offsets_valid(offsets: Tensor, n: int, include_last_offset: bool) -> bool:

@@ -52,6 +52,7 @@ from ..embedding.compositional import CompositionalEmbeddingBag, _table_dims
 from ..embedding.hybrid import HybridEmbeddingBag, assemble
 from ..embedding.init import OPERATIONS, uniform_
 from ..partitions import Identity, Partition, check_ids
+from ..validation import assert_in_graph, check_mode
 
 __all__ = [
     "CompositionalEmbeddingBagCollection",
@@ -325,7 +326,11 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
     def _check_one_hot(self, bags: Mapping) -> None:
         for name in self.one_hot_features:
             lengths = bags[name].lengths()
-            if lengths.numel() and int(lengths.max()) > 1:
+            mode = check_mode(lengths)  # the one switch of compembed.validation
+            if mode == "graph":  # traced or on an accelerator: a device-side assert, no host sync
+                assert_in_graph((lengths <= 1).all(), f"compembed: feature {name!r} was declared one-hot but a "
+                                "bag holds more than one id; leave it out of one_hot to combine per id")
+            elif mode == "eager" and lengths.numel() and int(lengths.max()) > 1:
                 raise ValueError(
                     f"feature {name!r} was declared one-hot but bag {int(lengths.argmax())} holds "
                     f"{int(lengths.max())} ids; leave it out of one_hot to combine per id"
