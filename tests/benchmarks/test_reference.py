@@ -176,18 +176,43 @@ def test_ratios_against_the_reference_in_the_summary():
     assert "vs ref-dlrm-full" in markdown and "| ref-dlrm-qr | 120 |" in markdown
 
 
-def test_tiny_bench_runs_the_reference_in_the_dlrm_rounds(fake_dir):
-    config = BenchConfig(batch=32, dim=8, threshold=50, collisions=4, threads=1, rounds=2, steps=2, warmup=1,
-                         cardinalities=tuple(CARDS), emb_variants=(), dlrm_variants=("qr",), scaling_cardinalities=(),
-                         bag_length=0, reference_dlrm=str(fake_dir), reference_python=sys.executable)
+def test_the_reference_runs_in_the_rounds_of_a_compembed_worker(fake_dir):
+    # a real worker (the idle task: the cheapest to start) and the reference in the same round loop
+    idle = dict(task="idle", cardinalities=CARDS, dim=8, batch=1, threshold=50, collisions=4, threads=1, warmup=1)
+    results = run_interleaved({"idle": idle, "ref-dlrm-qr": _spec(fake_dir, True)}, rounds=2, steps=2,
+                              task="dlrm", progress=lambda _: None)
+    assert len(results["idle"].samples_per_s) == 2 and results["idle"].peak_rss > 0
+    # 2 warm-up + 1 settle + 2 timed: iterations 4 and 5, 40 + 50 ms for 2 x 64 samples
+    assert results["ref-dlrm-qr"].samples_per_s == pytest.approx([128 / 0.090] * 2)
+    assert len(_calls(fake_dir)) == 2
+
+
+def test_bench_puts_the_reference_in_the_dlrm_task_with_its_sizes(fake_dir, monkeypatch):
+    from compembed.benchmarks import runner
+
+    seen = {}
+
+    def fake_interleaved(specs, rounds, steps, task, progress):
+        seen[task] = specs
+        speeds = {"qr": 300.0, "ref-dlrm-full": 100.0, "ref-dlrm-qr": 80.0}
+        return {name: Measurement(task, name, samples_per_s=[speeds.get(name, 1.0)] * rounds, peak_rss=10,
+                                  facts={"flop_per_step": 1}) for name in specs}
+
+    monkeypatch.setattr(runner, "run_interleaved", fake_interleaved)
+    monkeypatch.setattr(runner, "fbgemm_unavailable", lambda: None)
+    config = BenchConfig(batch=32, dim=8, threshold=50, collisions=4, threads=3, rounds=2, steps=2, warmup=1,
+                         cardinalities=tuple(CARDS), emb_variants=("qr",), dlrm_variants=("qr",),
+                         scaling_cardinalities=(), bag_length=0, reference_dlrm=str(fake_dir),
+                         reference_python="/opt/ref/python")
     result = run_benchmark(config, progress=lambda _: None)
+    assert not any(name.startswith("ref-") for name in seen["emb"])  # the DLRM step only
+    ours, full, qr = seen["dlrm"]["qr"], seen["dlrm"]["ref-dlrm-full"], seen["dlrm"]["ref-dlrm-qr"]
+    for ref in (full, qr):  # the compembed variant's sizes, batch, threads and warm-up
+        for key in ("cardinalities", "dim", "batch", "threshold", "collisions", "threads", "device", "warmup"):
+            assert ref[key] == ours[key], key
+        assert ref["reference_dir"] == str(fake_dir) and ref["reference_python"] == "/opt/ref/python"
+    assert (full["qr"], qr["qr"]) == (False, True)
     rows = result["tasks"]["dlrm"]["variants"]
-    assert set(rows) == {"qr", "ref-dlrm-full", "ref-dlrm-qr"} and "ref-dlrm" not in result["skipped"]
-    # 1 warm-up + 1 settle + 2 timed: iterations 3 and 4, 30 + 40 ms for 2 x 32 samples
-    assert rows["ref-dlrm-full"]["median"] == pytest.approx(64 / 0.070)
-    assert rows["qr"]["speed_vs_ref-dlrm-full"] == pytest.approx(rows["qr"]["median"] / rows["ref-dlrm-full"]["median"])
-    runs = [c["argv"] for c in _calls(fake_dir) if "--num-batches" in c["argv"]]
-    assert len(runs) == 4 and all(_option(a, "--mini-batch-size") == "32" for a in runs)
-    assert all(_option(a, "--arch-mlp-bot") == "13-512-256-64-8" for a in runs)
-    assert [_option(a, "--qr-threshold") for a in runs if "--qr-flag" in a] == ["50", "50"]
+    assert rows["qr"]["speed_vs_ref-dlrm-full"] == pytest.approx(3.0) and "ref-dlrm" not in result["skipped"]
+    assert rows["ref-dlrm-qr"]["speed_vs_ref-dlrm-full"] == pytest.approx(0.8)
     json.dumps(result)  # plain data
