@@ -11,7 +11,9 @@ from compembed.benchmarks.reference import (
     SCRIPT, ReferenceDLRMError, ReferenceRun, check_reference_dir, parse_times, reference_args,
 )
 from compembed.benchmarks.report import to_markdown
-from compembed.benchmarks.runner import BenchConfig, Measurement, reference_specs, run_benchmark, run_interleaved, summarize
+from compembed.benchmarks.runner import (
+    BenchConfig, Measurement, reference_specs, run_benchmark, run_interleaved, summarize,
+)
 from compembed.benchmarks.worker import build_step
 
 CARDS = [500, 40, 3000, 7]
@@ -86,7 +88,8 @@ def test_arguments_match_the_compembed_dlrm_step():
 
 
 def test_parse_times_reads_every_iteration_and_rejects_gaps():
-    out = "Using CPU...\n" + "".join(f"Finished training it {j}/3 of epoch 0, {j}.50 ms/it, loss 0.69\n" for j in (1, 2, 3))
+    out = "Using CPU...\n" + "".join(f"Finished training it {j}/3 of epoch 0, {j}.50 ms/it, loss 0.69\n"
+                                     for j in (1, 2, 3))
     assert parse_times(out, 3) == pytest.approx([0.0015, 0.0025, 0.0035])
     with pytest.raises(ReferenceDLRMError, match=r"iterations \[1, 2\], expected 1..3"):
         parse_times(out.replace("Finished training it 3/3 of epoch 0, 3.50 ms/it, loss 0.69\n", ""), 3)
@@ -147,7 +150,8 @@ def test_rounds_interleave_the_runs_and_time_the_last_steps(fake_dir):
 
 def test_a_failing_script_stops_the_bench_with_its_stderr(fake_dir, monkeypatch):
     monkeypatch.setenv("FAKE_DLRM_FAIL", "import")
-    with pytest.raises(ReferenceDLRMError, match=rf"--reference-dlrm {fake_dir}.*exited with code 1.*No module named 'sklearn'"):
+    with pytest.raises(ReferenceDLRMError,
+                       match=rf"--reference-dlrm {fake_dir}.*exited with code 1.*No module named 'sklearn'"):
         ReferenceRun(_spec(fake_dir, False)).read()
     monkeypatch.setenv("FAKE_DLRM_FAIL", "train")
     with pytest.raises(ReferenceDLRMError, match=r"exited with code 1; its stderr ends: Traceback .*out of memory"):

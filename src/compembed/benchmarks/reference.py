@@ -124,7 +124,8 @@ def parse_times(stdout: str, num_batches: int) -> list[float]:
             raise ReferenceDLRMError("the reference printed no time per iteration (was --print-time dropped?)")
         times[j] = ms / 1e3
     if sorted(times) != list(range(1, num_batches + 1)):
-        raise ReferenceDLRMError(f"the reference printed times for iterations {sorted(times)}, expected 1..{num_batches}"
+        raise ReferenceDLRMError(f"the reference printed times for iterations {sorted(times)}, "
+                                 f"expected 1..{num_batches}"
                                  f"; the end of its output: {_tail(stdout)}")
     return [times[j] for j in range(1, num_batches + 1)]
 
@@ -173,7 +174,8 @@ class ReferenceRun:
                 proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=cwd, env=self.env,
                                         stdin=subprocess.DEVNULL, text=True)
             except OSError as exc:
-                raise ReferenceDLRMError(f"--reference-python {self.python}: cannot run it ({exc.strerror or exc})") from exc
+                raise ReferenceDLRMError(
+                    f"--reference-python {self.python}: cannot run it ({exc.strerror or exc})") from exc
             try:
                 _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
             except BaseException:

@@ -210,7 +210,8 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) 
             specs.update(reference_specs(config, skipped))
         specs["sgemm"] = _spec(config, "sgemm", batch=1)  # "samples" = sgemm calls
         specs["idle"] = _spec(config, "idle", batch=1)  # the RSS of the interpreter, torch and the models
-        progress(f"{task}: {len(specs) - 2} variants (the reference script's included) + sgemm + idle, {config.rounds} rounds x {config.steps} steps")
+        progress(f"{task}: {len(specs) - 2} variants (the reference script's included) + sgemm + idle, "
+                 f"{config.rounds} rounds x {config.steps} steps")
         tasks[task] = run_interleaved(specs, config.rounds, config.steps, task, progress)
     offset_check = run_offset_check(config, progress) if config.bag_length else None
     scaling = run_scaling(config, progress)
