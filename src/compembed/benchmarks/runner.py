@@ -5,6 +5,8 @@ asks them in turn, round after round (the order rotated every round), to time a 
 steps, each run after one untimed step (the caches were the previous worker's). Every variant so
 sees the same machine load, and each process's peak RSS is its own.
 Nothing here asserts a speed: the ratios against the baselines of the same run are the result.
+With ``reference_dlrm`` the DLRM task's rounds also time the reference DLRM script, an external
+program run once per round (``reference.ReferenceRun``, driven like a worker).
 """
 from __future__ import annotations
 
