@@ -116,6 +116,9 @@ def test_cli_names_a_bad_dir_before_running(tmp_path, capsys):
     assert f"--reference-dlrm {tmp_path}: no {SCRIPT} there" in err and not (tmp_path / "out").exists()
     assert main(["bench", "--reference-python", sys.executable]) == 2
     assert "--reference-python needs --reference-dlrm" in capsys.readouterr().err
+    (tmp_path / SCRIPT).write_text("")
+    assert main(["bench", "--reference-dlrm", str(tmp_path), "--reference-python", str(tmp_path / "nope")]) == 2
+    assert f"--reference-python {tmp_path / 'nope'}: no such executable" in capsys.readouterr().err
 
 
 def test_without_dir_it_is_skipped_with_a_reason():

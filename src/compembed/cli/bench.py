@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--reference-python needs --reference-dlrm DIR")
     if args.reference_dlrm:
         check_reference_dir(args.reference_dlrm)  # before minutes of building, not after
+        if args.reference_python and not shutil.which(args.reference_python):
+            raise UsageError(f"--reference-python {args.reference_python}: no such executable")
         config.reference_dlrm, config.reference_python = args.reference_dlrm, args.reference_python
     command = "compembed " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "compembed bench"
     result = run_benchmark(config, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
