@@ -178,6 +178,23 @@ def test_cli_export_int8_and_predict(criteo: dict, tmp_path: Path, capsys: pytes
     assert main(["predict", str(model), "--input", str(bad), "--no-progress"]) == 3
     message = capsys.readouterr().err
     assert f"{bad}:1" in message and "expected 40 tab-separated fields" in message and "--skip-bad-lines" not in message
+    # --device: auto is the CPU here and scores the same; int8 tables refuse any other device
+    auto = tmp_path / "auto.txt"
+    assert main(["predict", str(model), "--input", str(criteo["rows"]), "--out", str(auto), "--no-progress",
+                 "--device", "auto"]) == 0
+    assert np.array_equal(np.loadtxt(auto), int8)
+    with pytest.raises(ValueError, match="int8 tables run on the CPU only"):
+        load_served(model, device="meta")
+
+
+def test_cli_predict_device_errors(criteo: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = tmp_path / "model.pt2"
+    assert main(["export", str(criteo["run"]), "--out", str(model)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(model), "--input", str(criteo["rows"]), "--device", "cuda", "--no-progress"]) == 2
+    assert "device 'cuda': CUDA is not available" in capsys.readouterr().err
 
 
 def test_predict_refuses_what_it_cannot_score(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .train import add_device_option
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
@@ -48,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8192, metavar="N", help="rows per model call (default: 8192)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_option(p)
     p.set_defaults(func=run_predict)
 
 
@@ -72,11 +75,12 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from ..data.errors import SKIP_HINT, InputError
     from ..serving.predict import load_served, predict_file
+    from ..training.device import resolve_device
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     _check_out(args.out, args.overwrite)
-    model = load_served(args.model)
+    model = load_served(args.model, resolve_device(args.device))
     bar = tqdm(desc="predict", unit="rows", disable=args.no_progress or None, file=sys.stderr)
     try:
         rows = predict_file(model, args.input, args.out, args.batch_size, on_rows=bar.update, write=sys.stdout.write)

@@ -41,9 +41,18 @@ class ServedModel:
     """An exported model and its preprocessing: ``batches(path)`` turns raw rows into model inputs,
     ``probabilities(dense, features)`` scores them."""
 
-    def __init__(self, program: torch.export.ExportedProgram, preprocess: dict[str, Any], path: str = "") -> None:
+    def __init__(self, program: torch.export.ExportedProgram, preprocess: dict[str, Any], path: str = "",
+                 device: torch.device | str = "cpu") -> None:
         if preprocess.get("format") != FORMAT:
             raise ValueError(f"{path}: not a compembed export (format {preprocess.get('format')!r}, expected {FORMAT!r})")
+        self.device = torch.device(device)
+        if self.device.type != "cpu":
+            if preprocess.get("model", {}).get("int8"):
+                raise ValueError(f"{path}: int8 tables run on the CPU only (torch's int8 embedding kernels have no "
+                                 f"{self.device.type} version); predict with --device cpu")
+            from torch.export.passes import move_to_device_pass
+
+            program = move_to_device_pass(program, self.device)
         self.module = program.module()
         self.preprocess = preprocess
         self.kind = preprocess["kind"]
@@ -58,7 +67,9 @@ class ServedModel:
     @torch.no_grad()
     def probabilities(self, dense: Tensor, features: Any) -> Tensor:
         """float32 ``(B,)`` click probabilities."""
-        return torch.sigmoid(self.module(dense, features))
+        if self.device.type != "cpu":
+            dense, features = _to(dense, self.device), _to(features, self.device)
+        return torch.sigmoid(self.module(dense, features)).cpu()
 
     def batches(self, path: str | os.PathLike, batch_size: int,
                 on_rows: Callable[[int], None] = lambda n: None) -> Iterator[tuple[Tensor, Any]]:
@@ -118,7 +129,16 @@ def _slice(batch: Batch, start: int, stop: int) -> Batch:
     return Batch(batch.dense[start:stop], batch.sparse[start:stop], batch.labels[start:stop], multi)
 
 
-def load_served(path: str | os.PathLike) -> ServedModel:
+def _to(inputs: Any, device: torch.device) -> Any:
+    """``inputs`` (a tensor, or dicts/tuples of them) copied to ``device``."""
+    if isinstance(inputs, Tensor):
+        return inputs.to(device, non_blocking=True)
+    if isinstance(inputs, dict):
+        return {k: _to(v, device) for k, v in inputs.items()}
+    return type(inputs)(_to(v, device) for v in inputs)
+
+
+def load_served(path: str | os.PathLike, device: torch.device | str = "cpu") -> ServedModel:
     """The exported model at ``path`` (written by ``export_run``)."""
     check_input_files([Path(path)])
     extra = {EXTRA_FILE: ""}
@@ -129,7 +149,7 @@ def load_served(path: str | os.PathLike) -> ServedModel:
     if not extra[EXTRA_FILE]:
         raise ValueError(f"{path}: an exported program without compembed's preprocessing ({EXTRA_FILE}); "
                          "export it with `compembed export`")
-    return ServedModel(program, json.loads(extra[EXTRA_FILE]), str(path))
+    return ServedModel(program, json.loads(extra[EXTRA_FILE]), str(path), device)
 
 
 def predict_file(model: ServedModel, input: str | os.PathLike, out: str | os.PathLike | None, batch_size: int = 8192,
