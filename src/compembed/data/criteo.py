@@ -24,10 +24,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .native import parse_fast
 from .criteo_spec import CATEGORICAL_NAMES, DENSE_NAMES
 from .errors import BadLine, BadLineReport, InputError
 
-__all__ = ["NUM_FIELDS", "CriteoBlock", "LineBlock", "read_criteo", "iter_line_blocks", "parse_block"]
+__all__ = ["NUM_FIELDS", "CriteoBlock", "LineBlock", "read_criteo", "iter_line_blocks", "parse_block", "parse_lines"]
 
 NUM_FIELDS = 1 + len(DENSE_NAMES) + len(CATEGORICAL_NAMES)  # 40
 FIELD_NAMES = ["label"] + DENSE_NAMES + CATEGORICAL_NAMES
@@ -191,6 +192,17 @@ def parse_block(
                                if len(report.examples) < report.keep else ""))
         keep = ~np.isin(gi, np.fromiter(problems.found, dtype=np.int64))
     return CriteoBlock(labels[keep], dense[keep], dense_missing[keep], cats[keep], cat_missing[keep])
+
+
+def parse_lines(
+    data: bytes, path: str, first_line: int, report: BadLineReport | None = None
+) -> CriteoBlock:
+    """``parse_block``'s result, by the compiled parser (``native``) when it is built and accepts every
+    line; otherwise (a bad line, no compiler) by ``parse_block`` itself, which names the bad lines."""
+    fast = parse_fast(data)
+    if fast is None:
+        return parse_block(data, path, first_line, report)
+    return CriteoBlock(*fast)
 
 
 # ---- SWAR ("SIMD within a register") decoding of 8 ASCII bytes packed in a little-endian uint64.
@@ -426,7 +438,7 @@ def read_criteo(
 
     if workers <= 1:
         for i, lb in blocks():
-            yield located(parse_block(lb.data, str(paths[i]), lb.first_line, report), i, lb, True)
+            yield located(parse_lines(lb.data, str(paths[i]), lb.first_line, report), i, lb, True)
         return
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ctx.Pool(workers) as pool:
@@ -455,4 +467,4 @@ def read_criteo(
 
 def _parse_task(data: bytes, path: str, first_line: int, skip: bool) -> tuple[CriteoBlock, BadLineReport | None]:
     report = BadLineReport() if skip else None
-    return parse_block(data, path, first_line, report), report
+    return parse_lines(data, path, first_line, report), report

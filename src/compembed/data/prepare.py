@@ -34,6 +34,7 @@ from .criteo import CriteoBlock, read_criteo
 from .criteo_spec import CATEGORICAL_NAMES, DENSE_NAMES
 from .dataset import ID_ORDERS, DatasetInfo
 from .errors import BadLineReport, InputError
+from .native import parser_name, vocab_tables
 from .store import SPLIT_CODES, StoreBuilder
 from .transform import DENSE_TRANSFORMS, DenseStats, apply_transforms, choose_transforms
 from .vocab import ValueCounter, Vocabulary, ids_doc, special_ids
@@ -381,6 +382,7 @@ def prepare_criteo(
 
         # ---- pass 2: ids, dense transforms
         scratch = {k: open(store.file(f"{k}.scratch"), "rb") for k in _SCRATCH}
+        tables = vocab_tables([v.values for v in vocabs])
         nbytes_miss = (nf + 7) // 8
         with store.writer("sparse", (n, nf), np.int32) as sparse, store.writer("dense", (n, nd), np.float32) as dense, \
                 store.writer("labels", (n,), np.uint8) as labels:
@@ -389,9 +391,15 @@ def prepare_criteo(
                 c = np.fromfile(scratch["cats"], dtype=np.uint32, count=m * nf).reshape(m, nf)
                 mm = np.unpackbits(np.fromfile(scratch["catmiss"], dtype=np.uint8, count=m * nbytes_miss)
                                    .reshape(m, nbytes_miss), axis=1, count=nf).astype(bool)
-                ids = np.empty((m, nf), dtype=np.int32)
-                for f in range(nf):
-                    ids[:, f] = vocabs[f].lookup(c[:, f], mm[:, f])
+                if tables is None:
+                    ids = np.empty((m, nf), dtype=np.int32)
+                    for f in range(nf):
+                        ids[:, f] = vocabs[f].lookup(c[:, f], mm[:, f])
+                else:  # the same ids by hash tables (see native.py)
+                    ids = tables.lookup(c, mm)
+                    for f in range(nf):
+                        if vocabs[f].new_ids is not None:
+                            ids[:, f] = vocabs[f].relabel(ids[:, f])
                 sparse.write(ids)
                 if raw_dense:
                     dense.write(apply_transforms(transforms, np.fromfile(scratch["dense"], dtype=np.float64,
@@ -416,6 +424,7 @@ def prepare_criteo(
             "distinct_values": dict(zip(CATEGORICAL_NAMES, distinct)),
             "missing_counts": dict(zip(CATEGORICAL_NAMES + DENSE_NAMES, map(int, missing_counts))),
             "bad_lines": report.to_dict(),
+            "parser": parser_name(),  # "c" (native.py) or "numpy" (no C compiler, or COMPEMBED_PARSER=numpy)
         }
         path = store.commit(info, n, splits, **extra)
     seconds = time.perf_counter() - t0
