@@ -195,11 +195,12 @@ def parse_block(
 
 
 def parse_lines(
-    data: bytes, path: str, first_line: int, report: BadLineReport | None = None
+    data: bytes, path: str, first_line: int, report: BadLineReport | None = None, num_lines: int | None = None
 ) -> CriteoBlock:
     """``parse_block``'s result, by the compiled parser (``native``) when it is built and accepts every
-    line; otherwise (a bad line, no compiler) by ``parse_block`` itself, which names the bad lines."""
-    fast = parse_fast(data)
+    line; otherwise (a bad line, no compiler) by ``parse_block`` itself, which names the bad lines.
+    ``num_lines``: the lines in ``data`` when known (else counted)."""
+    fast = parse_fast(data, num_lines)
     if fast is None:
         return parse_block(data, path, first_line, report)
     return CriteoBlock(*fast)
@@ -346,8 +347,11 @@ def iter_line_blocks(
     of this file stops (truncation) or skips the line (too long).
     """
     path = str(path)
-    pos, line = start  # pos: text offset where `pending` starts
-    pending = b""
+    pos, line = start  # pos: text offset where the pending text starts
+    # The pending text is kept as a list of chunks, joined once per block: appending to one bytes object
+    # copied it again for every chunk (0.25 s of a 2.8 s prepare of 300,000 lines).
+    parts: list[bytes] = []
+    size, cut = 0, -1  # pending bytes; index of their last newline (-1: none)
     skipping = False  # inside an over-long line
 
     def block(data: bytes) -> LineBlock:
@@ -356,38 +360,48 @@ def iter_line_blocks(
         pos, line = pos + len(data), out.next_line
         return out
 
+    def take() -> bytes:
+        """The pending text up to its last newline (removed from it)."""
+        nonlocal parts, size, cut
+        joined = b"".join(parts)
+        data, rest = joined[: cut + 1], joined[cut + 1 :]
+        parts, size, cut = [rest] if rest else [], len(rest), -1
+        return data
+
     stream = _open_bytes(Path(path), max(1 << 16, block_bytes // 4), on_progress, skip=start[0])
     try:
         if pos == 0:  # the mark is no part of line 1; offsets still count it, so a resume skips it too
             stream, pos = _without_bom(stream)
         for chunk in stream:
             if skipping:
-                cut = chunk.find(b"\n")
-                if cut < 0:
+                k = chunk.find(b"\n")
+                if k < 0:
                     pos += len(chunk)
                     continue
-                pos, line, skipping = pos + cut + 1, line + 1, False
-                chunk = chunk[cut + 1 :]
-            pending += chunk
-            cut = pending.rfind(b"\n")
-            if len(pending) - (cut + 1) > MAX_LINE_BYTES:  # the unfinished last line is too long
+                pos, line, skipping = pos + k + 1, line + 1, False
+                chunk = chunk[k + 1 :]
+            k = chunk.rfind(b"\n")
+            if k >= 0:
+                cut = size + k
+            parts.append(chunk)
+            size += len(chunk)
+            if size - (cut + 1) > MAX_LINE_BYTES:  # the unfinished last line is too long
                 if cut >= 0:
-                    yield block(pending[: cut + 1])
+                    yield block(take())
                 _bad(report, path, line, "line_too_long", f"line longer than {MAX_LINE_BYTES} bytes")
-                pos += len(pending) - (cut + 1)
-                pending, skipping = b"", True
+                pos += size
+                parts, size, cut, skipping = [], 0, -1, True
                 continue
-            if cut >= 0 and len(pending) >= block_bytes:
-                data, pending = pending[: cut + 1], pending[cut + 1 :]
-                yield block(data)
+            if cut >= 0 and size >= block_bytes:
+                yield block(take())
     except _StreamError as e:
-        cut = pending.rfind(b"\n")
         if cut >= 0:
-            yield block(pending[: cut + 1])
+            yield block(take())
         # The partial last line (if any) is lost with the stream: it is the bad line.
-        partial = len(pending) > cut + 1
+        partial = size > 0
         _bad(report, path, line, e.kind, e.message + ("; incomplete line dropped" if partial else ""))
         return
+    pending = b"".join(parts)
     if skipping:
         return
     if pending:
@@ -438,7 +452,8 @@ def read_criteo(
 
     if workers <= 1:
         for i, lb in blocks():
-            yield located(parse_lines(lb.data, str(paths[i]), lb.first_line, report), i, lb, True)
+            yield located(parse_lines(lb.data, str(paths[i]), lb.first_line, report, lb.next_line - lb.first_line),
+                          i, lb, True)
         return
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ctx.Pool(workers) as pool:
@@ -454,7 +469,8 @@ def read_criteo(
 
         for i, lb in blocks():
             pending.append((pool.apply_async(_parse_task, (lb.data, str(paths[i]), lb.first_line,
-                                                           report is not None)), i, lb))
+                                                           report is not None, lb.next_line - lb.first_line)),
+                            i, lb))
             if time.monotonic() - last_sync >= sync_every:  # drain: the reader is paused right after lb
                 while pending:
                     yield finish(synced=len(pending) == 1)
@@ -465,6 +481,7 @@ def read_criteo(
             yield finish(synced=len(pending) == 1)
 
 
-def _parse_task(data: bytes, path: str, first_line: int, skip: bool) -> tuple[CriteoBlock, BadLineReport | None]:
+def _parse_task(data: bytes, path: str, first_line: int, skip: bool,
+                num_lines: int) -> tuple[CriteoBlock, BadLineReport | None]:
     report = BadLineReport() if skip else None
-    return parse_lines(data, path, first_line, report), report
+    return parse_lines(data, path, first_line, report, num_lines), report

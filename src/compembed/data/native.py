@@ -107,13 +107,15 @@ def build_error() -> str | None:
     return _state["error"]
 
 
-def parse_fast(data: bytes):
+def parse_fast(data: bytes, n: int | None = None):
     """``(labels, dense, dense_missing, cats, cat_missing)`` of ``data`` (whole lines, each ending in
-    ``\\n``), as ``parse_block`` gives them; None when the fast path is not in use or a line is bad."""
+    ``\\n``; ``n`` of them, counted when not given), as ``parse_block`` gives them; None when the fast path
+    is not in use or a line is bad."""
     lib = _lib()
     if lib is None or not data.endswith(b"\n"):
         return None
-    n = data.count(b"\n")
+    if n is None:
+        n = data.count(b"\n")
     labels = np.empty(n, dtype=np.uint8)
     dense = np.empty((n, 13), dtype=np.int64)
     dense_missing = np.empty((n, 13), dtype=np.bool_)
