@@ -12,6 +12,7 @@ are skipped and counted in a ``BadLineReport``; otherwise the first one raises `
 """
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import multiprocessing
 import os
@@ -435,9 +436,9 @@ def read_criteo(
     """Parsed blocks (valid lines only, possibly none) of the Criteo-format files ``paths``, in order,
     from ``start = (file index, text offset, line)`` (a block's ``resume_at``).
 
-    ``workers > 1`` parses blocks in that many processes (reading stays in this one); at most
-    ``2 * workers`` blocks are in flight, so memory stays bounded. Every ``sync_every`` seconds the
-    pipeline is drained so that one block is ``synced`` (each block is when ``workers <= 1``).
+    ``workers > 1`` parses blocks in that many processes (reading stays in this one), else one thread
+    does; at most ``2 * workers`` (2) blocks are in flight, so memory stays bounded. Every ``sync_every``
+    seconds the pipeline is drained so that one block is ``synced``.
     """
 
     def blocks() -> Iterator[tuple[int, LineBlock]]:
@@ -451,34 +452,46 @@ def read_criteo(
         return block
 
     if workers <= 1:
-        for i, lb in blocks():
-            yield located(parse_lines(lb.data, str(paths[i]), lb.first_line, report, lb.next_line - lb.first_line),
-                          i, lb, True)
-        return
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers) as pool:
+        # One parsing thread: the compiled parser (or NumPy) runs without the GIL while the caller handles
+        # the block before, as pyarrow.csv's reader uses threads; the yielded blocks are the same.
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="criteo-parse")
+        submit, depth = pool.submit, 2
+    else:
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        pool = ctx.Pool(workers)
+        submit, depth = (lambda *args: _Job(pool.apply_async(args[0], args[1:]))), 2 * workers
+    with pool:
         pending: deque = deque()
         last_sync = time.monotonic()
 
         def finish(synced: bool = False) -> CriteoBlock:
             job, i, lb = pending.popleft()
-            block, part = job.get()
+            block, part = job.result()
             if report is not None:
                 report.merge(part)
             return located(block, i, lb, synced)
 
         for i, lb in blocks():
-            pending.append((pool.apply_async(_parse_task, (lb.data, str(paths[i]), lb.first_line,
-                                                           report is not None, lb.next_line - lb.first_line)),
-                            i, lb))
+            pending.append((submit(_parse_task, lb.data, str(paths[i]), lb.first_line, report is not None,
+                                   lb.next_line - lb.first_line), i, lb))
             if time.monotonic() - last_sync >= sync_every:  # drain: the reader is paused right after lb
                 while pending:
                     yield finish(synced=len(pending) == 1)
                 last_sync = time.monotonic()
-            elif len(pending) >= 2 * workers:
+            elif len(pending) >= depth:
                 yield finish()
         while pending:
             yield finish(synced=len(pending) == 1)
+
+
+class _Job:
+    """A process pool's result with a future's ``result()``."""
+
+    def __init__(self, job) -> None:
+        self.job = job
+
+    def result(self):
+        return self.job.get()
 
 
 def _parse_task(data: bytes, path: str, first_line: int, skip: bool,

@@ -172,8 +172,9 @@ class _Pass1:
         f["dense"].write(dense.tobytes())
         f["cats"].write(block.cats.tobytes())
         f["catmiss"].write(np.packbits(block.cat_missing, axis=1).tobytes())
+        cats, present = block.cats.T.copy(), ~block.cat_missing.T  # features' values contiguous: gathered faster
         for j, counter in enumerate(self.counters):
-            counter.add(block.cats[~block.cat_missing[:, j], j])
+            counter.add(cats[j][present[j]])
         nf = len(self.counters)
         self.missing_counts[:nf] += block.cat_missing.sum(0)
         self.missing_counts[nf:] += block.dense_missing.sum(0)
