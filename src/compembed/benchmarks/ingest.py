@@ -182,7 +182,8 @@ def compare_with_arrow(path: Path, rounds: int = 3, workdir: Path | None = None)
     med = {k: statistics.median(v) for k, v in seconds.items()}
     return {"compare_rows": n, "compare_rounds": rounds, "compare_seconds": seconds, "parser": native.parser_name(),
             **{f"compare_rows_per_s_{k}": n / v for k, v in med.items()},
-            "prepare_vs_arrow": med["arrow"] / med["prepare"], "prepare_vs_numpy": med["prepare_numpy"] / med["prepare"]}
+            "prepare_vs_arrow": med["arrow"] / med["prepare"],
+            "prepare_vs_numpy": med["prepare_numpy"] / med["prepare"]}
 
 
 def _print_compare(c: dict) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 from .native import parse_fast
 from .criteo_spec import CATEGORICAL_NAMES, DENSE_NAMES
 from .errors import BadLine, BadLineReport, InputError
+from .vocab import sorted_counts
 
 __all__ = ["NUM_FIELDS", "CriteoBlock", "LineBlock", "read_criteo", "iter_line_blocks", "parse_block", "parse_lines"]
 
@@ -52,6 +53,8 @@ class CriteoBlock:
         resume_at: where reading goes on after this block: ``(file index, text offset, line number)``.
         synced: True when every block and stream event before ``resume_at`` has been delivered (so the
             consumer's state is consistent with ``resume_at``, e.g. for a checkpoint).
+        value_counts: with ``read_criteo(count_values=True)``, each categorical feature's present values
+            counted (``vocab.sorted_counts``: sorted distinct values, counts), else None.
     """
 
     labels: np.ndarray
@@ -61,6 +64,7 @@ class CriteoBlock:
     cat_missing: np.ndarray
     resume_at: tuple[int, int, int] = (0, 0, 1)
     synced: bool = True
+    value_counts: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -431,14 +435,15 @@ def _bad(report: BadLineReport | None, path: str, line: int, kind: str, message:
 def read_criteo(
     paths: list[str | os.PathLike], block_bytes: int = 8 << 20, report: BadLineReport | None = None,
     on_progress: Callable[[int], None] = lambda n: None, workers: int = 1,
-    start: tuple[int, int, int] = (0, 0, 1), sync_every: float = 60.0,
+    start: tuple[int, int, int] = (0, 0, 1), sync_every: float = 60.0, count_values: bool = False,
 ) -> Iterator[CriteoBlock]:
     """Parsed blocks (valid lines only, possibly none) of the Criteo-format files ``paths``, in order,
     from ``start = (file index, text offset, line)`` (a block's ``resume_at``).
 
     ``workers > 1`` parses blocks in that many processes (reading stays in this one), else one thread
     does; at most ``2 * workers`` (2) blocks are in flight, so memory stays bounded. Every ``sync_every``
-    seconds the pipeline is drained so that one block is ``synced``.
+    seconds the pipeline is drained so that one block is ``synced``. ``count_values``: the parsing thread or
+    process also counts each block's categorical values (``CriteoBlock.value_counts``).
     """
 
     def blocks() -> Iterator[tuple[int, LineBlock]]:
@@ -473,7 +478,7 @@ def read_criteo(
 
         for i, lb in blocks():
             pending.append((submit(_parse_task, lb.data, str(paths[i]), lb.first_line, report is not None,
-                                   lb.next_line - lb.first_line), i, lb))
+                                   lb.next_line - lb.first_line, count_values), i, lb))
             if time.monotonic() - last_sync >= sync_every:  # drain: the reader is paused right after lb
                 while pending:
                     yield finish(synced=len(pending) == 1)
@@ -494,7 +499,11 @@ class _Job:
         return self.job.get()
 
 
-def _parse_task(data: bytes, path: str, first_line: int, skip: bool,
-                num_lines: int) -> tuple[CriteoBlock, BadLineReport | None]:
+def _parse_task(data: bytes, path: str, first_line: int, skip: bool, num_lines: int,
+                count_values: bool) -> tuple[CriteoBlock, BadLineReport | None]:
     report = BadLineReport() if skip else None
-    return parse_lines(data, path, first_line, report, num_lines), report
+    block = parse_lines(data, path, first_line, report, num_lines)
+    if count_values:  # here, beside the parsing, rather than in the caller's thread
+        cats, present = block.cats.T.copy(), ~block.cat_missing.T  # each feature contiguous: gathered faster
+        block.value_counts = [sorted_counts(cats[j][present[j]]) for j in range(len(cats))]
+    return block, report

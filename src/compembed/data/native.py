@@ -154,7 +154,8 @@ class VocabTables:
         raw = np.ascontiguousarray(raw, dtype=np.uint32)
         missing = np.ascontiguousarray(missing, dtype=np.bool_)
         if raw.ndim != 2 or raw.shape != missing.shape or raw.shape[1] != len(self.keys):
-            raise ValueError(f"need (m, {len(self.keys)}) values and missing flags, got {raw.shape} and {missing.shape}")
+            raise ValueError(f"need (m, {len(self.keys)}) values and missing flags, "
+                             f"got {raw.shape} and {missing.shape}")
         out = np.empty(raw.shape, dtype=np.int32)
         self.lib.vocab_lookup(len(self.keys), self.masks.ctypes.data, self.key_ptrs.ctypes.data,
                               self.id_ptrs.ctypes.data, raw.ctypes.data, missing.ctypes.data, len(raw),

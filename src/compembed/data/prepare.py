@@ -37,7 +37,7 @@ from .errors import BadLineReport, InputError
 from .native import parser_name, vocab_tables
 from .store import SPLIT_CODES, StoreBuilder
 from .transform import DENSE_TRANSFORMS, DenseStats, apply_transforms, choose_transforms
-from .vocab import ValueCounter, Vocabulary, ids_doc, special_ids
+from .vocab import ValueCounter, Vocabulary, ids_doc, sorted_counts, special_ids
 
 __all__ = ["CriteoPrepareConfig", "PrepareResult", "prepare_criteo", "day_split", "random_split_codes",
            "write_hex_vocab_json"]
@@ -172,9 +172,11 @@ class _Pass1:
         f["dense"].write(dense.tobytes())
         f["cats"].write(block.cats.tobytes())
         f["catmiss"].write(np.packbits(block.cat_missing, axis=1).tobytes())
-        cats, present = block.cats.T.copy(), ~block.cat_missing.T  # features' values contiguous: gathered faster
-        for j, counter in enumerate(self.counters):
-            counter.add(cats[j][present[j]])
+        if block.value_counts is None:  # counted here (a block from a reader that did not count)
+            block.value_counts = [sorted_counts(block.cats[~block.cat_missing[:, j], j])
+                                  for j in range(len(self.counters))]
+        for j, counter in enumerate(self.counters):  # counted by read_criteo's parsing thread or process
+            counter.add_counts(*block.value_counts[j])
         nf = len(self.counters)
         self.missing_counts[:nf] += block.cat_missing.sum(0)
         self.missing_counts[nf:] += block.dense_missing.sum(0)
@@ -344,7 +346,7 @@ def prepare_criteo(
         try:
             blocks = read_criteo(inputs, cfg.block_bytes, report if cfg.skip_bad_lines else None,
                                  on_progress=bar.update, workers=cfg.workers, start=state.position,
-                                 sync_every=cfg.checkpoint_seconds)
+                                 sync_every=cfg.checkpoint_seconds, count_values=True)
             for block in blocks:
                 state.add(block)
                 bar.set_postfix(rows=state.rows, bad=report.total, refresh=False)

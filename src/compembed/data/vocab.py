@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["MISSING_ID", "RARE_ID", "ValueCounter", "Vocabulary", "IdMap", "frequency_ids", "relabelled_counts",
-           "load_id_maps", "special_ids", "ids_doc", "kept_ids"]
+__all__ = ["MISSING_ID", "RARE_ID", "ValueCounter", "sorted_counts", "Vocabulary", "IdMap", "frequency_ids",
+           "relabelled_counts", "load_id_maps", "special_ids", "ids_doc", "kept_ids"]
 
 MISSING_ID = 0
 RARE_ID = 1
@@ -37,7 +37,13 @@ class ValueCounter:
 
     def add(self, values: np.ndarray) -> None:
         if len(values):
-            self.runs.append(_sorted_counts(values))
+            self.add_counts(*sorted_counts(values))
+
+    def add_counts(self, values: np.ndarray, counts: np.ndarray) -> None:
+        """Add ``counts[k]`` occurrences of each ``values[k]`` (sorted distinct values, as ``sorted_counts``
+        gives them)."""
+        if len(values):
+            self.runs.append((values, counts))
             while len(self.runs) > 1 and 2 * len(self.runs[-1][0]) >= len(self.runs[-2][0]):
                 self.runs.append(_merge(self.runs.pop(), self.runs.pop()))
 
@@ -50,7 +56,7 @@ class ValueCounter:
         return self.runs[0]
 
 
-def _sorted_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sorted_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(values, return_counts=True)``, by pyarrow's hash-based ``value_counts`` and a sort of the
     distinct values only: counting the 26 features of the 300,000-line Criteo sample (blocks of ~35,000 rows)
     took 0.29-0.32 s against 0.37-0.43 s for ``np.unique``, which sorts every value (3 rounds, same run)."""
