@@ -16,7 +16,10 @@ Run ``python -m compembed.benchmarks.ingest [--lines 5000000]``. Steps:
 4. Baselines measured in the same run: plain per-line Python parsing (``str.split``, ``int``,
    ``int(x, 16)``) against ``parse_block`` on the same first 200,000 lines, and the batch loader on the
    prepared output beside one-thread DLRM training steps (hashing and QR-mult, 4 collisions, threshold 200, SGD
-   with sparse gradients, batch 128) on its batches.
+   with sparse gradients, batch 128) on its batches; and ``prepare`` against ``pyarrow.csv`` parsing plus
+   id mapping (``compare_with_arrow``) on the first ``--compare-lines`` lines, in interleaved rounds.
+
+``--compare FILE`` runs only that comparison, on a given file (e.g. the real Criteo sample).
 """
 from __future__ import annotations
 
@@ -112,6 +115,85 @@ def _parse_rates(path: Path, lines: int, repeats: int = 3) -> dict:
     return {f"parse_rows_per_s_{k}": len(text) / v for k, v in best.items()}
 
 
+def _arrow_parse_and_map(path: Path) -> int:
+    """The baseline: ``pyarrow.csv.read_csv`` of the whole file (typed columns: label and I1..I13
+    integers, C1..C26 strings, empty = null; pyarrow's defaults otherwise, threads included), then each
+    categorical column mapped to ids as ``prepare`` numbers them (0 = missing, 2.. = the distinct values
+    in sorted order) with pyarrow's hash-based ``index_in``. Returns the rows."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+
+    from ..data.criteo_spec import CATEGORICAL_NAMES, DENSE_NAMES
+
+    names = ["label"] + DENSE_NAMES + CATEGORICAL_NAMES
+    types = {"label": pa.int8(), **{n: pa.int64() for n in DENSE_NAMES}, **{n: pa.string() for n in CATEGORICAL_NAMES}}
+    table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(column_names=names),
+                          parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False),
+                          convert_options=pcsv.ConvertOptions(column_types=types, null_values=[""],
+                                                              strings_can_be_null=True))
+    for name in CATEGORICAL_NAMES:
+        col = table.column(name)
+        values = pc.unique(col).drop_null()
+        values = values.take(pc.sort_indices(values))
+        ids = pc.fill_null(pc.add(pc.index_in(col, value_set=values), 2), 0)
+        np.asarray(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
+    return table.num_rows
+
+
+def compare_with_arrow(path: Path, rounds: int = 3, workdir: Path | None = None) -> dict:
+    """Rows/s of ``prepare_criteo`` on ``path`` (compiled fast paths, and the NumPy reference paths) and of
+    ``pyarrow.csv`` parsing plus id mapping (``_arrow_parse_and_map``) on the same file, in ``rounds``
+    interleaved rounds (the order rotated each round) in this process, so that all three see the same
+    machine load; medians and their ratios."""
+    import statistics
+    import tempfile
+
+    from ..data import native
+    from ..data.prepare import CriteoPrepareConfig, prepare_criteo
+
+    work = Path(tempfile.mkdtemp(dir=workdir))
+    try:
+        def prepare() -> int:
+            return prepare_criteo([path], work / "prepared", CriteoPrepareConfig(), overwrite=True,
+                                  progress=False).num_rows
+
+        def prepare_numpy() -> int:
+            with native.disabled():
+                return prepare()
+
+        runs = {"prepare": prepare, "prepare_numpy": prepare_numpy, "arrow": lambda: _arrow_parse_and_map(path)}
+        order = list(runs)
+        seconds: dict[str, list[float]] = {k: [] for k in runs}
+        rows = {}
+        for r in range(rounds):
+            for name in order[r % 3:] + order[: r % 3]:
+                t = time.perf_counter()
+                rows[name] = runs[name]()
+                seconds[name].append(time.perf_counter() - t)
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    if len(set(rows.values())) != 1:
+        raise RuntimeError(f"the runs read different row counts: {rows}")
+    n = rows["arrow"]
+    med = {k: statistics.median(v) for k, v in seconds.items()}
+    return {"compare_rows": n, "compare_rounds": rounds, "compare_seconds": seconds, "parser": native.parser_name(),
+            **{f"compare_rows_per_s_{k}": n / v for k, v in med.items()},
+            "prepare_vs_arrow": med["arrow"] / med["prepare"],
+            "prepare_vs_numpy": med["prepare_numpy"] / med["prepare"]}
+
+
+def _print_compare(c: dict) -> None:
+    print(f"same {c['compare_rows']:,} lines, {c['compare_rounds']} interleaved rounds, medians: prepare "
+          f"({c['parser']} parser) {c['compare_rows_per_s_prepare']:,.0f} rows/s, prepare with the NumPy paths "
+          f"{c['compare_rows_per_s_prepare_numpy']:,.0f} rows/s, pyarrow.csv parsing + id mapping "
+          f"{c['compare_rows_per_s_arrow']:,.0f} rows/s; prepare / pyarrow {c['prepare_vs_arrow']:.2f}x, "
+          f"prepare / NumPy paths {c['prepare_vs_numpy']:.2f}x", flush=True)
+
+
 def _loader_vs_training(path: Path, batches: int) -> dict:
     """Steady-state loader rows/s (shuffled train split) beside DLRM training rows/s on its batches."""
     import torch
@@ -169,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the generated files")
     p.add_argument("--workers", type=int, default=1, help="parsing processes of prepare (default: 1)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--compare", metavar="FILE", default=None,
+                   help="only compare prepare with pyarrow.csv parsing + id mapping on this Criteo-format file")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the comparison (default: 3)")
+    p.add_argument("--compare-lines", type=int, default=300_000,
+                   help="lines of the generated file compared with pyarrow.csv (default: 300,000)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--probe-distinct", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--input", help=argparse.SUPPRESS)
@@ -178,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         return _worker(args)
     if args.probe_distinct:
         print(json.dumps({"bytes": _probe_counter(args.probe_distinct)}))
+        return 0
+
+    if args.compare:
+        result = compare_with_arrow(Path(args.compare), args.rounds)
+        _print_compare(result)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
         return 0
 
     from ..data.export import write_criteo_text
@@ -221,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     rss_full = large["peak_rss"] + max(slope, per_value) * max(0, KAGGLE_DISTINCT - large["distinct"])
     parse = _parse_rates(work / f"criteo_{args.lines}.tsv", min(200_000, args.lines))
     loader = _loader_vs_training(work / "prepared_large", batches=400)
+    head = work / "criteo_compare.tsv"  # the first --compare-lines lines of the large file
+    with open(work / f"criteo_{args.lines}.tsv", "rb") as src, open(head, "wb") as dst:
+        dst.writelines(line for _, line in zip(range(args.compare_lines), src))
+    compare = compare_with_arrow(head, args.rounds, work)
+    head.unlink()
     result = {
         "lines": args.lines, "scale": args.scale, "workers": args.workers, "runs": runs, "rows_per_s": rate,
         "rows_per_cpu_s": cpu_rate,
@@ -230,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "extrapolated_kaggle": {"lines": KAGGLE_LINES, "distinct": KAGGLE_DISTINCT, "minutes": KAGGLE_LINES / rate / 60,
                                 "cpu_minutes": KAGGLE_LINES / cpu_rate / 60,
                                 "peak_rss_gib": rss_full / 2**30},
-        **loader,
+        **loader, **compare,
     }
     print(f"\nparsing the same {min(200_000, args.lines):,} lines in memory (best of 3, alternated): vectorised "
           f"{parse['parse_rows_per_s_vectorised']:,.0f} rows/s, per-line Python {parse['parse_rows_per_s_python']:,.0f} "
@@ -243,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{max(slope, per_value):.0f} bytes)")
     for k, v in loader.items():
         print(f"{k}: {v:,.0f}" if isinstance(v, float) else f"{k}: {v}")
+    _print_compare(compare)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     if not args.keep:

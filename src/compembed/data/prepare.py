@@ -34,9 +34,10 @@ from .criteo import CriteoBlock, read_criteo
 from .criteo_spec import CATEGORICAL_NAMES, DENSE_NAMES
 from .dataset import ID_ORDERS, DatasetInfo
 from .errors import BadLineReport, InputError
+from .native import parser_name, vocab_tables
 from .store import SPLIT_CODES, StoreBuilder
 from .transform import DENSE_TRANSFORMS, DenseStats, apply_transforms, choose_transforms
-from .vocab import ValueCounter, Vocabulary, ids_doc, special_ids
+from .vocab import ValueCounter, Vocabulary, ids_doc, sorted_counts, special_ids
 
 __all__ = ["CriteoPrepareConfig", "PrepareResult", "prepare_criteo", "day_split", "random_split_codes",
            "write_hex_vocab_json"]
@@ -171,8 +172,11 @@ class _Pass1:
         f["dense"].write(dense.tobytes())
         f["cats"].write(block.cats.tobytes())
         f["catmiss"].write(np.packbits(block.cat_missing, axis=1).tobytes())
-        for j, counter in enumerate(self.counters):
-            counter.add(block.cats[~block.cat_missing[:, j], j])
+        if block.value_counts is None:  # counted here (a block from a reader that did not count)
+            block.value_counts = [sorted_counts(block.cats[~block.cat_missing[:, j], j])
+                                  for j in range(len(self.counters))]
+        for j, counter in enumerate(self.counters):  # counted by read_criteo's parsing thread or process
+            counter.add_counts(*block.value_counts[j])
         nf = len(self.counters)
         self.missing_counts[:nf] += block.cat_missing.sum(0)
         self.missing_counts[nf:] += block.dense_missing.sum(0)
@@ -342,7 +346,7 @@ def prepare_criteo(
         try:
             blocks = read_criteo(inputs, cfg.block_bytes, report if cfg.skip_bad_lines else None,
                                  on_progress=bar.update, workers=cfg.workers, start=state.position,
-                                 sync_every=cfg.checkpoint_seconds)
+                                 sync_every=cfg.checkpoint_seconds, count_values=True)
             for block in blocks:
                 state.add(block)
                 bar.set_postfix(rows=state.rows, bad=report.total, refresh=False)
@@ -381,6 +385,7 @@ def prepare_criteo(
 
         # ---- pass 2: ids, dense transforms
         scratch = {k: open(store.file(f"{k}.scratch"), "rb") for k in _SCRATCH}
+        tables = vocab_tables([v.values for v in vocabs])
         nbytes_miss = (nf + 7) // 8
         with store.writer("sparse", (n, nf), np.int32) as sparse, store.writer("dense", (n, nd), np.float32) as dense, \
                 store.writer("labels", (n,), np.uint8) as labels:
@@ -389,9 +394,15 @@ def prepare_criteo(
                 c = np.fromfile(scratch["cats"], dtype=np.uint32, count=m * nf).reshape(m, nf)
                 mm = np.unpackbits(np.fromfile(scratch["catmiss"], dtype=np.uint8, count=m * nbytes_miss)
                                    .reshape(m, nbytes_miss), axis=1, count=nf).astype(bool)
-                ids = np.empty((m, nf), dtype=np.int32)
-                for f in range(nf):
-                    ids[:, f] = vocabs[f].lookup(c[:, f], mm[:, f])
+                if tables is None:
+                    ids = np.empty((m, nf), dtype=np.int32)
+                    for f in range(nf):
+                        ids[:, f] = vocabs[f].lookup(c[:, f], mm[:, f])
+                else:  # the same ids by hash tables (see native.py)
+                    ids = tables.lookup(c, mm)
+                    for f in range(nf):
+                        if vocabs[f].new_ids is not None:
+                            ids[:, f] = vocabs[f].relabel(ids[:, f])
                 sparse.write(ids)
                 if raw_dense:
                     dense.write(apply_transforms(transforms, np.fromfile(scratch["dense"], dtype=np.float64,
@@ -416,6 +427,7 @@ def prepare_criteo(
             "distinct_values": dict(zip(CATEGORICAL_NAMES, distinct)),
             "missing_counts": dict(zip(CATEGORICAL_NAMES + DENSE_NAMES, map(int, missing_counts))),
             "bad_lines": report.to_dict(),
+            "parser": parser_name(),  # "c" (native.py) or "numpy" (no C compiler, or COMPEMBED_PARSER=numpy)
         }
         path = store.commit(info, n, splits, **extra)
     seconds = time.perf_counter() - t0
