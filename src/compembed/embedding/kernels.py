@@ -43,6 +43,7 @@ _SOURCE = r"""
 #include <vector>
 
 using at::Tensor;
+constexpr int64_t PREFETCH = 4;  // samples ahead (each ~T rows)
 
 namespace {
 
@@ -75,12 +76,21 @@ std::tuple<Tensor, Tensor, Tensor> fused_forward(
   const float* w = weight.data_ptr<float>();
   float *o = out.data_ptr<float>(), *g = gathered.data_ptr<float>();
   int64_t* r = rows.data_ptr<int64_t>();
+  // Rows are computed and prefetched PREFETCH samples ahead of their copy: the large tables'
+  // rows are cache (and TLB) misses, and this overlaps them.
   at::parallel_for(0, B, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
+    auto rows_of = [&](int64_t b) {
       for (int64_t s = 0; s < T; ++s) {  // ids are >= 0 (checked by the caller): / and % are floor ops
         const int64_t row = (x[b * F + col[s]] / stride[s]) % mod[s] + off[s];
         r[b * T + s] = row;
-        const float* src = w + row * D;
+        __builtin_prefetch(w + row * D, 0, 0);
+      }
+    };
+    for (int64_t b = begin; b < std::min(end, begin + PREFETCH); ++b) rows_of(b);
+    for (int64_t b = begin; b < end; ++b) {
+      if (b + PREFETCH < end) rows_of(b + PREFETCH);
+      for (int64_t s = 0; s < T; ++s) {
+        const float* src = w + r[b * T + s] * D;
         float* dst = g + (b * T + s) * D;
         for (int64_t d = 0; d < D; ++d) dst[d] = src[d];
       }
@@ -149,6 +159,8 @@ Tensor fused_backward(
       for (int64_t j = begin; j < end; ++j) {
         const int64_t first = L.ptr[j], k = L.ptr[j + 1] - first;
         for (int64_t b = 0; b < B; ++b) {
+          if (b + 16 < B)
+            for (int64_t t = 0; t < k; ++t) __builtin_prefetch(w + r[(b + 16) * T + L.slots[first + t]] * D, 1, 0);
           feature_grads(L, j, b, T, D, up + (b * out_features + L.out[j]) * D, g, grads.data(), prefix.data());
           for (int64_t t = 0; t < k; ++t) {
             float* dst = w + r[b * T + L.slots[first + t]] * D;
