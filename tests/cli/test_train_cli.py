@@ -239,3 +239,37 @@ def test_bf16_precision_and_device_options(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "gpu").exists() and not (tmp_path / "half").exists()
     with pytest.raises(SystemExit):
         main(["train", "--precision", "fp8"])
+
+
+@pytest.mark.parametrize("scheme,options,optimizer", [
+    ("robe", ["--block-size", "4", "--robe-signs", "--collisions", "3"], "adagrad"),
+    ("robe", ["--robe-size", "500"], "adam"),
+    ("dhe", ["--dhe-hashes", "8", "--dhe-hidden", "12", "--dhe-batchnorm"], "adagrad"),
+    ("dhe", ["--dhe-hashes", "7", "--no-dhe-gaussian", "--dhe-activation", "relu"], "adam"),
+])
+def test_robe_and_dhe_train_and_resume_exactly(tmp_path, scheme, options, optimizer):
+    from compembed.training import train
+
+    from training.runs import Interrupt, interrupt_at
+
+    cfg = tmp_path / "run.toml"
+    assert main(["train", "--write-config", str(cfg), "--scheme", scheme, *options, "--optimizer", optimizer,
+                 "--threshold", "0", *TINY, "--rows", "2000", "--max-steps", "16", "--checkpoint-every", "5", "--log-every", "5"]) == 0
+    config = load_config(cfg)
+    assert config.model.scheme == scheme and config.optim.name == optimizer
+    if scheme == "robe":
+        assert (config.model.block_size, config.model.robe_signs, config.model.robe_size) in ((4, True, None), (None, None, 500))
+    else:
+        assert config.model.dhe_hashes in (8, 7) and config.model.dhe_batchnorm in (True, None)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(["train", "--config", str(cfg), "--out", str(whole)]) == 0
+    with pytest.raises(Interrupt):
+        train(config, out_dir=cut, progress=False, on_step=interrupt_at(12))  # as if killed after the checkpoint at 10
+    assert main(["train", "--out", str(cut), "--resume", "--no-progress"]) == 0
+    a, b = load_file(whole / "checkpoint.safetensors"), load_file(cut / "checkpoint.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "optim.")))
+    assert any(k.endswith("hash_a") for k in a)  # the hash functions are in the checkpoint
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
+    assert sa["evals"] == sb["evals"] and sa["train_loss"] == sb["train_loss"] and sa["steps"] == 16
+    assert 0 < sa["evals"]["test"]["loss"] < 1.0
+    assert main(["evaluate", str(whole), "--split", "test"]) == 0

@@ -99,7 +99,7 @@ def test_criteo_budget_matches_the_paper():
 
 
 def test_schemes_come_from_one_registry():
-    assert SCHEMES == tuple(BUILDERS) == ("full", "hashing", "qr", "gqr", "crt", "path", "hybrid")
+    assert SCHEMES == tuple(BUILDERS) == ("full", "hashing", "qr", "gqr", "crt", "path", "hybrid", "robe", "dhe")
     # A hybrid's cold part is built by the cold scheme's own builder, over the n - K cold ids.
     collection = EmbeddingCollection([FeatureConfig("h", 1000, scheme="hybrid", hot_rows=100, cold_scheme="hashing",
                                                     num_collisions=3)])

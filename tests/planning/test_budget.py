@@ -71,3 +71,56 @@ def test_what_the_closed_form_does_not_cover_is_refused():
                    FeatureConfig("h", 1000, scheme="hybrid", hot_rows=10, cold_scheme="qr", operation="concat")):
         with pytest.raises(ValueError, match=f"feature '{config.name}': .*count them on the module"):
             feature_bytes(config)
+
+
+HASHED = [
+    FeatureConfig("robe", 100_003, scheme="robe", robe_size=12_345, block_size=4),
+    FeatureConfig("robe_derived", 5000, scheme="robe", num_collisions=7, robe_signs=True),
+    FeatureConfig("dhe", 100_003, scheme="dhe", dhe_hashes=32, dhe_hidden=(24, 12)),
+    FeatureConfig("dhe_bn", 77, scheme="dhe", dhe_hashes=6, dhe_hidden=(10,), dhe_batchnorm=True),
+]
+
+
+@pytest.mark.parametrize("config", HASHED, ids=[c.name for c in HASHED])
+def test_closed_form_bytes_of_robe_and_dhe_equal_the_allocated_collection(config):
+    collection = EmbeddingCollection([config], device="meta")
+    params = list(collection.parameters())
+    assert feature_bytes(config) == collection.num_bytes
+    assert feature_bytes(config, "adagrad") == 2 * collection.num_bytes
+    assert feature_bytes(config, "amsgrad") == 4 * collection.num_bytes
+    # row-wise Adagrad: one accumulator per row of each parameter (a 1-D parameter: per value)
+    assert feature_bytes(config, "rowwise_adagrad") == collection.num_bytes + 4 * sum(p.shape[0] for p in params)
+
+
+@pytest.mark.parametrize("method", ["robe", "dhe"])
+@pytest.mark.parametrize("ratio,threshold", [(4, 200), (64, 200), (1000, 200), (10_000, 0)])
+def test_robe_and_dhe_are_sized_to_the_budget(method, ratio, threshold):
+    import dataclasses
+
+    from compembed.data.criteo_spec import KAGGLE_CARDINALITIES
+    from compembed.planning import budget_for_compression, match_budget
+
+    cards = [max(4, int(c * 0.05)) for c in KAGGLE_CARDINALITIES]
+    budget = budget_for_compression(cards, ratio)
+    features, size, knob = match_budget(method, cards, budget, threshold=threshold)
+    configs = [FeatureConfig(f"C{j + 1}", n, **features[f"C{j + 1}"]) for j, n in enumerate(cards)]
+    assert size == sum(feature_bytes(c, "adagrad") for c in configs) == 2 * EmbeddingCollection(configs, device="meta").num_bytes
+    assert size <= budget and all(c.scheme == "full" for c in configs if c.num_embeddings <= threshold)
+    if method == "robe":  # to the value: one more value (8 bytes with Adagrad) would not fit
+        assert budget - size < 8 and {c.scheme for c in configs if c.num_embeddings > threshold} == {"robe"}
+    else:  # the widest that fits: the next even width does not
+        wider = [dataclasses.replace(c, dhe_hashes=knob + 2, dhe_hidden=(knob + 2,)) if c.scheme == "dhe" else c
+                 for c in configs]
+        assert sum(feature_bytes(c, "adagrad") for c in wider) > budget
+        assert all(c.dhe_hashes == knob for c in configs if c.scheme == "dhe")
+
+
+def test_a_budget_below_the_smallest_robe_or_dhe_is_refused():
+    from compembed.planning import match_budget
+
+    cards = [10_000, 5000, 300]
+    for method in ("robe", "dhe"):
+        assert match_budget(method, cards, 300) is None
+    # robe's smallest: one block (D = 16 values) per feature, 2 x 4 bytes each with Adagrad
+    assert match_budget("robe", cards, 3 * 16 * 8, threshold=0)[1] == 3 * 16 * 8
+    assert match_budget("robe", cards, 3 * 16 * 8 - 1, threshold=0) is None

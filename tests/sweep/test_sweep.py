@@ -210,3 +210,22 @@ def test_killed_sweep_leaves_no_worker_behind_and_resumes(tmp_path):
     assert main([*args[:-1], "1"]) == 0  # rerun: finishes the sweep and keeps the cells that were done
     assert len(list((out / "cells").glob("*.json"))) == 4
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json") if p.name in kept} == kept
+
+
+def test_budget_study_sizes_robe_and_dhe_cells():
+    from compembed.data.synthetic import SyntheticConfig, SyntheticCTR
+    from compembed.models import build_collection
+    from compembed.planning import budget_for_compression
+
+    spec = dataclasses.replace(preset("tiny"), studies=("budget",), budgets=(4, 16), budget_methods=("robe", "dhe"),
+                               budget_collisions=())
+    data = SyntheticCTR(SyntheticConfig(num_rows=3000, cardinality_scale=0.0005, seed=0))
+    cells = [c for c in spec.cells(data.info) if c.method in ("robe", "dhe")]
+    assert {(c.method, c.target) for c in cells} == {("robe", 4.0), ("robe", 16.0), ("dhe", 4.0), ("dhe", 16.0)}
+    for cell in cells:
+        budget = budget_for_compression(data.info.cardinalities, cell.target)
+        tables = build_collection(cell.config.model, data.info, device="meta")
+        schemes = {r.scheme.split("-")[0].split("[")[0] for r in tables.report()}
+        assert 2 * tables.num_bytes <= budget and cell.method in schemes
+        if cell.method == "robe":  # the array takes the budget to the value (8 bytes with Adagrad)
+            assert budget - 2 * tables.num_bytes < 8

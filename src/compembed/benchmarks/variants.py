@@ -213,6 +213,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
             _collection(FusedEmbeddingCollection, scheme="path", hidden_dims=(64,))),
     Variant("path-fused", "as path, the small full tables' SGD fused into the compiled kernel (fuse_sgd)",
             _collection(FusedEmbeddingCollection, backend="fused", scheme="path", hidden_dims=(64,))),
+    Variant("robe", "ROBE-Z (Z = D): one array per feature of n*D/4 values (hashing's bytes), per-feature modules",
+            _collection(FusedEmbeddingCollection, scheme="robe")),
+    Variant("dhe", "DHE, no tables: 64 Gaussian hash values -> MLP 64-64-D per feature (Mish), per-feature modules",
+            _collection(FusedEmbeddingCollection, scheme="dhe", dhe_hashes=64, dhe_hidden=(64,))),
     Variant("mlp-only", "no tables: a fixed random (B, F, D) input, the DLRM step's dense work alone",
             lambda cards, dim, threshold, collisions, device: NoTables(cards, dim, device)),
 ]}

@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budgets", type=_floats, default=None,
                    help="budget study: comma-separated compressions vs full tables, e.g. 4,16,64,256,1000")
     p.add_argument("--budget-methods", type=_words, default=None,
-                   help="budget study: comma-separated methods from planner,qr,gqr,hashing")
+                   help="budget study: comma-separated methods from planner,qr,gqr,hashing,robe,dhe")
     p.add_argument("--thresholds", type=_ints, default=None, help="comma-separated compression thresholds")
     p.add_argument("--optimizers", type=_words, default=None, help="comma-separated: adagrad,amsgrad,sgd,adam")
     p.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds, e.g. 0,1,2")

@@ -1,4 +1,4 @@
-"""Embedding modules: compositional, path-based, hybrid, hashing and full tables, and a per-feature collection."""
+"""Embedding modules: compositional, path-based, hybrid, hashing, ROBE-Z, DHE and full tables, and a per-feature collection."""
 from .collection import (
     BUILDERS,
     COLD_SCHEMES,
@@ -10,11 +10,13 @@ from .collection import (
     feature_configs,
 )
 from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, FullEmbeddingBag, HashEmbeddingBag, combine
+from .dhe import DHEEmbeddingBag
 from .fused import FusedEmbeddingCollection
 from .hybrid import HybridEmbeddingBag
 from .init import default_std, factor_std, factor_stds
 from .path import ClassMLP, PathEmbedding, PathEmbeddingBag
 from .pooling import pool_bags
+from .robe import ROBEEmbeddingBag
 
 __all__ = [
     "CompositionalEmbedding",
@@ -24,6 +26,8 @@ __all__ = [
     "PathEmbedding",
     "PathEmbeddingBag",
     "HybridEmbeddingBag",
+    "ROBEEmbeddingBag",
+    "DHEEmbeddingBag",
     "ClassMLP",
     "EmbeddingCollection",
     "FusedEmbeddingCollection",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,10 +18,12 @@ from ..partitions import (
     choose_moduli,
 )
 from .compositional import CompositionalEmbeddingBag, FullEmbeddingBag, HashEmbeddingBag
+from .dhe import DHE_ACTIVATIONS, DHEEmbeddingBag
 from .hybrid import HybridEmbeddingBag
 from .init import OPERATIONS, default_std
 from .path import PathEmbeddingBag
 from .pooling import MODES
+from .robe import ROBEEmbeddingBag
 
 __all__ = ["SCHEMES", "COLD_SCHEMES", "BUILDERS", "FeatureConfig", "FeatureReport", "EmbeddingCollection", "build_embedding_bag", "feature_configs"]
 
@@ -42,7 +45,8 @@ class FeatureConfig:
         scheme: ``full``, ``hashing`` (``ceil(n / num_collisions)`` buckets), ``qr`` (remainder
             modulus ``num_collisions``), ``gqr`` / ``crt`` (``num_partitions`` tables near
             ``n**(1/k)`` rows, or explicit ``factors``), ``path`` (QR with per-remainder MLPs),
-            ``hybrid`` (the ``hot_rows`` first ids own rows, the others use ``cold_scheme``).
+            ``hybrid`` (the ``hot_rows`` first ids own rows, the others use ``cold_scheme``), ``robe``
+            (ROBE-Z: hashed blocks of one shared array), ``dhe`` (Deep Hash Embedding: hash encoding + MLP).
         operation: how ``qr``/``gqr``/``crt`` combine their rows: ``mult``, ``add`` or ``concat``.
         num_collisions: ids per shared row for ``hashing``, ``qr`` and ``path``.
         num_partitions: k for ``gqr`` and ``crt`` when ``factors`` is not given.
@@ -54,6 +58,16 @@ class FeatureConfig:
             get rows of their own; ``K >= n`` makes a full table.
         cold_scheme: for ``hybrid``, the scheme of the other ids, shifted to ``x - K``: one of
             ``COLD_SCHEMES``, with this config's operation, num_collisions, num_partitions, factors.
+        robe_size: ``robe``'s shared array length in values (0: ``ceil(n * D / num_collisions)``, the
+            hashing trick's bytes, and at least one block).
+        block_size: ``robe``'s Z, contiguous values per hashed block; divides D (0: Z = D).
+        robe_signs: ``robe`` multiplies each block by a hashed sign.
+        dhe_hashes: ``dhe``'s k, the hash encoding's size (even when ``dhe_gaussian``).
+        dhe_hidden: hidden layer sizes of ``dhe``'s decoder MLP.
+        dhe_gaussian: ``dhe`` Box-Mullers the uniform encoding to a Gaussian one (the paper's best).
+        dhe_batchnorm: batch norm after each hidden layer of ``dhe``'s MLP.
+        dhe_activation: ``mish`` or ``relu`` in ``dhe``'s MLP.
+        hash_seed: with the feature's name, seeds the hash functions of ``robe`` and ``dhe``.
     """
 
     name: str
@@ -68,6 +82,16 @@ class FeatureConfig:
     mode: str = "sum"
     hot_rows: int = 0
     cold_scheme: str = "qr"
+    # robe and dhe (issue 11)
+    robe_size: int = 0
+    block_size: int = 0
+    robe_signs: bool = False
+    dhe_hashes: int = 64
+    dhe_hidden: tuple[int, ...] = (64,)
+    dhe_gaussian: bool = True
+    dhe_batchnorm: bool = False
+    dhe_activation: str = "mish"
+    hash_seed: int = 0
 
     def __post_init__(self) -> None:
         where = f"feature {self.name!r}"
@@ -90,6 +114,44 @@ class FeatureConfig:
         if self.factors is not None:
             self.factors = tuple(self.factors)
         self.hidden_dims = tuple(self.hidden_dims)
+        self.dhe_hidden = tuple(self.dhe_hidden)
+        self._check_hashed(where)
+
+    def _check_hashed(self, where: str) -> None:
+        """The robe and dhe fields (checked for every scheme, so that a wrong value is never silent)."""
+        def positive(name: str, value, minimum: int) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
+        positive("robe_size", self.robe_size, 0)
+        positive("block_size", self.block_size, 0)
+        positive("dhe_hashes", self.dhe_hashes, 1)
+        for h in self.dhe_hidden:
+            positive("dhe_hidden sizes", h, 1)
+        if self.dhe_activation not in DHE_ACTIVATIONS:
+            raise ValueError(f"{where}: dhe_activation must be one of {tuple(DHE_ACTIVATIONS)}, got {self.dhe_activation!r}")
+        if self.scheme == "robe":
+            z, size = self.block_z, self.robe_values
+            if self.embedding_dim % z:
+                raise ValueError(f"{where}: block_size Z={z} must divide embedding_dim D={self.embedding_dim}")
+            if size < z:
+                raise ValueError(f"{where}: the robe array of {size} values is smaller than one block (block_size Z={z})")
+        if self.scheme == "dhe" and self.dhe_gaussian and self.dhe_hashes % 2:
+            raise ValueError(f"{where}: dhe_gaussian pairs the hashes (Box-Muller): dhe_hashes k={self.dhe_hashes} must be even")
+
+    @property
+    def block_z(self) -> int:
+        """ROBE's block size Z (``block_size``, or D when 0)."""
+        return self.block_size or self.embedding_dim
+
+    @property
+    def robe_values(self) -> int:
+        """ROBE's array length: ``robe_size``, or when 0 ``ceil(n * D / num_collisions)`` but at least one block."""
+        return self.robe_size or max(self.block_z, -(-self.num_embeddings * self.embedding_dim // self.num_collisions))
+
+    @property
+    def hash_seed_of_feature(self) -> int:
+        """The seed of this feature's hash functions: ``hash_seed`` mixed with the name, so features differ."""
+        return zlib.crc32(f"{self.name}:{self.hash_seed}".encode())
 
     def with_threshold(self, threshold: int) -> FeatureConfig:
         """The paper's threshold rule: only features with more than ``threshold`` categories are compressed."""
@@ -129,6 +191,17 @@ def _hybrid(c: FeatureConfig, n: int, **kw) -> nn.Module:
     return HybridEmbeddingBag(n, c.embedding_dim, hot, cold, **kw)
 
 
+def _robe(c: FeatureConfig, n: int, **kw) -> nn.Module:
+    return ROBEEmbeddingBag(n, c.embedding_dim, c.robe_values, block_size=c.block_z, signs=c.robe_signs,
+                            seed=c.hash_seed_of_feature, **kw)
+
+
+def _dhe(c: FeatureConfig, n: int, **kw) -> nn.Module:
+    kw.pop("init_std", None)  # an MLP's own init
+    return DHEEmbeddingBag(n, c.embedding_dim, c.dhe_hashes, c.dhe_hidden, gaussian=c.dhe_gaussian,
+                           batchnorm=c.dhe_batchnorm, activation=c.dhe_activation, seed=c.hash_seed_of_feature, **kw)
+
+
 BUILDERS: dict[str, Builder] = {
     "full": _full,
     "hashing": _hashing,
@@ -137,6 +210,8 @@ BUILDERS: dict[str, Builder] = {
     "crt": _composed(lambda c, n: ChineseRemainder(n, c.factors or choose_moduli(n, c.num_partitions))),
     "path": _path,
     "hybrid": _hybrid,
+    "robe": _robe,
+    "dhe": _dhe,
 }
 SCHEMES = tuple(BUILDERS)
 
@@ -299,6 +374,8 @@ class EmbeddingCollection(nn.Module):
 
 def check_batch_sizes(names: Sequence[str], pooled: Sequence[Tensor]) -> None:
     """Raise a clear error unless every feature's pooled bags ``(B_f, D_f)`` have the same batch size."""
+    if all(bags.shape[0] == pooled[0].shape[0] for bags in pooled):  # (no dict of sizes: traced, they are symbols)
+        return
     sizes: dict[int, list[str]] = {}
     for name, bags in zip(names, pooled):
         sizes.setdefault(bags.shape[0], []).append(name)
@@ -322,6 +399,10 @@ def _describe(config: FeatureConfig) -> str:
         if config.hot_rows >= config.num_embeddings:
             return f"hybrid[{config.num_embeddings}]"  # every id is hot: a full table
         return f"hybrid[{config.hot_rows}]+{_describe(dataclasses.replace(config, scheme=config.cold_scheme))}"
+    if config.scheme == "robe":
+        return f"robe-{config.block_z}"
+    if config.scheme == "dhe":
+        return f"dhe{[config.dhe_hashes, *config.dhe_hidden]}"
     if config.scheme in ("full", "hashing", "path"):
         return config.scheme if config.scheme != "path" else f"path{list(config.hidden_dims)}"
     return f"{config.scheme}-{config.operation}"

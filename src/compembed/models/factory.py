@@ -17,6 +17,9 @@ from .dlrm import DLRM
 __all__ = ["ARCHS", "ModelConfig", "FeatureSpec", "build_collection", "build_model"]
 
 ARCHS = ("dlrm", "dcn")
+# The ModelConfig fields of robe and dhe, passed to every feature as they are.
+HASHED_FIELDS = ("robe_size", "block_size", "robe_signs", "dhe_hashes", "dhe_hidden", "dhe_gaussian", "dhe_batchnorm",
+                 "dhe_activation")
 
 
 class FeatureSpec(Protocol):
@@ -34,7 +37,8 @@ class ModelConfig:
     Attributes:
         arch: ``dlrm`` or ``dcn``.
         embedding_dim: D, the width of every feature's vector.
-        scheme: ``full``, ``hashing``, ``qr``, ``gqr``, ``crt``, ``path`` or ``hybrid`` (see ``FeatureConfig``).
+        scheme: ``full``, ``hashing``, ``qr``, ``gqr``, ``crt``, ``path``, ``hybrid``, ``robe`` or ``dhe``
+            (see ``FeatureConfig``).
         operation: ``mult``, ``add`` or ``concat`` for ``qr``/``gqr``/``crt``.
         num_collisions: ids per shared row (``hashing``, ``qr``, ``path``).
         num_partitions: k tables for ``gqr`` and ``crt``.
@@ -43,6 +47,9 @@ class ModelConfig:
             compressed feature get rows of their own (a feature with ``n <= K`` gets a full table).
         cold_scheme: for ``hybrid``, the scheme of the other ids (``full``, ``hashing``, ``qr``,
             ``gqr`` or ``crt``, with the options above).
+        robe_size, block_size, robe_signs, dhe_hashes, dhe_hidden, dhe_gaussian, dhe_batchnorm,
+            dhe_activation: the ``robe`` and ``dhe`` options of every feature (see ``FeatureConfig``;
+            None, the default, keeps ``FeatureConfig``'s default).
         threshold: compress only features with more categories than this (0: all; 200 is DLRM's default).
         bottom_mlp: DLRM bottom MLP hidden sizes (output: ``embedding_dim``).
         top_mlp: DLRM top MLP hidden sizes (output: one logit).
@@ -64,6 +71,16 @@ class ModelConfig:
     path_hidden: tuple[int, ...] = (64,)
     hot_rows: int = 0
     cold_scheme: str = "qr"
+    # robe and dhe (issue 11): passed to every feature's FeatureConfig when set. None (FeatureConfig's
+    # default) leaves them out of the saved config, so older configs keep their sweep keys.
+    robe_size: int | None = None
+    block_size: int | None = None
+    robe_signs: bool | None = None
+    dhe_hashes: int | None = None
+    dhe_hidden: tuple[int, ...] | None = None
+    dhe_gaussian: bool | None = None
+    dhe_batchnorm: bool | None = None
+    dhe_activation: str | None = None
     threshold: int = 200
     bottom_mlp: tuple[int, ...] = (512, 256, 64)
     top_mlp: tuple[int, ...] = (512, 256)
@@ -114,6 +131,13 @@ class ModelConfig:
             return f"hybrid{self.hot_rows}+{dataclasses.replace(self, scheme=self.cold_scheme).label()}"
         if self.scheme == "full":
             return "full"
+        if self.scheme == "robe":
+            size = f"-{self.robe_size}" if self.robe_size else f"/{self.num_collisions}"
+            return f"robe-z{self.block_size or self.embedding_dim}{size}"
+        if self.scheme == "dhe":
+            defaults = FeatureConfig("", 1)
+            hidden = self.dhe_hidden if self.dhe_hidden is not None else defaults.dhe_hidden
+            return f"dhe{self.dhe_hashes or defaults.dhe_hashes}-{'-'.join(map(str, hidden))}"
         if self.scheme in ("hashing", "qr", "path"):
             head = {"hashing": "hashing", "qr": f"qr-{self.operation}", "path": f"path{list(self.path_hidden)}"}
             return f"{head[self.scheme]}/{self.num_collisions}"
@@ -137,6 +161,7 @@ def build_collection(
         info.cardinalities, info.categorical_names, embedding_dim=config.embedding_dim, scheme=config.scheme,
         operation=config.operation, num_collisions=config.num_collisions, num_partitions=config.num_partitions,
         hidden_dims=config.path_hidden, hot_rows=config.hot_rows, cold_scheme=config.cold_scheme,
+        **{name: getattr(config, name) for name in HASHED_FIELDS if getattr(config, name) is not None},
     )
     unknown = sorted(set(config.features) - set(info.categorical_names))
     if unknown:

@@ -10,9 +10,10 @@ import math
 import re
 
 from ..embedding import FeatureConfig
+from ..embedding.dhe import dhe_parameters
 from ..partitions import ChineseRemainder, GeneralizedQuotientRemainder, QuotientRemainder, choose_divisors, choose_moduli
 
-__all__ = ["STATE_FACTORS", "state_factor", "feature_rows", "feature_bytes", "parse_bytes", "format_bytes"]
+__all__ = ["STATE_FACTORS", "state_factor", "feature_rows", "feature_values", "feature_bytes", "parse_bytes", "format_bytes"]
 
 # Optimizer state per parameter, in parameters: Adagrad keeps one sum of squares per value, Adam two
 # moments, AMSGrad also the running maximum, row-wise Adagrad one value per row (1/D per value).
@@ -60,9 +61,28 @@ def feature_rows(config: FeatureConfig) -> int:
     return _scheme_rows(config.scheme, config.num_embeddings, config)
 
 
+def feature_values(config: FeatureConfig) -> int:
+    """Learned values of one feature's embedding: its tables' rows x D, ``robe``'s array, ``dhe``'s MLP."""
+    if config.scheme == "robe":
+        return config.robe_values
+    if config.scheme == "dhe":
+        return dhe_parameters(config.dhe_hashes, config.dhe_hidden, config.embedding_dim, config.dhe_batchnorm)
+    return feature_rows(config) * config.embedding_dim
+
+
 def feature_bytes(config: FeatureConfig, optimizer: str = "sgd", itemsize: int = 4) -> int:
-    """Bytes of one feature's tables plus their optimizer state."""
-    values = feature_rows(config) * config.embedding_dim
+    """Bytes of one feature's tables (or ``robe`` array, or ``dhe`` MLP) plus their optimizer state.
+
+    Row-wise Adagrad keeps one value per row: ``robe``'s array has rows of one value (one per value);
+    ``dhe``'s layers have a row per output (weight ``(out, in)``) and per value (1-D biases, batch norm).
+    """
+    values = feature_values(config)
+    if config.scheme == "robe" and optimizer == "rowwise_adagrad":
+        return values * itemsize * 2
+    if config.scheme == "dhe" and optimizer == "rowwise_adagrad":
+        dims = (config.dhe_hashes, *config.dhe_hidden, config.embedding_dim)
+        rows = sum(2 * o for o in dims[1:]) + (2 * sum(config.dhe_hidden) if config.dhe_batchnorm else 0)
+        return (values + rows) * itemsize
     return int(round(values * itemsize * (1.0 + state_factor(optimizer, config.embedding_dim))))
 
 

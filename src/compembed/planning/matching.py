@@ -7,7 +7,11 @@ every method gets (up to its knob's granularity) the same bytes:
 - ``qr``: quotient-remainder with element-wise product at ``c`` collisions, each feature's ``c``
   capped at ``ceil(sqrt(n))`` (beyond it QR grows again);
 - ``gqr``: mixed radix with 3 tables, divisors ``(m, m, ceil(n / m**2))``, each feature's ``m``
-  capped at its cube root (where the three tables are even, the smallest).
+  capped at its cube root (where the three tables are even, the smallest);
+- ``robe``: ROBE-Z with Z = D and an array of ``ceil(n D / c)`` values (at least one block), then
+  the bytes left added to the largest feature's array, so that it meets the budget to the value;
+- ``dhe``: DHE with ``k = w`` hashes (``w`` even) and one hidden layer of ``w``, the largest ``w``
+  that fits; a feature whose full table would be no larger than its DHE keeps the full table.
 
 Features with at most ``threshold`` categories keep full tables (the paper's rule, DLRM's default
 200), as the uniform methods are used in practice. The knob is the smallest that fits; the bytes it
@@ -17,22 +21,28 @@ entry of every feature, so a run's config states every table exactly.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from ..embedding import FeatureConfig
 from ..partitions import integer_root
-from .budget import feature_bytes
+from .budget import feature_bytes, feature_values
 
 __all__ = ["UNIFORM_METHODS", "match_budget"]
 
-UNIFORM_METHODS = ("hashing", "qr", "gqr")
+UNIFORM_METHODS = ("hashing", "qr", "gqr", "robe", "dhe")
 
 
 def _feature(method: str, name: str, n: int, knob: int, dim: int, threshold: int) -> FeatureConfig:
-    if n <= threshold or knob <= 1:
+    if n <= threshold or (knob <= 1 and method != "dhe"):
         return FeatureConfig(name, n, dim, scheme="full")
+    if method == "robe":
+        return FeatureConfig(name, n, dim, scheme="robe", block_size=dim, robe_size=max(dim, -(-n * dim // knob)))
+    if method == "dhe":
+        dhe = FeatureConfig(name, n, dim, scheme="dhe", dhe_hashes=knob, dhe_hidden=(knob,))
+        return dhe if feature_values(dhe) < n * dim else FeatureConfig(name, n, dim, scheme="full")
     if method == "hashing":
         return FeatureConfig(name, n, dim, scheme="hashing", num_collisions=knob)
     if method == "qr":
@@ -43,12 +53,16 @@ def _feature(method: str, name: str, n: int, knob: int, dim: int, threshold: int
 
 def _overrides(config: FeatureConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"scheme": config.scheme}
-    if config.scheme != "full":
+    if config.scheme in ("hashing", "qr", "gqr"):
         out["operation"] = config.operation
     if config.scheme in ("hashing", "qr"):
         out["num_collisions"] = config.num_collisions
     if config.scheme == "gqr":
         out["factors"] = list(config.factors)
+    if config.scheme == "robe":
+        out.update(robe_size=config.robe_size, block_size=config.block_size)
+    if config.scheme == "dhe":
+        out.update(dhe_hashes=config.dhe_hashes, dhe_hidden=list(config.dhe_hidden))
     return out
 
 
@@ -59,7 +73,8 @@ def match_budget(
     """The largest ``method`` configuration within ``budget`` bytes (tables plus optimizer state).
 
     Returns ``(features, bytes, knob)``: the per-feature overrides, their bytes and the knob
-    (``c`` or ``m``); or None when even the smallest configuration of ``method`` exceeds the budget.
+    (``c``, ``m``, or DHE's width ``w``); or None when even the smallest configuration of ``method``
+    exceeds the budget.
     """
     if method not in UNIFORM_METHODS:
         raise ValueError(f"method must be one of {UNIFORM_METHODS}, got {method!r}")
@@ -70,9 +85,11 @@ def match_budget(
         configs = [_feature(method, name, int(n), knob, embedding_dim, threshold) for name, n in zip(names, cardinalities)]
         return configs, sum(feature_bytes(c, optimizer, itemsize) for c in configs)
 
+    if method == "dhe":
+        return _match_dhe(names, cardinalities, budget, embedding_dim, optimizer, itemsize, threshold)
     # Bytes do not grow with the knob (the caps keep QR and mixed radix at their smallest), so the
     # smallest knob that fits is the largest configuration that fits.
-    lo, hi = 1, max(2, largest)
+    lo, hi = 1, max(2, largest * embedding_dim if method == "robe" else largest)
     if build(hi)[1] > budget:
         return None
     while hi - lo > 1:
@@ -91,4 +108,44 @@ def match_budget(
         grown = size - feature_bytes(configs[j], optimizer, itemsize) + feature_bytes(finer, optimizer, itemsize)
         if grown <= budget:
             configs[j], size = finer, grown
+    if method == "robe":
+        size = _spend_on_largest_array(configs, budget, size, optimizer, itemsize)
     return {c.name: _overrides(c) for c in configs}, size, knob
+
+
+def _spend_on_largest_array(configs: list[FeatureConfig], budget: int, size: int, optimizer: str, itemsize: int) -> int:
+    """Grow the largest ROBE array by the values that the bytes left pay for; returns the new total bytes."""
+    arrays = [j for j, c in enumerate(configs) if c.scheme == "robe"]
+    if not arrays:
+        return size
+    j = max(arrays, key=lambda j: configs[j].robe_size)
+    before = feature_bytes(configs[j], optimizer, itemsize)
+    per_value = feature_bytes(dataclasses.replace(configs[j], robe_size=configs[j].robe_size + 1), optimizer, itemsize) - before
+    extra = (budget - size) // max(per_value, 1)
+    while extra > 0:
+        grown = dataclasses.replace(configs[j], robe_size=configs[j].robe_size + extra)
+        total = size - before + feature_bytes(grown, optimizer, itemsize)
+        if total <= budget:
+            configs[j] = grown
+            return total
+        extra -= 1
+    return size
+
+
+def _match_dhe(names: Sequence[str], cardinalities: Sequence[int], budget: int, dim: int, optimizer: str,
+               itemsize: int, threshold: int) -> tuple[dict[str, dict[str, Any]], int, int] | None:
+    """The widest DHE (``k = w`` hashes, one hidden layer of ``w``, ``w`` even) within ``budget``."""
+    def build(width: int) -> tuple[list[FeatureConfig], int]:
+        configs = [_feature("dhe", name, int(n), width, dim, threshold) for name, n in zip(names, cardinalities)]
+        return configs, sum(feature_bytes(c, optimizer, itemsize) for c in configs)
+
+    if build(2)[1] > budget:
+        return None
+    lo, hi = 1, 2  # widths 2*lo fit; find the first 2*hi that does not (bytes grow with the width)
+    while build(2 * hi)[1] <= budget and hi < 2**16:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if build(2 * mid)[1] <= budget else (lo, mid)
+    configs, size = build(2 * lo)
+    return {c.name: _overrides(c) for c in configs}, size, 2 * lo

@@ -138,7 +138,17 @@ def build_optimizers(model: nn.Module, config: OptimConfig, fast: bool = True) -
     table_lr = config.embedding_lr or config.lr
     optimizers: list[Optimizer] = []
     if tables:
-        optimizers.append(table_optimizer(config, tables, table_lr, fast))
+        if config.name == "adam" and uses_sparse_gradients(config):
+            # SparseAdam refuses dense gradients: tables without rows (DHE's MLP) get Adam at the tables' rate.
+            always_dense = {id(p) for m in model.embeddings.modules() if getattr(m, "dense_gradients", False)
+                            for p in m.parameters()}
+            sparse_tables = [p for p in tables if id(p) not in always_dense]
+            if sparse_tables:
+                optimizers.append(table_optimizer(config, sparse_tables, table_lr, fast))
+            if len(sparse_tables) < len(tables):
+                optimizers.append(_dense_optimizer(config, [p for p in tables if id(p) in always_dense], table_lr))
+        else:
+            optimizers.append(table_optimizer(config, tables, table_lr, fast))
     if dense:
         optimizers.append(_dense_optimizer(config, dense, config.lr))
     return optimizers
