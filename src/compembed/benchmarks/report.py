@@ -36,7 +36,8 @@ def to_markdown(result: dict, command: str | None = None) -> str:
         f"Machine: {machine.get('cpus')} CPUs, {machine.get('memory_gib', '?')} GiB, {machine['platform']}, "
         f"torch {machine['torch']}, {cfg['threads']} threads, device {cfg['device']}"
         + (f" ({machine['gpu']})" if machine.get("gpu") else "")
-        + f"; load average at the end {machine.get('load_average_at_end', '?')}. "
+        + f"; load average at the end {machine.get('load_average_at_end', '?')}; "
+        + f"FusedEmbeddingCollection backend: {machine.get('kernel', '?')}. "
         f"Batch {cfg['batch']}, {len(cfg['cardinalities'])} one-hot features, D={cfg['dim']}, threshold "
         f"{cfg['threshold']}, {cfg['collisions']} collisions, sparse SGD (the *adagrad variants: the optimizers "
         f"of `compembed train`); {cfg['rounds']} interleaved rounds x "

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from ..data.criteo_spec import KAGGLE_CARDINALITIES
+from ..embedding.kernels import kernel_unavailable
 from .reference import REFERENCE_VARIANTS, ReferenceRun, check_reference_dir
 from .variants import VARIANTS, fbgemm_unavailable
 
@@ -45,9 +46,11 @@ class BenchConfig:
     rounds: int = 3
     steps: int = 6
     warmup: int = 2
-    emb_variants: tuple[str, ...] = ("full-per-feature", "full-batched", "qr-reference", "qr")
+    emb_variants: tuple[str, ...] = ("full-per-feature", "full-batched", "full-batched-fused", "qr-reference", "qr",
+                                     "qr-pytorch", "qr-fused")
     # qr-adagrad / qr-torch-adagrad: the training loop's optimizers, fast against torch.optim
-    dlrm_variants: tuple[str, ...] = ("full-batched", "qr", "mlp-only", "qr-adagrad", "qr-torch-adagrad")
+    dlrm_variants: tuple[str, ...] = ("full-batched", "full-batched-fused", "qr", "qr-pytorch", "qr-fused", "mlp-only",
+                                      "qr-adagrad", "qr-torch-adagrad")
     # Scaling: (cardinality per table, scheme, k) points; "full" points above the memory cap are estimated.
     scaling_cardinalities: tuple[int, ...] = (10**5, 10**8)
     scaling_schemes: tuple[tuple[str, int], ...] = (("full", 1), ("gqr", 2))
@@ -72,12 +75,13 @@ PRESETS: dict[str, BenchConfig] = {
     "quick": BenchConfig(),  # about 1.5 minutes on 2 cores
     "full": BenchConfig(
         preset="full", rounds=7, steps=12, warmup=3,
-        emb_variants=("full-per-feature", "full-per-feature-torch-sgd", "full-batched", "fbgemm-full", "hashing",
-                      "qr-reference", "qr-collection", "qr", "gqr", "crt", "hybrid", "path", "robe", "dhe", "tt",
-                      "tt-cache", "md"),
-        dlrm_variants=("full-per-feature", "full-batched", "fbgemm-full", "hashing", "qr-reference", "qr-collection",
-                       "qr", "gqr", "crt", "hybrid", "path", "robe", "dhe", "tt", "tt-cache", "md", "mlp-only",
-                       "qr-adagrad", "qr-torch-adagrad", "qr-rowwise-adagrad"),
+        emb_variants=("full-per-feature", "full-per-feature-torch-sgd", "full-batched", "full-batched-fused",
+                      "fbgemm-full", "hashing", "qr-reference", "qr-collection", "qr", "qr-pytorch", "qr-fused", "gqr",
+                      "crt", "hybrid", "path", "path-fused", "robe", "dhe", "tt", "tt-cache", "md"),
+        dlrm_variants=("full-per-feature", "full-batched", "full-batched-fused", "fbgemm-full", "hashing",
+                       "qr-reference", "qr-collection", "qr", "qr-pytorch", "qr-fused", "gqr", "crt", "hybrid", "path",
+                       "path-fused", "robe", "dhe", "tt", "tt-cache", "md", "mlp-only", "qr-adagrad",
+                       "qr-torch-adagrad", "qr-rowwise-adagrad"),
         scaling_cardinalities=(10**5, 10**6, 10**7, 10**8),
         scaling_schemes=(("full", 1), ("qr", 2), ("gqr", 2), ("gqr", 3), ("gqr", 4)),
         scaling_rounds=5, scaling_steps=4,
@@ -197,6 +201,11 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) 
     started = time.time()
     skipped = {}
     fbgemm_reason = fbgemm_unavailable()
+    # Build (or load) the compiled kernel once here, not in every worker at once; where it cannot
+    # be built the fused collections run their PyTorch path, and the report says so.
+    kernel_reason = kernel_unavailable()
+    if kernel_reason:
+        progress(f"compiled kernel unavailable, FusedEmbeddingCollection runs its PyTorch path: {kernel_reason}")
     tasks = {}
     for task, names in (("emb", config.emb_variants), ("dlrm", config.dlrm_variants)):
         if not names:
@@ -374,6 +383,8 @@ def targets(out: dict) -> list[dict]:
     """The issue's targets, each with the measured value (None where its variants did not run)."""
     emb, dlrm = out["tasks"].get("emb", {}).get("variants", {}), out["tasks"].get("dlrm", {}).get("variants", {})
     qr_emb, qr_dlrm = emb.get("qr", {}), dlrm.get("qr", {})
+    fused_emb, fused_dlrm = emb.get("qr-fused", {}), dlrm.get("qr-fused", {})
+    path = dlrm.get("path-fused") or dlrm.get("path", {})
 
     def check(name, value, goal, higher=True):
         ok = None if value is None or goal is None else (value >= goal if higher else value <= goal)
@@ -383,6 +394,14 @@ def targets(out: dict) -> list[dict]:
 
     return [
         check("DLRM step, QR vs best full-table baseline (samples/s ratio)", qr_dlrm.get("speed_vs_best_full"), 1.0),
+        check("DLRM step, QR with fused SGD (qr-fused) vs batched full tables (full-batched)",
+              fused_dlrm.get("speed_vs_full-batched"), 1.15),
+        check("(same, vs the best full-table baseline, full-batched-fused included)",
+              fused_dlrm.get("speed_vs_best_full"), 1.15),
+        check("embedding part, QR with fused SGD (qr-fused) vs straightforward QR (qr-reference)",
+              fused_emb.get("speed_vs_qr-reference"), 2.0),
+        check("DLRM step, path-based (path-fused, else path) vs batched full tables (full-batched)",
+              path.get("speed_vs_full-batched"), 0.7),
         check("DLRM step, QR vs the reference DLRM script's full tables (qr / ref-dlrm-full)",
               qr_dlrm.get("speed_vs_ref-dlrm-full"), 1.4),
         check("(reference DLRM script: its QR-mult vs its full tables, ref-dlrm-qr / ref-dlrm-full)",
@@ -419,6 +438,7 @@ def machine_description(config: BenchConfig) -> dict:
         pass
     if config.device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    info["kernel"] = kernel_unavailable() or "compiled C++ kernel (embedding.kernels)"
     if hasattr(os, "getloadavg"):
         info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return info

@@ -43,13 +43,26 @@ class Variant:
 TRAIN_OPTIMIZERS = ("adagrad", "torch-adagrad", "rowwise_adagrad")
 
 
-def _collection(cls, per_feature: Callable[[int], dict] | None = None, **options):
-    """Build ``cls`` over the cardinalities with ``options``, plus ``per_feature(n)``'s options for each feature."""
+BENCH_LR = 0.01  # the learning rate of every variant (the worker's default ``lr``)
+
+
+def _collection(cls, per_feature: Callable[[int], dict] | None = None, backend: str = "default", **options):
+    """Build ``cls`` over the cardinalities with ``options``, plus ``per_feature(n)``'s options for each feature.
+
+    ``backend`` (``FusedEmbeddingCollection`` only): "default" (the compiled kernel where it
+    builds, sparse gradients), "pytorch" (``use_kernel=False``: the pure-PyTorch path), "fused"
+    (the default plus ``fuse_sgd(BENCH_LR)``: SGD inside the backward, no sparse gradient).
+    """
     def build(cards, dim, threshold, collisions, device):
         configs = feature_configs(cards, embedding_dim=dim, num_collisions=collisions, **options)
         if per_feature is not None:
             configs = [dataclasses.replace(c, **per_feature(c.num_embeddings)) for c in configs]
-        return cls(configs, threshold=threshold, sparse=True, device=device)
+        module = cls(configs, threshold=threshold, sparse=True, device=device)
+        if backend == "pytorch":
+            module.use_kernel = False
+        elif backend == "fused":
+            module.fuse_sgd(BENCH_LR)
+        return module
     return build
 
 
@@ -163,10 +176,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
             torch_reference="full-per-feature-torch-sgd"),
     Variant("full-per-feature-torch-sgd", "as full-per-feature, trained by stock torch.optim.SGD",
             _collection(EmbeddingCollection, scheme="full"), optimizer="torch-sgd", full_tables=True),
-    Variant("full-batched", "all full tables in one weight with row offsets (FusedEmbeddingCollection)",
-            _collection(FusedEmbeddingCollection, scheme="full"), full_tables=True),
+    Variant("full-batched", "all full tables in one weight with row offsets (FusedEmbeddingCollection, PyTorch path)",
+            _collection(FusedEmbeddingCollection, backend="pytorch", scheme="full"), full_tables=True),
+    Variant("full-batched-fused", "as full-batched, compiled kernel with SGD fused into its backward",
+            _collection(FusedEmbeddingCollection, backend="fused", scheme="full"), full_tables=True),
     Variant("fbgemm-full", "FBGEMM table-batched kernel, full tables, exact SGD fused in backward",
-            lambda cards, dim, threshold, collisions, device: FBGEMMFullTables(cards, dim, lr=0.01, device=device),
+            lambda cards, dim, threshold, collisions, device: FBGEMMFullTables(cards, dim, lr=BENCH_LR, device=device),
             optimizer="fused", full_tables=True),
     Variant("hashing", "hashing trick, n/4 rows per feature, fused",
             _collection(FusedEmbeddingCollection, scheme="hashing")),
@@ -174,8 +189,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
             lambda cards, dim, threshold, collisions, device: PooledQREmbeddings(cards, dim, threshold, collisions, device)),
     Variant("qr-collection", "QR-mult with the per-feature EmbeddingCollection (generic path)",
             _collection(EmbeddingCollection, scheme="qr", operation="mult")),
-    Variant("qr", "QR-mult, fused (FusedEmbeddingCollection)",
+    Variant("qr", "QR-mult, fused (FusedEmbeddingCollection; compiled kernel where it builds, sparse gradients)",
             _collection(FusedEmbeddingCollection, scheme="qr", operation="mult")),
+    Variant("qr-pytorch", "as qr, the pure-PyTorch path (use_kernel=False; what qr was before the kernel)",
+            _collection(FusedEmbeddingCollection, backend="pytorch", scheme="qr", operation="mult")),
+    Variant("qr-fused", "as qr, SGD fused into the compiled kernel's backward (fuse_sgd; no sparse gradient)",
+            _collection(FusedEmbeddingCollection, backend="fused", scheme="qr", operation="mult")),
     Variant("qr-adagrad", "as qr, Adagrad as `compembed train` builds it (SparseAdagrad tables, torch Adagrad MLPs)",
             _collection(FusedEmbeddingCollection, scheme="qr", operation="mult"), optimizer="adagrad",
             torch_reference="qr-torch-adagrad"),
@@ -192,6 +211,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
                         cold_scheme="qr", operation="mult")),
     Variant("path", "path-based QR (quotient table + per-remainder MLP 16-64-16), per-feature modules",
             _collection(FusedEmbeddingCollection, scheme="path", hidden_dims=(64,))),
+    Variant("path-fused", "as path, the small full tables' SGD fused into the compiled kernel (fuse_sgd)",
+            _collection(FusedEmbeddingCollection, backend="fused", scheme="path", hidden_dims=(64,))),
     Variant("robe", "ROBE-Z (Z = D): one array per feature of n*D/4 values (hashing's bytes), per-feature modules",
             _collection(FusedEmbeddingCollection, scheme="robe")),
     Variant("dhe", "DHE, no tables: 64 Gaussian hash values -> MLP 64-64-D per feature (Mish), per-feature modules",

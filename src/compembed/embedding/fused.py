@@ -50,6 +50,7 @@ from .collection import (
 from .compositional import CompositionalEmbeddingBag, combine
 from .hybrid import HybridEmbeddingBag, assemble
 from .init import factor_stds, uniform_
+from .kernels import kernel_ops, kernel_unavailable
 from .pooling import pool_bags
 
 __all__ = ["FusedEmbeddingCollection"]
@@ -215,6 +216,84 @@ class FusedEmbeddingCollection(EmbeddingCollection):
         self._out_shape = (len(dims), dims[0]) if by_feature else (sum(dims),)
         self._gather_is_output = (by_feature and len(self.groups) == 1 and len(self.groups[0].widths) == 1
                                   and not self._path_features)  # one table per feature, all in feature order
+        self._build_kernel_layout(by_feature)
+
+    def _build_kernel_layout(self, by_feature: bool) -> None:
+        """The compiled kernel's per-feature slot lists (``kernels``), where it applies: one table
+        width, one embedding_dim, no hybrids, add or mult (or one table per feature)."""
+        self.use_kernel = True  # set False to force the pure-PyTorch path
+        self._fused_sgd_lr: float | None = None
+        self._sgd_hooks: list = []
+        ranged = any(getattr(self, f"_low_{w}", None) is not None for w in self._widths)
+        eligible = (by_feature and len(self._widths) == 1 and not ranged and bool(self.groups)
+                    and all(not g.select and (len(g.widths) == 1 or g.operation in ("add", "mult")) for g in self.groups))
+        self._kernel_reason = None if eligible else (
+            "layout not supported by the kernel (needs one table width and embedding_dim, no hybrids, add/mult)")
+        if not eligible:
+            return
+        ptr, slots, out, ops = [0], [], [], []
+        for group in self.groups:
+            for i, f in enumerate(group.features):
+                slots.extend(start + i for _, start in group.runs)
+                ptr.append(len(slots))
+                out.append(f)
+                ops.append(1 if group.operation == "mult" else 0)
+        for name, values in (("ptr", ptr), ("slots", slots), ("out", out), ("op", ops)):
+            self.register_buffer(f"_kernel_{name}", torch.tensor(values, dtype=torch.int64), persistent=False)
+
+    # ---- compiled kernel and fused SGD ----------------------------------------------------------
+    def kernel_status(self) -> str | None:
+        """Why this collection runs its pure-PyTorch path (layout, dtype, device, dense gradients,
+        ``use_kernel`` off, or the build failed: ``kernels.kernel_unavailable()``), or None when it
+        runs the compiled kernel."""
+        if self._kernel_reason is not None:
+            return self._kernel_reason
+        if not self.use_kernel:
+            return "use_kernel is False"
+        if not self.sparse:
+            return "dense gradients (sparse=False) use the PyTorch path"
+        weight = self.weights[str(self._widths[0])]
+        if weight.device.type != "cpu" or weight.dtype != torch.float32:
+            return f"the kernel runs float32 on CPU, the weights are {weight.dtype} on {weight.device}"
+        return kernel_unavailable()
+
+    def fuse_sgd(self, lr: float | None) -> None:
+        """Train the fused tables with SGD inside the backward: ``W[i] -= lr * g_i`` for every row a
+        batch used (repeated rows add up in batch order), equal to ``optim.SparseSGD(lr)`` after
+        the backward; ``weights`` then get no ``.grad`` (an optimizer holding them skips them).
+        ``lr=None`` turns it off. With the kernel the update is done row by row in its backward (no
+        sparse gradient); on the PyTorch path a hook applies it as each gradient is accumulated."""
+        if lr is not None and not lr >= 0.0:
+            raise ValueError(f"fuse_sgd: invalid learning rate {lr}")
+        for hook in self._sgd_hooks:
+            hook.remove()
+        self._sgd_hooks = []
+        self._fused_sgd_lr = None if lr is None else float(lr)
+        if lr is None:
+            return
+        for weight in self.weights.values():
+            self._sgd_hooks.append(weight.register_post_accumulate_grad_hook(self._sgd_hook))
+
+    def _sgd_hook(self, weight: Tensor) -> None:
+        """The PyTorch path's fused SGD: SparseSGD's ops (``g * -lr``, ``scatter_add_``), then no grad."""
+        grad, weight.grad = weight.grad, None
+        if grad is None:  # the kernel's backward has updated the rows already
+            return
+        with torch.no_grad():
+            if grad.is_sparse:
+                rows, values = grad._indices()[0], grad._values()
+                step = torch.mul(values, -self._fused_sgd_lr).reshape(rows.shape[0], -1)
+                weight.view(weight.shape[0], -1).scatter_add_(0, rows.unsqueeze(1).expand_as(step), step)
+            else:
+                weight.add_(grad, alpha=-self._fused_sgd_lr)
+
+    def _forward_kernel(self, ids: Tensor) -> Tensor:
+        paths = [self.embeddings[self.feature_names[j]](ids[:, j : j + 1]) for j in self._path_features]
+        width = self._widths[0]
+        vectors = [getattr(self, f"_{name}_{width}") for name in ("col", "stride", "mod", "off")]
+        vectors += [getattr(self, f"_kernel_{name}") for name in ("ptr", "slots", "out", "op")]
+        out = _KernelLookup.apply(self, vectors, self.weights[str(width)], ids.contiguous(), *paths)
+        return out.flatten(1) if self.output == "cat" else out
 
     def _reset_feature(self, feature: int, module: nn.Module) -> None:
         for t, std in _init_order(module):
@@ -256,6 +335,8 @@ class FusedEmbeddingCollection(EmbeddingCollection):
                 return self._forward_bags(features)
             features = one_hot
         features = self._checked_ids(features)
+        if self.kernel_status() is None:
+            return self._forward_kernel(features)
         indices = [self._rows_of(features, w) for w in self._widths]
         gathered = [_gather(self.weights[str(w)], r, self.sparse, v) for w, (r, v) in zip(self._widths, indices)]
         valid = [v for _, v in indices]
@@ -473,6 +554,36 @@ class _SparseGather(torch.autograd.Function):
             keep = valid.reshape(-1).nonzero().squeeze(1)
             flat, values = flat.index_select(0, keep), values.index_select(0, keep)
         return torch.sparse_coo_tensor(flat.unsqueeze(0), values, ctx.weight_shape, check_invariants=False), None, None
+
+
+class _KernelLookup(torch.autograd.Function):
+    """The compiled lookup+combine (``kernels``); backward gives the weight's sparse gradient, or
+    with ``fuse_sgd`` updates the rows itself and gives none. Path features' outputs ``(B, D)``
+    are copied to their positions."""
+
+    @staticmethod
+    def forward(ctx, module, vectors: list[Tensor], weight: Tensor, ids: Tensor, *paths: Tensor) -> Tensor:
+        out, rows, gathered = kernel_ops().fused_forward(ids, weight, *vectors, len(module.configs))
+        for j, path in zip(module._path_features, paths):
+            out[:, j] = path
+        ctx.vectors, ctx.lr, ctx.path_features = vectors[4:], module._fused_sgd_lr, module._path_features
+        ctx.save_for_backward(weight, rows, gathered)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        weight, rows, gathered = ctx.saved_tensors
+        grad = grad.contiguous()
+        paths = [grad[:, j] for j in ctx.path_features]
+        update = ctx.lr is not None and ctx.needs_input_grad[2]
+        grads = kernel_ops().fused_backward(grad, gathered, rows, *ctx.vectors, weight.detach(),
+                                            ctx.lr if update else 0.0, update)
+        if update or not ctx.needs_input_grad[2]:
+            return (None, None, None, None, *paths)
+        sparse = torch.sparse_coo_tensor(rows.reshape(1, -1), grads.reshape(-1, weight.shape[1]), weight.shape,
+                                         check_invariants=False)
+        return (None, None, sparse, None, *paths)
 
 
 class _Compose(torch.autograd.Function):
