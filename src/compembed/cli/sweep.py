@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budgets", type=_floats, default=None,
                    help="budget study: comma-separated compressions vs full tables, e.g. 4,16,64,256,1000")
     p.add_argument("--budget-methods", type=_words, default=None,
-                   help="budget study: comma-separated methods from planner,qr,gqr,hashing,robe,dhe")
+                   help="budget study: comma-separated methods: planner and those of planning.UNIFORM_METHODS")
     p.add_argument("--tune-lrs", type=_floats, default=None,
                    help="budget study: table learning rates each method is tuned over (seed 0, one budget) before "
                         "its cells run with the best by validation loss; empty: no tuning")
@@ -160,17 +160,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _budget_report(args, spec, info, rows, out: Path, cells: int) -> int:
-    from ..sweep.budget_report import budget_points, plot_budget, write_budget_report
-
-    points = budget_points(rows)
+def _budget_context(spec, info) -> tuple[list, bool, str]:
+    """The budgets no method reaches, whether the data is real, and the data in words."""
     missing = []
     for optimizer in spec.optimizers:
         missing += spec.budget_models(info, optimizer)[1]
     data = spec.base.data
     real = data.source != "synthetic"
     source = (f"synthetic Criteo-like data, {data.rows:,} rows, cardinality scale {data.cardinality_scale}, "
-              f"ids in {getattr(data, 'id_order', 'value')} order" if not real else f"data from {data.source}")
+              f"ids in {data.id_order} order" if not real else f"data from {data.source}")
+    return missing, real, source
+
+
+def _budget_report(args, spec, info, rows, out: Path, cells: int) -> int:
+    from ..sweep.budget_report import budget_points, plot_budget, write_budget_report
+
+    points = budget_points(rows)
+    missing, real, source = _budget_context(spec, info)
     b = spec.base
     preamble = (
         f"Preset `{args.preset}`: {len(rows)} of {cells} runs finished; {source}; "
@@ -194,14 +200,8 @@ def _budget_report(args, spec, info, rows, out: Path, cells: int) -> int:
 def _methods_report(args, spec, info, rows, out: Path, cells: int) -> int:
     from ..sweep.methods_report import write_methods_report
 
-    missing = []
-    for optimizer in spec.optimizers:
-        missing += spec.budget_models(info, optimizer)[1]
-    data = spec.base.data
-    real = data.source != "synthetic"
-    source = (f"synthetic Criteo-like data, {data.rows:,} rows, cardinality scale {data.cardinality_scale}, "
-              f"ids in {data.id_order} order" if not real else f"data from {data.source}")
-    b = spec.base
+    missing, real, source = _budget_context(spec, info)
+    data, b = spec.base.data, spec.base
     preamble = (
         f"Preset `{args.preset}`: {len(rows)} of {cells} runs listed so far finished (a method's main runs are listed "
         f"once its tuning has finished); {source}; {sum(info.cardinalities):,} categories in "
