@@ -16,6 +16,7 @@ from .embedding import (
     feature_configs,
 )
 from .partitions import ChineseRemainder, GeneralizedQuotientRemainder, Hashing, Identity, QuotientRemainder
+from .validation import set_validation, trusted_inputs, validation_enabled
 
 __version__ = "0.1.0"
 
@@ -35,4 +36,7 @@ __all__ = [
     "EmbeddingCollection",
     "FeatureConfig",
     "feature_configs",
+    "set_validation",
+    "trusted_inputs",
+    "validation_enabled",
 ]

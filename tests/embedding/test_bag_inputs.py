@@ -14,7 +14,7 @@ from compembed.embedding import (
     PathEmbeddingBag,
     feature_configs,
 )
-from compembed.embedding.pooling import _offsets_valid, check_bag_inputs
+from compembed.embedding.pooling import _offsets_ok, _offsets_valid, check_bag_inputs
 from compembed.partitions import QuotientRemainder
 
 N = 100
@@ -87,14 +87,17 @@ def test_collections_name_the_feature_of_bad_offsets(cls):
         collection(bad)
 
 
-@pytest.mark.parametrize("one_sync", [False, True])
-def test_both_formulations_of_the_fast_check_agree(one_sync):
-    # The accelerator's one-sync form and the CPU's scalar form (both run here on CPU tensors).
+@pytest.mark.parametrize("on_device", [False, True])
+def test_both_formulations_of_the_fast_check_agree(on_device):
+    # The graph's / accelerator's tensor form (no host sync) and the CPU's scalar form, both run here on CPU tensors.
+    def valid(offsets, n, last):
+        return bool(_offsets_ok(offsets, n, last)) if on_device else _offsets_valid(offsets, n, last)
+
     for offsets, ok in [([0, 2, 2, 7], True), ([0], True), ([0, 7], True), ([1, 2], False), ([0, 3, 2], False),
                         ([0, 8], False), ([0, -1, 3], False)]:
-        assert _offsets_valid(torch.tensor(offsets), 7, False, one_sync) is ok, offsets
-    assert _offsets_valid(torch.tensor([0, 3, 7]), 7, True, one_sync)
-    assert not _offsets_valid(torch.tensor([0, 3, 6]), 7, True, one_sync)
+        assert valid(torch.tensor(offsets), 7, False) is ok, offsets
+    assert valid(torch.tensor([0, 3, 7]), 7, True)
+    assert not valid(torch.tensor([0, 3, 6]), 7, True)
 
 
 def test_two_dimensional_ids_and_no_offsets_need_no_check():

@@ -67,6 +67,9 @@ def to_markdown(result: dict, command: str | None = None) -> str:
             lines += [extra + f". Best full-table baseline: {data.get('best_full')}.", ""]
         header = ["variant", "samples/s (median)", "min-max", "vs full-per-feature", "vs full-batched",
                   "vs best full", "vs qr-reference", "peak RSS GiB", "RSS vs best full", "tables GiB"]
+        with_reference = any(v.get("speed_vs_ref-dlrm-full") for v in data["variants"].values())
+        if with_reference:
+            header.insert(6, "vs ref-dlrm-full")
         if task == "dlrm":
             header += ["GFLOP/s", "roofline"]
         rows = []
@@ -78,10 +81,18 @@ def to_markdown(result: dict, command: str | None = None) -> str:
                    _ratio(v.get("speed_vs_full-per-feature")), _ratio(v.get("speed_vs_full-batched")),
                    _ratio(v.get("speed_vs_best_full")), _ratio(v.get("speed_vs_qr-reference")),
                    _gib(v.get("peak_rss")), _ratio(v.get("rss_vs_best_full")), _gib(v.get("embedding_bytes"))]
+            if with_reference:
+                row.insert(6, _ratio(v.get("speed_vs_ref-dlrm-full")))
             if task == "dlrm":
                 row += [_num(v.get("gflops"), ".1f"), _num(v.get("roofline_fraction"), ".0%")]
             rows.append(row)
         lines += _table(header, rows) + [""]
+        if with_reference:
+            lines += ["- `ref-dlrm-*`: the reference DLRM script (facebookresearch/dlrm `dlrm_s_pytorch.py`) run as a "
+                      "program once per round on random one-hot data with the same sizes, MLPs, batch, SGD and "
+                      "threads; timed by its own `--print-time` clock per iteration (forward to optimizer step: "
+                      "its data generation and start-up excluded), the first warm-up iterations of each run "
+                      "dropped. Its peak RSS includes its start-up (float64 table initialisation).", ""]
         fast = [(name, v) for name, v in data["variants"].items() if v.get("speed_vs_torch_optim")]
         if fast:
             lines += [f"- `{name}` vs `{v['torch_reference']}` (the same model, its tables on torch.optim): "

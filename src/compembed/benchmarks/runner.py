@@ -5,6 +5,8 @@ asks them in turn, round after round (the order rotated every round), to time a 
 steps, each run after one untimed step (the caches were the previous worker's). Every variant so
 sees the same machine load, and each process's peak RSS is its own.
 Nothing here asserts a speed: the ratios against the baselines of the same run are the result.
+With ``reference_dlrm`` the DLRM task's rounds also time the reference DLRM script, an external
+program run once per round (``reference.ReferenceRun``, driven like a worker).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from ..data.criteo_spec import KAGGLE_CARDINALITIES
+from .reference import REFERENCE_VARIANTS, ReferenceRun, check_reference_dir
 from .variants import VARIANTS, fbgemm_unavailable
 
 __all__ = ["BenchConfig", "PRESETS", "run_benchmark", "summarize"]
@@ -59,6 +62,10 @@ class BenchConfig:
     memory_cap_gib: float = 8.0  # never build a model whose tables exceed this (shared machine)
     fit_limit_gib: float = 24.0  # the machine's memory: "fits" means tables + optimizer under it
     cardinalities: tuple[int, ...] = tuple(KAGGLE_CARDINALITIES)
+    # The reference DLRM script (a facebookresearch/dlrm checkout) in the dlrm task's rounds, run by
+    # this interpreter (default: the current one); None skips it (benchmarks/reference.py).
+    reference_dlrm: str | None = None
+    reference_python: str | None = None
 
 
 PRESETS: dict[str, BenchConfig] = {
@@ -152,7 +159,8 @@ def run_interleaved(specs: dict[str, dict], rounds: int, steps: int, task: str,
     try:
         # All workers build and warm up at once (building is not what is measured); the timed
         # runs start when every one of them is ready and idle.
-        pending = {name: _Worker(spec) for name, spec in specs.items()}
+        for name, spec in specs.items():  # one by one: a failing start leaves the started ones to the finally
+            pending[name] = ReferenceRun(spec) if spec.get("reference_dir") else _Worker(spec)
         for name, worker in pending.items():
             try:
                 results[name].facts = worker.read()
@@ -200,13 +208,33 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) 
                 skipped[name] = fbgemm_reason
                 continue
             specs[name] = _spec(config, task, variant=name)
+        if task == "dlrm":
+            specs.update(reference_specs(config, skipped))
         specs["sgemm"] = _spec(config, "sgemm", batch=1)  # "samples" = sgemm calls
         specs["idle"] = _spec(config, "idle", batch=1)  # the RSS of the interpreter, torch and the models
-        progress(f"{task}: {len(specs) - 2} variants + sgemm + idle, {config.rounds} rounds x {config.steps} steps")
+        progress(f"{task}: {len(specs) - 2} variants (the reference script's included) + sgemm + idle, "
+                 f"{config.rounds} rounds x {config.steps} steps")
         tasks[task] = run_interleaved(specs, config.rounds, config.steps, task, progress)
     offset_check = run_offset_check(config, progress) if config.bag_length else None
     scaling = run_scaling(config, progress)
     return summarize(config, tasks, scaling, skipped, time.time() - started, offset_check)
+
+
+def reference_specs(config: BenchConfig, skipped: dict[str, str]) -> dict[str, dict]:
+    """The reference DLRM script's variants for the dlrm task, or none (with the reason in ``skipped``)."""
+    if not config.reference_dlrm:
+        skipped["ref-dlrm"] = ("the reference DLRM script was not run: no --reference-dlrm DIR given (a checkout "
+                               "of facebookresearch/dlrm; its Python needs scikit-learn and tensorboard, "
+                               "see --reference-python)")
+        return {}
+    check_reference_dir(config.reference_dlrm)
+    return {name: _spec(config, "dlrm", variant=name, qr=qr, reference_dir=str(config.reference_dlrm),
+                        reference_python=config.reference_python, malloc_tunables=MALLOC_TUNABLES)
+            for name, (_, qr) in REFERENCE_VARIANTS.items()}
+
+
+def _description(name: str) -> str:
+    return REFERENCE_VARIANTS[name][0] if name in REFERENCE_VARIANTS else VARIANTS[name].description
 
 
 def run_offset_check(config: BenchConfig, progress: Callable[[str], None] = print) -> dict:
@@ -302,19 +330,21 @@ def summarize(config: BenchConfig, tasks: dict[str, dict[str, Measurement]], sca
             sgemm_gflops = sgemm.median * sgemm.facts["flop_per_step"] / 1e9
         medians = {n: m.median for n, m in results.items() if m.median}
         rss = {n: m.peak_rss for n, m in results.items() if m.peak_rss}
-        full = [n for n in medians if VARIANTS[n].full_tables]
+        # compembed's own full-table baselines (the reference script's are compared on their own)
+        full = [n for n in medians if n in VARIANTS and VARIANTS[n].full_tables]
         best_full = max(full, key=medians.get) if full else None
         rows = {}
         for name, m in results.items():
-            row = dict(description=VARIANTS[name].description, **_spread(m.samples_per_s), peak_rss=m.peak_rss,
+            row = dict(description=_description(name), **_spread(m.samples_per_s), peak_rss=m.peak_rss,
                        embedding_bytes=m.facts.get("embedding_bytes"), skipped=m.skipped)
             if m.median:
-                for base in ("full-per-feature", "full-batched", "qr-reference", "qr-collection", "mlp-only"):
+                for base in ("full-per-feature", "full-batched", "qr-reference", "qr-collection", "mlp-only",
+                             "ref-dlrm-full"):
                     if medians.get(base):
                         row[f"speed_vs_{base}"] = m.median / medians[base]
                 if best_full:
                     row["speed_vs_best_full"] = m.median / medians[best_full]
-                reference = VARIANTS[name].torch_reference
+                reference = VARIANTS[name].torch_reference if name in VARIANTS else None
                 if medians.get(reference):  # the same model with its tables on torch.optim
                     row["torch_reference"] = reference
                     row["speed_vs_torch_optim"] = m.median / medians[reference]
@@ -352,6 +382,10 @@ def targets(out: dict) -> list[dict]:
 
     return [
         check("DLRM step, QR vs best full-table baseline (samples/s ratio)", qr_dlrm.get("speed_vs_best_full"), 1.0),
+        check("DLRM step, QR vs the reference DLRM script's full tables (qr / ref-dlrm-full)",
+              qr_dlrm.get("speed_vs_ref-dlrm-full"), 1.4),
+        check("(reference DLRM script: its QR-mult vs its full tables, ref-dlrm-qr / ref-dlrm-full)",
+              dlrm.get("ref-dlrm-qr", {}).get("speed_vs_ref-dlrm-full"), None),
         check("DLRM step, QR fraction of the FLOP roofline", qr_dlrm.get("roofline_fraction"), 0.8),
         check("(ceiling: DLRM step without tables, mlp-only, fraction of the FLOP roofline)",
               dlrm.get("mlp-only", {}).get("roofline_fraction"), 0.8),

@@ -5,9 +5,11 @@ import argparse
 import dataclasses
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
+from ..benchmarks.reference import check_reference_dir
 from ..benchmarks.report import to_markdown
 from ..benchmarks.runner import PRESETS, run_benchmark
 from ..io import atomic_write_text
@@ -31,6 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="timed steps per round (override the preset)")
     p.add_argument("--batch", type=int, help="batch size (default: 2048)")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling study")
+    p.add_argument("--reference-dlrm", metavar="DIR",
+                   help="a checkout of facebookresearch/dlrm: time its dlrm_s_pytorch.py (full tables and its "
+                   "QR-mult) in the DLRM step's rounds, with the same sizes, MLPs, batch, SGD and threads "
+                   "(default: not run, and the report says so)")
+    p.add_argument("--reference-python", metavar="PATH",
+                   help="the Python that runs the reference script; it needs torch, numpy, scikit-learn and "
+                   "tensorboard (default: this interpreter)")
     p.set_defaults(func=run)
 
 
@@ -43,6 +52,13 @@ def run(args: argparse.Namespace) -> int:
     for name in ("rounds", "steps", "batch", "threads"):
         if getattr(config, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(config, name)}")
+    if args.reference_python and not args.reference_dlrm:
+        raise UsageError("--reference-python needs --reference-dlrm DIR")
+    if args.reference_dlrm:
+        check_reference_dir(args.reference_dlrm)  # before minutes of building, not after
+        if args.reference_python and not shutil.which(args.reference_python):
+            raise UsageError(f"--reference-python {args.reference_python}: no such executable")
+        config.reference_dlrm, config.reference_python = args.reference_dlrm, args.reference_python
     command = "compembed " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "compembed bench"
     result = run_benchmark(config, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     result["command"] = command

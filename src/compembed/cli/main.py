@@ -11,7 +11,7 @@ from .errors import report
 # Modules under compembed.cli that each define `register(subparsers)`; a subcommand's parser
 # sets `func` (called with the parsed args, returning an exit code). What a command raises is
 # reported by `errors.report`: one line and an exit code that means the same for every command.
-COMMAND_MODULES = ["demo", "sweep", "data", "bench", "train", "plan"]
+COMMAND_MODULES = ["demo", "sweep", "data", "bench", "train", "plan", "serve"]
 
 EPILOG = """exit codes (the same for every command):
   0    success

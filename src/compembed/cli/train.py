@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import os
 import sys
 from pathlib import Path
@@ -184,6 +183,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--last", action="store_true",
                    help="evaluate the last parameters (checkpoint.safetensors) even when best.safetensors exists")
     add_device_option(e)
+    e.add_argument("--int8", action="store_true",
+                   help="evaluate with int8 row-wise tables (as `compembed export --int8` writes them); the table "
+                   "bytes shown are the int8 ones")
     e.set_defaults(func=run_evaluate)
 
 
@@ -235,30 +237,27 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from ..models import build_model
-    from ..training.checkpoint import load_checkpoint
     from ..training.device import resolve_device
     from ..training.evaluate import evaluate
-    from ..training.loop import BEST, CHECKPOINT, CONFIG, open_data
     from ..training.report import format_table, memory_report
+    from ..training.rundir import load_run
 
     device = resolve_device(args.device)
-    run_dir = Path(args.run_dir)
-    if not run_dir.exists():
-        raise FileNotFoundError(errno.ENOENT, "no such run directory", str(run_dir))
-    if not run_dir.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "not a directory, so not a run of `compembed train`", str(run_dir))
-    config = load_config(run_dir / CONFIG)
-    if args.data:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=args.data))
-    dataset = open_data(config.data)
-    model = build_model(config.model, dataset.info)
-    best = run_dir / BEST
-    load_checkpoint(best if best.exists() and not args.last else run_dir / CHECKPOINT, model)
+    run = load_run(args.run_dir, last=args.last, data=args.data)
+    config, dataset, model = run.config, run.dataset, run.model
+    memory, label = memory_report(model), config.model.label()
+    if args.int8:
+        from ..serving.quantize import embedding_bytes, quantize_int8
+
+        if device.type != "cpu":
+            raise ValueError(f"--int8 evaluates on the CPU only (torch's int8 embedding kernels have no {device.type} "
+                             "version); leave out --device or use --device cpu")
+        model = quantize_int8(model)
+        memory, label = dataclasses.replace(memory, embedding_bytes=embedding_bytes(model.embeddings)), label + " int8"
     model.to(device)
     with torch.no_grad():
         evals = {s: evaluate(model, dataset, s, args.batch_size) for s in args.split}
-    row = {"arch": config.model.arch, "label": config.model.label(), "memory": memory_report(model).to_dict(),
+    row = {"arch": config.model.arch, "label": label, "memory": memory.to_dict(),
            "evals": {k: v.to_dict() for k, v in evals.items()}, "samples_per_s": None}
     for split in args.split:
         print(format_table([row], split=split))

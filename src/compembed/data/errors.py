@@ -4,10 +4,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-__all__ = ["InputError", "BadLine", "BadLineReport"]
+__all__ = ["InputError", "BadLine", "BadLineReport", "SKIP_HINT"]
 
 
 # No hint where skipping cannot help (no rows, a file whose later lines cannot be trusted) or was asked for.
+SKIP_HINT = " (use --skip-bad-lines to skip and count bad lines)"
 _NO_HINT = ("empty_dataset", "empty_file", "too_many_bad_lines", "bad_encoding", "unmatched_quote")
 
 
@@ -21,7 +22,7 @@ class InputError(ValueError):
         if column:
             where += f": column {column}" + (f" ({feature})" if feature else "")
         # no hint where skipping cannot help, or was asked for (too many bad lines)
-        hint = "" if kind in _NO_HINT else " (use --skip-bad-lines to skip and count bad lines)"
+        hint = "" if kind in _NO_HINT else SKIP_HINT
         super().__init__(f"{where}: {message}{hint}")
 
     def __reduce__(self):  # picklable across worker processes

@@ -16,7 +16,7 @@ from .store import StoreBuilder
 from .synthetic import CHUNK_ROWS, SyntheticCTR, add_id_counts
 from .transform import DenseTransform
 
-__all__ = ["save_synthetic", "write_criteo_text", "id_hashes"]
+__all__ = ["save_synthetic", "write_criteo_text", "id_hashes", "hex8"]
 
 _HEX_CHARS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
@@ -54,7 +54,8 @@ def id_hashes(feature: int, ids: np.ndarray) -> np.ndarray:
     return (x & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
-def _hex8(values: np.ndarray) -> pa.Array:
+def hex8(values: np.ndarray) -> pa.Array:
+    """uint32 ``values`` as 8 lowercase hex digits (a string array), as Criteo writes its hashes."""
     shifts = np.arange(28, -1, -4, dtype=np.uint32)
     chars = _HEX_CHARS[(values.astype(np.uint32)[:, None] >> shifts) & 15]
     offsets = np.arange(0, 8 * len(values) + 1, 8, dtype=np.int32)
@@ -85,7 +86,7 @@ def write_criteo_text(
                     cols.append(pc.if_else(pa.array(rows["dense_missing"][:, j]), "", s))
                 for j in range(rows["sparse"].shape[1]):
                     ids = rows["sparse"][:, j]
-                    cols.append(pc.if_else(pa.array(ids == ds.missing_ids[j]), "", _hex8(id_hashes(j, ids))))
+                    cols.append(pc.if_else(pa.array(ids == ds.missing_ids[j]), "", hex8(id_hashes(j, ids))))
                 cols[-1] = pc.binary_join_element_wise(cols[-1], "", "\n")  # "C26\n"
                 lines = pc.binary_join_element_wise(*cols, "\t")
                 offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]

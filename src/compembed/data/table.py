@@ -39,7 +39,7 @@ from .store import SPLIT_CODES, StoreBuilder
 from .transform import DENSE_TRANSFORMS, DenseStats, apply_transforms, choose_transforms
 from .vocab import MISSING_ID, RARE_ID, Vocabulary, ids_doc, kept_ids, special_ids
 
-__all__ = ["TableSpec", "prepare_table"]
+__all__ = ["TableSpec", "TableRows", "prepare_table", "read_table_rows"]
 
 _REMAP_ROWS = 1 << 20  # rows per step of the in-place relabelling and the dense transform
 _NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
@@ -512,3 +512,41 @@ def _map_bags(lists: pa.Array, value_set: pa.Array) -> tuple[np.ndarray, np.ndar
         ids = np.insert(ids, np.searchsorted(parents, empty_rows), MISSING_ID)
         lengths[empty_rows] = 1
     return ids.astype(np.int32), lengths
+
+
+@dataclass
+class TableRows:
+    """Validated rows of a table file, encoded as ``prepare_table`` encodes them before the vocabularies.
+
+    Attributes:
+        dense: float64 ``(m, len(spec.dense))`` raw values, NaN where missing (``transform`` applies next).
+        single: per categorical column, int64 ``(m,)`` positions in its value set: 0 = missing (empty),
+            1 = not in the set, ``2 + k`` = the set's ``k``-th value.
+        bags: per multi-hot column, ``(positions (M,), lengths (m,))`` likewise; an empty bag is ``[0]``.
+    """
+
+    dense: np.ndarray
+    single: dict[str, np.ndarray]
+    bags: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def read_table_rows(path: str | os.PathLike, spec: TableSpec, value_sets: dict[str, pa.Array]) -> Iterator[TableRows]:
+    """The rows of one table file in blocks, validated as ``prepare_table`` validates them (a bad row raises
+    ``InputError`` with file, line and column), with the categorical values looked up in ``value_sets``
+    (``{column: string array}``) by the rules of ``prepare_table`` (empty = missing)."""
+    path = Path(path)
+    check_input_files([path])
+    if path.stat().st_size == 0:
+        raise InputError(str(path), 0, 0, "empty_file", "file is empty")
+    src = _Source(path, spec, None)
+    for batch, rows in src.batches():
+        _check_rows(batch, rows, src, None)  # raises at the first bad row
+        dense = np.empty((batch.num_rows, len(spec.dense)))
+        for j, c in enumerate(spec.dense):
+            dense[:, j] = _dense_raw(batch.column(c))
+        single = {c: _map_ids(_as_strings(batch.column(c)), value_sets[c]).astype(np.int64) for c in spec.categorical}
+        bags = {}
+        for c in spec.multi_hot:
+            values, lengths = _map_bags(_tokens(batch.column(c), spec.multi_hot_sep), value_sets[c])
+            bags[c] = (values.astype(np.int64), lengths)
+        yield TableRows(dense, single, bags)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = ["MISSING_ID", "RARE_ID", "ValueCounter", "Vocabulary", "IdMap", "frequency_ids", "relabelled_counts",
-           "load_id_maps", "special_ids", "ids_doc", "kept_ids"]
+           "load_id_maps", "id_maps", "special_ids", "ids_doc", "kept_ids"]
 
 MISSING_ID = 0
 RARE_ID = 1
@@ -183,8 +183,14 @@ class IdMap:
         if self.normalize is not None:
             arr = self.normalize(arr)
         pos = np.asarray(pc.fill_null(pc.index_in(arr, value_set=self.values), -1), dtype=np.int64)
-        out = np.where(pos >= 0, self.value_ids[np.maximum(pos, 0)], self.rare_id)
-        out[missing] = self.missing_id
+        return self.from_positions(np.where(missing, MISSING_ID, np.where(pos >= 0, pos + 2, RARE_ID)))
+
+    def from_positions(self, positions: np.ndarray) -> np.ndarray:
+        """int64 ids of value-order ids against ``values`` (0 = missing, 1 = not kept, ``2 + k`` = ``values[k]``),
+        as ``table._map_ids`` gives them with ``values`` as its value set."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.where(positions >= 2, self.value_ids[np.clip(positions - 2, 0, len(self.value_ids) - 1)], self.rare_id)
+        out[positions == MISSING_ID] = self.missing_id
         return out
 
     def values_of(self, ids: np.ndarray) -> pa.Array:
@@ -204,12 +210,16 @@ def load_id_maps(path: str | os.PathLike) -> dict[str, IdMap]:
     vocab_path = path / "vocab.json"
     if not vocab_path.exists():
         raise FileNotFoundError(f"{vocab_path}: no vocabulary (prepared with --no-vocab, or synthetic data)")
-    meta = json.loads((path / "meta.json").read_text())
+    return id_maps(json.loads(vocab_path.read_text()), json.loads((path / "meta.json").read_text()))
+
+
+def id_maps(vocab: dict[str, list[str]], meta: dict) -> dict[str, IdMap]:
+    """``{feature: IdMap}`` of a prepared dataset's vocab.json and meta.json contents (see ``load_id_maps``)."""
     special = meta.get("special_ids", {})
     normalize = _criteo_hash if meta.get("source", {}).get("kind") == "criteo" else None
     return {name: IdMap(values, special.get(name, {}).get("missing", MISSING_ID),
                         special.get(name, {}).get("rare", RARE_ID), normalize)
-            for name, values in json.loads(vocab_path.read_text()).items()}
+            for name, values in vocab.items()}
 
 
 def _criteo_hash(values: pa.Array) -> pa.Array:

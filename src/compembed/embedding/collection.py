@@ -374,6 +374,8 @@ class EmbeddingCollection(nn.Module):
 
 def check_batch_sizes(names: Sequence[str], pooled: Sequence[Tensor]) -> None:
     """Raise a clear error unless every feature's pooled bags ``(B_f, D_f)`` have the same batch size."""
+    if all(bags.shape[0] == pooled[0].shape[0] for bags in pooled):  # (no dict of sizes: traced, they are symbols)
+        return
     sizes: dict[int, list[str]] = {}
     for name, bags in zip(names, pooled):
         sizes.setdefault(bags.shape[0], []).append(name)

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..partitions import ID_DTYPES, check_ids
+from ..validation import assert_in_graph, check_mode, tracing
 from .collection import (
     EmbeddingCollection, FeatureConfig, FeatureInput, FeatureReport, build_embedding_bag, check_batch_sizes,
 )
@@ -192,8 +193,9 @@ class FusedEmbeddingCollection(EmbeddingCollection):
             self.register_buffer(f"_off_{w}", vector([self._offsets[e] for e in entries]), persistent=False)
             # Id ranges, only where some table of this width covers part of its feature's ids (hybrids).
             ranged = any((t.low, t.high) != (0, self.configs[f].num_embeddings) for t, (f, _) in zip(tables, entries))
-            self.register_buffer(f"_low_{w}", vector([t.low for t in tables]) if ranged else None, persistent=False)
-            self.register_buffer(f"_high_{w}", vector([t.high for t in tables]) if ranged else None, persistent=False)
+            if ranged:  # (no None buffers otherwise: torch.export cannot name them)
+                self.register_buffer(f"_low_{w}", vector([t.low for t in tables]), persistent=False)
+                self.register_buffer(f"_high_{w}", vector([t.high for t in tables]), persistent=False)
         self.register_buffer(
             "_cardinalities", torch.tensor([c.num_embeddings for c in self.configs], dtype=torch.int64), persistent=False
         )
@@ -266,7 +268,8 @@ class FusedEmbeddingCollection(EmbeddingCollection):
             masks=tuple(_run(g, 0, valid) if g.select else None for g in self.groups),  # the hot table's range
             zero_unused=not self.sparse,
         )
-        out = _Compose.apply(layout, *gathered, *paths)  # (B, F, D) or (B, sum D)
+        compose = _compose if tracing() else _Compose.apply
+        out = compose(layout, *gathered, *paths)  # (B, F, D) or (B, sum D)
         return out.flatten(1) if self.output == "cat" and out.dim() == 3 else out
 
     def _rows_of(self, ids: Tensor, width: int) -> tuple[Tensor, Tensor | None]:
@@ -274,7 +277,7 @@ class FusedEmbeddingCollection(EmbeddingCollection):
         tables cover only part of the ids, whether each id is in its table's range (``(B, T_w)``)."""
         cols, strides = getattr(self, f"_col_{width}"), getattr(self, f"_stride_{width}")
         moduli, offsets = getattr(self, f"_mod_{width}"), getattr(self, f"_off_{width}")
-        low, high = getattr(self, f"_low_{width}"), getattr(self, f"_high_{width}")
+        low, high = getattr(self, f"_low_{width}", None), getattr(self, f"_high_{width}", None)
         x, valid = ids[:, cols], None
         if low is not None:
             valid = (x >= low) & (x < high)
@@ -289,7 +292,12 @@ class FusedEmbeddingCollection(EmbeddingCollection):
         if ids.dtype not in ID_DTYPES:
             raise TypeError(f"ids must be an integer tensor (int64 or int32), got dtype {ids.dtype}")
         ids = ids.long()  # a no-op for int64
-        if ids.numel() == 0:
+        mode = check_mode(ids)
+        if mode == "graph":  # compiled, exported or on an accelerator: one device-side assert, no sync
+            assert_in_graph(((ids >= 0) & (ids < self._cardinalities)).all(),
+                            "compembed: an id is out of its feature's range [0, num_embeddings) (run the batch "
+                            "eagerly on the CPU to see which one)")
+        if mode != "eager" or ids.numel() == 0:
             return ids
         low, high = torch.aminmax(ids, dim=0)  # per column: two small reductions, one pass
         if bool((low < 0).any() | (high >= self._cardinalities).any()):
@@ -427,10 +435,14 @@ def _gather(weight: Tensor, rows: Tensor, sparse: bool, valid: Tensor | None = N
     """``weight[rows]`` for rows ``(B, T)`` -> ``(B, T, w)``, with a sparse gradient when ``sparse``.
 
     ``valid`` ``(B, T)``: the entries that count; the others get no place in the sparse gradient
-    (their dense gradient is zero by construction).
+    (their dense gradient is zero by construction). Compiled, the sparse gradient keeps them as
+    zero-valued rows (of a hybrid's tables an id does not use): lazy sparse optimizers then see
+    those rows too.
     """
-    if sparse:
+    if sparse and not tracing():
         return _SparseGather.apply(weight, rows, valid)
+    if sparse:  # compiled: the compiler cannot trace _SparseGather's backward; this one has no `valid`
+        return F.embedding(rows, weight, sparse=True)
     flat = rows.reshape(-1)
     offsets = torch.arange(flat.numel(), device=flat.device)
     return F.embedding_bag(flat, weight, offsets, mode="sum").view(*rows.shape, weight.shape[1])
@@ -475,19 +487,9 @@ class _Compose(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, layout: _Layout, *inputs: Tensor) -> Tensor:
-        gathered = inputs[: layout.num_gathered]
-        out = inputs[0].new_empty(inputs[0].shape[0], *layout.out_shape)
-        blocks = [_combine_group(group, _parts(group, gathered), mask) for group, mask in zip(layout.groups, layout.masks)]
-        blocks += inputs[layout.num_gathered :]  # path features, (B, 1, D) each
-        for block, (index, span) in zip(blocks, layout.places):
-            block = block if out.dim() == 3 else block.flatten(1)
-            if span is not None:
-                out[:, span[0] : span[1]] = block
-            else:
-                out.index_copy_(1, index, block)
         ctx.layout = layout
-        ctx.save_for_backward(*gathered)
-        return out
+        ctx.save_for_backward(*inputs[: layout.num_gathered])
+        return _compose(layout, *inputs)
 
     @staticmethod
     @once_differentiable
@@ -510,6 +512,25 @@ class _Compose(torch.autograd.Function):
                 _combine_backward(block, parts, targets, group.operation)
         paths = [block.view(batch, 1, -1) for block in blocks[len(layout.groups) :]]
         return (None, *grads, *paths)
+
+
+def _compose(layout: _Layout, *inputs: Tensor) -> Tensor:
+    """``_Compose``'s forward: the gathered rows (then the path features' vectors) -> the output.
+
+    Compiled or exported, this runs as it is, under autograd: the compiler fuses the copies that
+    ``_Compose``'s hand-written backward avoids in eager mode, and it cannot trace that backward.
+    """
+    gathered = inputs[: layout.num_gathered]
+    out = inputs[0].new_empty(inputs[0].shape[0], *layout.out_shape)
+    blocks = [_combine_group(group, _parts(group, gathered), mask) for group, mask in zip(layout.groups, layout.masks)]
+    blocks += inputs[layout.num_gathered :]  # path features, (B, 1, D) each
+    for block, (index, span) in zip(blocks, layout.places):
+        block = block if out.dim() == 3 else block.flatten(1)
+        if span is not None:
+            out[:, span[0] : span[1]] = block
+        else:
+            out.index_copy_(1, index, block)
+    return out
 
 
 def _parts(group: _Group, tensors: Sequence[Tensor]) -> list[Tensor]:

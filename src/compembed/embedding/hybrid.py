@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..partitions import Partition, check_ids
+from ..validation import has_values, tracing
 from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, check_mode, check_norm_args, lookup_repr
 from .init import default_std, uniform_
 from .pooling import pool_bags
@@ -179,6 +180,10 @@ class HybridEmbeddingBag(nn.Module):
             return self._hot_vectors(ids)
         if self.hot is None:
             return self.cold.embed(ids)
+        if not tracing() and not has_values(ids):  # meta or fake tensors: shapes only, no data to split on
+            hot = F.embedding(ids.clamp(max=self.hot_rows - 1), self.hot, sparse=self.sparse)
+            cold = self.cold.embed((ids - self.hot_rows).clamp(min=0))
+            return torch.where((ids < self.hot_rows).unsqueeze(-1), hot, cold)
         is_hot, hot_rows, cold_ids = self.split(ids)
         return assemble(is_hot, self._hot_vectors(hot_rows), self.cold.embed(cold_ids))
 

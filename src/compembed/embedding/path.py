@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..partitions import Partition
+from ..validation import has_values
 from .compositional import check_mode, check_module_args, check_norm_args
 from .init import default_std, uniform_
 from .pooling import pool_bags
@@ -58,12 +59,19 @@ class ClassMLP(nn.Module):
         # Look up only the classes present (sparse gradients touch just those rows). With few of
         # them (QR's remainders), applying every present class's layer to every input and keeping
         # each input's own is cheaper than gathering an (in x out) matrix per input.
-        present, inverse = torch.unique(classes, return_inverse=True)
+        # Compiled, exported or on meta tensors, no shape may depend on the data: every class is
+        # "present" (the same values; a sparse gradient then lists the absent classes' rows as
+        # zeros), and the branch depends on the class count alone: with no more classes than
+        # inputs of the layer, eager takes the first branch for every batch too.
+        if has_values(classes):
+            present, inverse = torch.unique(classes, return_inverse=True)
+        else:
+            present, inverse = torch.arange(self.num_classes, device=classes.device), classes
         for l, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             fan_in, fan_out = self.dims[l], self.dims[l + 1]
             matrices = F.embedding(present, weight, sparse=self.sparse).view(-1, fan_in, fan_out)
             biases = F.embedding(present, bias, sparse=self.sparse)
-            if present.numel() <= fan_in:
+            if (present.numel() if has_values(classes) else self.num_classes) <= fan_in:
                 every = torch.einsum("ni,cio->nco", x, matrices)  # (N, classes present, out)
                 x = every.gather(1, inverse.view(-1, 1, 1).expand(-1, 1, fan_out)).squeeze(1)
             else:

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..validation import assert_in_graph, check_mode
+
 __all__ = ["pool_bags", "check_bag_inputs", "MODES"]
 
 MODES = ("sum", "mean", "max")
@@ -44,16 +46,26 @@ def check_bag_inputs(
             raise ValueError(f"offsets is empty, so the {n} ids belong to no bag"
                              + (" (include_last_offset needs at least the end offset)" if include_last_offset else ""))
         return
-    if not _offsets_valid(offsets, n, include_last_offset, one_sync=offsets.device.type != "cpu"):
+    mode = check_mode(offsets)
+    if mode == "graph":  # compiled, exported or on an accelerator: one device-side assert, no sync
+        assert_in_graph(_offsets_ok(offsets, n, include_last_offset),
+                        "compembed: offsets must start at 0, never decrease and end "
+                        f"{'at' if include_last_offset else 'within'} the number of ids (run the batch "
+                        "eagerly on the CPU to see which bag is wrong)")
+    elif mode == "eager" and not _offsets_valid(offsets, n, include_last_offset):
         raise ValueError(_offsets_problem(offsets, n, include_last_offset))
 
 
-def _offsets_valid(offsets: Tensor, n: int, include_last_offset: bool, one_sync: bool) -> bool:
-    """Non-empty ``offsets`` start at 0, never decrease and end within ``n`` (at ``n`` with the last offset)."""
-    if one_sync:  # on an accelerator: one device sync instead of three
-        end_ok = offsets[-1] == n if include_last_offset else offsets[-1] <= n
-        return bool((offsets[0] == 0) & end_ok & torch.all(offsets[1:] >= offsets[:-1]))
-    # On the CPU three cheap scalar reads beat building one combined tensor.
+def _offsets_ok(offsets: Tensor, n: int, include_last_offset: bool) -> Tensor:
+    """A 0-d bool tensor: non-empty ``offsets`` start at 0, never decrease and end within ``n``
+    (at ``n`` with the last offset). Only tensor ops: no host sync."""
+    end_ok = offsets[-1] == n if include_last_offset else offsets[-1] <= n
+    # Non-decreasing: every offset is the running maximum (no (B-1,) slices: export needs B >= 3 for those).
+    return (offsets[0] == 0) & end_ok & torch.all(offsets == torch.cummax(offsets, 0).values)
+
+
+def _offsets_valid(offsets: Tensor, n: int, include_last_offset: bool) -> bool:
+    """``_offsets_ok`` read on the host (CPU): three cheap scalar reads beat building one combined tensor."""
     last = int(offsets[-1])
     return (int(offsets[0]) == 0 and (last == n if include_last_offset else last <= n)
             and bool(torch.all(offsets[1:] >= offsets[:-1])))

@@ -61,6 +61,7 @@ from ..embedding.compositional import CompositionalEmbeddingBag, _table_dims
 from ..embedding.hybrid import HybridEmbeddingBag, assemble
 from ..embedding.init import OPERATIONS, uniform_
 from ..partitions import Identity, Partition, check_ids
+from ..validation import assert_in_graph, check_mode
 
 __all__ = [
     "CompositionalEmbeddingBagCollection",
@@ -164,6 +165,18 @@ class PartitionIdTransform(torch.nn.Module):
     def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         return _transform_ids(self, features)
 
+    @staticmethod
+    def _check_one_hot(name: str, lengths: Tensor) -> None:
+        mode = check_mode(lengths)  # the one switch of compembed.validation
+        if mode == "graph":  # traced or on an accelerator: a device-side assert, no host sync
+            assert_in_graph((lengths <= 1).all(), f"compembed: feature {name!r} was declared one-hot but a "
+                            "bag holds more than one id; leave it out of one_hot to combine per id")
+        elif mode == "eager" and lengths.numel() and int(lengths.max()) > 1:
+            raise ValueError(
+                f"feature {name!r} was declared one-hot but bag {int(lengths.argmax())} holds "
+                f"{int(lengths.max())} ids; leave it out of one_hot to combine per id"
+            )
+
     def transform(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """The eager body of ``forward``."""
         keys: list[str] = []
@@ -172,11 +185,8 @@ class PartitionIdTransform(torch.nn.Module):
         for name, bags in features.to_dict().items():
             partition = self.partitions.get(name)
             ids, bag_lengths, bag_weights = bags.values(), bags.lengths(), bags.weights_or_none()
-            if name in self.one_hot_features and bag_lengths.numel() and int(bag_lengths.max()) > 1:
-                raise ValueError(
-                    f"feature {name!r} was declared one-hot but bag {int(bag_lengths.argmax())} holds "
-                    f"{int(bag_lengths.max())} ids; leave it out of one_hot to combine per id"
-                )
+            if name in self.one_hot_features:
+                self._check_one_hot(name, bag_lengths)
             if partition is None:
                 if name in self.num_embeddings:
                     try:

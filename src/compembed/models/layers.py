@@ -64,7 +64,7 @@ class DotInteraction(nn.Module):
         # explicit and outside the Function: its backward runs without autocast, so it must see ``x``
         # and the incoming gradient in one dtype; autograd casts ``grad_x`` back to ``x``'s dtype.
         device = x.device.type
-        if torch.is_autocast_enabled(device) and x.is_floating_point():
+        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device) and x.is_floating_point():
             x = x.to(torch.get_autocast_dtype(device))
         return _PairwiseDots.apply(x, rows * num + cols, cols * num + rows)
 

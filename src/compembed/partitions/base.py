@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..validation import assert_in_graph, check_mode
+
 __all__ = ["Partition", "RadixPartition", "check_ids", "ID_DTYPES"]
 
 
@@ -22,13 +24,23 @@ ID_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
 def check_ids(ids: Tensor, num_embeddings: int) -> None:
     """Raise a clear error unless ``ids`` is an integer tensor with values in ``[0, num_embeddings)``.
 
-    The error names the first offending id and its position, so that a bad input row is easy to find.
+    On CPU in eager mode the error names the first offending id and its position, so that a bad
+    input row is easy to find. Inside ``torch.compile`` / ``torch.export`` and on accelerators the
+    range check is one ``torch._assert_async`` (no host sync); meta and fake tensors pass, and
+    ``compembed.trusted_inputs()`` skips the value check (see ``compembed.validation``).
     """
+    mode = check_mode(ids)
+    if isinstance(ids, torch.fx.Proxy):  # symbolic fx tracing: no dtype to check
+        if mode == "graph":
+            assert_in_graph(((ids >= 0) & (ids < num_embeddings)).all(), _range_message(num_embeddings))
+        return
     if not isinstance(ids, Tensor):
         raise TypeError(f"ids must be a torch.Tensor, got {type(ids).__name__}")
     if ids.dtype not in ID_DTYPES:
         raise TypeError(f"ids must be an integer tensor (int64 or int32), got dtype {ids.dtype}")
-    if ids.numel() == 0:
+    if mode == "graph":
+        assert_in_graph(((ids >= 0) & (ids < num_embeddings)).all(), _range_message(num_embeddings))
+    if mode != "eager" or ids.numel() == 0:
         return
     lo, hi = torch.aminmax(ids)
     if lo.item() < 0 or hi.item() >= num_embeddings:
@@ -38,6 +50,11 @@ def check_ids(ids: Tensor, num_embeddings: int) -> None:
         raise IndexError(
             f"id {value} at position {where} is out of range [0, {num_embeddings})"
         )
+
+
+def _range_message(num_embeddings: int) -> str:
+    return (f"compembed: an id is out of range [0, {num_embeddings}) (run the batch eagerly on the CPU "
+            f"to see which one)")
 
 
 class Partition(ABC):

@@ -11,7 +11,10 @@ Every file is written atomically, and only by rank 0 of a distributed job.
 """
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +24,11 @@ from torch.optim import Optimizer
 from ..distributed import DistContext
 from ..io import atomic_write_bytes
 from .checkpoint import CheckpointCorruptError, check_state, load_checkpoint, read_checkpoint_state, save_checkpoint
-from .config import LEFT_OUT_AT, TrainConfig, config_from_dict, config_to_dict, save_config
+from .config import LEFT_OUT_AT, TrainConfig, config_from_dict, config_to_dict, load_config, save_config
 
 __all__ = ["CHECKPOINT", "METRICS", "SUMMARY", "CONFIG", "BEST", "RunDir", "fresh_state", "check_resumable",
-           "LOOP_SCHEMA", "BEST_SCHEMA"]
+           "LOOP_SCHEMA", "BEST_SCHEMA",
+           "TrainedRun", "load_run"]
 
 CHECKPOINT, METRICS, SUMMARY, CONFIG = "checkpoint.safetensors", "metrics.jsonl", "summary.json", "config.toml"
 BEST = "best.safetensors"
@@ -142,3 +146,40 @@ class RunDir:
         path = self.file(SUMMARY, writer=True)
         if path is not None:
             atomic_write_bytes(path, (json.dumps(summary, indent=2) + "\n").encode())
+
+
+@dataclass
+class TrainedRun:
+    """A finished (or interrupted) run read back: its config, dataset, model and the parameters loaded."""
+
+    config: TrainConfig
+    dataset: Any  # a CTRDataset
+    model: nn.Module
+    checkpoint: Path
+
+
+def load_run(run_dir: str | Path, last: bool = False, data: str | None = None) -> TrainedRun:
+    """The model of the run in ``run_dir`` with the parameters ``compembed evaluate`` uses: those of the
+    best validation loss (``best.safetensors``) when the run kept them and not ``last``, else the last
+    (``checkpoint.safetensors``). ``data``: open this prepared dataset instead of the run's own.
+
+    Raises:
+        FileNotFoundError / NotADirectoryError: ``run_dir`` is not a run directory.
+    """
+    from ..models import build_model
+    from .datasets import open_data
+
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise FileNotFoundError(errno.ENOENT, "no such run directory", str(run_dir))
+    if not run_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory, so not a run of `compembed train`", str(run_dir))
+    config = load_config(run_dir / CONFIG)
+    if data:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=data))
+    dataset = open_data(config.data)
+    model = build_model(config.model, dataset.info)
+    best = run_dir / BEST
+    checkpoint = best if best.exists() and not last else run_dir / CHECKPOINT
+    load_checkpoint(checkpoint, model)
+    return TrainedRun(config, dataset, model.eval(), checkpoint)

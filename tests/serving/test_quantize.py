@@ -1,0 +1,102 @@
+"""Int8 row-wise tables: the codes, the bytes, every scheme (fused and per-feature collections), export,
+and the accuracy of a small trained model."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from compembed.data.dataset import DatasetInfo
+from compembed.models import ModelConfig, build_model
+from compembed.serving.export import export_model
+from compembed.serving.quantize import Int8Table, embedding_bytes, quantize_int8
+from compembed.training.config import DataConfig, OptimConfig, TrainConfig
+from compembed.training.evaluate import evaluate
+from compembed.training.loop import train
+
+INFO = DatasetInfo(dense_names=["a", "b"], categorical_names=["x", "y", "g"], cardinalities=[50, 300, 12],
+                   multi_hot_names=["g"])
+SCHEMES = [dict(scheme="full"), dict(scheme="hashing"), dict(scheme="qr"), dict(scheme="qr", operation="concat"),
+           dict(scheme="gqr", operation="add"), dict(scheme="crt"), dict(scheme="path"),
+           dict(scheme="hybrid", hot_rows=5), dict(scheme="hybrid", hot_rows=5, cold_scheme="crt")]
+
+
+def _model(fused: bool = True, **scheme) -> torch.nn.Module:
+    config = ModelConfig(threshold=0, embedding_dim=8, bottom_mlp=(8,), top_mlp=(8,), path_hidden=(8,), **scheme)
+    return build_model(config, INFO, fused=fused).eval()
+
+
+def _inputs(batch: int = 9) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    g = torch.Generator().manual_seed(1)
+    dense = torch.randn(batch, 2, generator=g)
+    ids = torch.stack([torch.randint(0, n, (batch,), generator=g) for n in INFO.cardinalities], dim=1)
+    lengths = torch.randint(0, 4, (batch,), generator=g)  # empty bags too
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)[:-1]])
+    bags = {"x": ids[:, :1], "y": ids[:, 1:2], "g": (torch.randint(0, 12, (int(lengths.sum()),), generator=g), offsets)}
+    return dense, ids, bags
+
+
+def test_table_codes_within_half_a_step_of_each_row() -> None:
+    w = torch.randn(40, 16) * torch.logspace(-3, 1, 40).unsqueeze(1)  # rows of very different ranges
+    table = Int8Table(w)
+    step = (w.max(1).values - w.min(1).values) / 255
+    error = (table.dequantized() - w).abs()
+    assert bool((error <= step.unsqueeze(1) / 2 + 1e-6 * w.abs().max(1).values.unsqueeze(1)).all())
+    assert table.num_bytes == 40 * (16 + 8)  # codes + fp32 scale and bias per row
+    rows = torch.tensor([[3, 0], [39, 3]])
+    assert torch.equal(table(rows), table.dequantized()[rows])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: "-".join(map(str, s.values())))
+def test_every_scheme_quantises_close_to_float_with_exact_bytes(scheme: dict, fused: bool) -> None:
+    model = _model(fused, **scheme)
+    quantized = quantize_int8(model)
+    dense, ids, bags = _inputs()
+    with torch.no_grad():
+        for features in (ids, bags):
+            expected, got = model(dense, features), quantized(dense, features)
+            # logits of a random model are ~0.1: an int8 step of a table row is ~1/255 of its range
+            assert (got - expected).abs().max() < 0.02 * expected.abs().max() + 1e-4
+            assert not torch.equal(got, expected)  # the tables did change
+    # bytes: every table rows * (d + 8); path MLPs stay float (4 bytes a value)
+    expected_bytes = 0
+    for name in model.embeddings.feature_names:
+        module = model.embeddings.feature_module(name)
+        tables = model.embeddings.table_weights(name) or [module.weight]
+        expected_bytes += sum(t.shape[0] * (t.shape[1] + 8) for t in tables)
+        if scheme["scheme"] == "path":
+            expected_bytes += sum(p.numel() * 4 for p in module.paths.parameters())
+    assert embedding_bytes(quantized.embeddings) == expected_bytes
+    assert model.embeddings.num_bytes == embedding_bytes(model.embeddings)  # the float count is the same rule
+
+
+@pytest.mark.parametrize("scheme", [dict(scheme="qr"), dict(scheme="hybrid", hot_rows=5), dict(scheme="path")],
+                         ids=lambda s: s["scheme"])
+def test_int8_model_exports_with_the_same_outputs(scheme: dict) -> None:
+    quantized = quantize_int8(_model(**scheme))
+    dense, ids, bags = _inputs()
+    for features in (ids, bags):
+        program = export_model(quantized, dense, features)
+        dense2, ids2, bags2 = _inputs(5)  # another batch size
+        other = ids2 if isinstance(features, torch.Tensor) else bags2
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(dense2, other), quantized(dense2, other))
+
+
+def test_int8_accuracy_of_a_small_trained_model() -> None:
+    config = TrainConfig(
+        model=ModelConfig(scheme="qr", embedding_dim=8, bottom_mlp=(16,), top_mlp=(16,), threshold=0),
+        optim=OptimConfig(lr=0.01), data=DataConfig(rows=12_000, cardinality_scale=0.0005),
+        batch_size=256, epochs=1, eval_every=0, log_every=100)
+    result = train(config, progress=False)
+    model = result.model.eval()
+    from compembed.training.datasets import open_data
+    dataset = open_data(config.data)
+    quantized = quantize_int8(model)
+    fp32, int8 = evaluate(model, dataset, "test"), evaluate(quantized, dataset, "test")
+    assert abs(int8.loss - fp32.loss) < 0.005  # the stated tolerance
+    assert abs(int8.auc - fp32.auc) < 0.005
+    ratio = embedding_bytes(quantized.embeddings) / embedding_bytes(model.embeddings)
+    assert math.isclose(ratio, (8 + 8) / (8 * 4))  # d = 8: 8 codes + 8 bytes of scale and bias vs 32 bytes
