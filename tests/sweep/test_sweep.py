@@ -229,3 +229,91 @@ def test_budget_study_sizes_robe_and_dhe_cells():
         assert 2 * tables.num_bytes <= budget and cell.method in schemes
         if cell.method == "robe":  # the array takes the budget to the value (8 bytes with Adagrad)
             assert budget - 2 * tables.num_bytes < 8
+
+
+def test_methods_preset_lists_tuning_cells_then_every_method_budget_and_seed():
+    from compembed.data.synthetic import SyntheticConfig, SyntheticCTR
+    from compembed.planning import UNIFORM_METHODS
+
+    spec = preset("methods")
+    assert spec.budgets == (2, 4, 16, 64, 256, 1000, 10000) and spec.dcn_budgets == (16, 256, 10000)
+    assert len(spec.seeds) >= 3 and len(spec.tune_lrs) >= 2 and spec.archs == ("dlrm", "dcn")
+    assert spec.budget_methods[:4] == ("planner", "hashing", "qr", "gqr")
+    assert set(spec.budget_methods[4:]) == set(UNIFORM_METHODS) - {"hashing", "qr", "gqr"}
+    spec = dataclasses.replace(spec, base=preset("tiny").base, budgets=(4, 16, 64), dcn_budgets=(16,), tune_lrs=(0.01, 0.1))
+    data = SyntheticCTR(SyntheticConfig(num_rows=3000, cardinality_scale=0.0005, seed=0, id_order="frequency"))
+    models, _ = spec.budget_models(data.info, "adagrad")
+    fitting = {m for m, _, _ in models}
+    assert {"full", "hashing", "planner", "robe"} <= fitting
+    # Before any tuning finished: the tuning cells only, each method x candidate once, seed 0, DLRM,
+    # at the method's fitting budget nearest 16x (full tables at 1x).
+    tune = spec.cells(data.info)
+    assert all(c.role == "tune" and c.config.seed == 0 and c.config.model.arch == "dlrm" for c in tune)
+    assert sorted((c.method, c.config.optim.embedding_lr) for c in tune) == sorted(
+        (m, lr) for m in fitting for lr in (0.01, 0.1))
+    targets = {c.method: c.target for c in tune}
+    assert targets["full"] == 1.0 and targets["hashing"] == 16.0
+    # Once a method's recipe is known, its cells at every fitting budget and seed, DLRM and DCN at 16x.
+    tuned = {m: 0.1 for m in fitting}
+    cells = spec.cells(data.info, tuned=tuned)
+    main = [c for c in cells if c.role != "tune"]
+    dcn = [(m, r) for m, r, _ in models if r == 16.0 or m == "full"]
+    # Each method's tuning cell at lr 0.1 is also its seed-0 DLRM cell: it runs once, under its tuning role.
+    assert len(main) == 3 * len(models) + 3 * len(dcn) - len(fitting)
+    assert {c.config.optim.embedding_lr for c in main} == {0.1}
+    assert {(c.method, c.target) for c in main if c.config.model.arch == "dcn"} == set(dcn)
+    assert len({c.key for c in cells}) == len(cells)
+    partial = spec.cells(data.info, tuned={"hashing": 0.01})
+    assert {c.method for c in partial if c.role != "tune"} == {"hashing"}
+
+
+def test_dhe_wider_than_its_cap_does_not_reach_the_budget():
+    from compembed.data.synthetic import SyntheticConfig, SyntheticCTR
+
+    spec = dataclasses.replace(preset("tiny"), studies=("budget",), budgets=(4,), budget_methods=("dhe",),
+                               budget_collisions=(), dhe_max_width=8)
+    data = SyntheticCTR(SyntheticConfig(num_rows=3000, cardinality_scale=0.0005, seed=0, id_order="frequency"))
+    models, missing = spec.budget_models(data.info, "adagrad")
+    assert [m for m, _, _ in models] == ["full"]
+    [(method, ratio, why)] = missing
+    assert (method, ratio) == ("dhe", 4.0) and "does not reach" in why and "cap of 8" in why
+
+
+def test_parts_split_the_main_cells_and_keep_the_tuning_cells():
+    from compembed.sweep.runner import select_cells
+
+    spec = dataclasses.replace(preset("tiny"), studies=("collisions",), seeds=(0, 1, 2))
+    cells = spec.cells()
+    cells[0] = dataclasses.replace(cells[0], role="tune")
+    parts = [select_cells(cells, part=(i, 3)) for i in (1, 2, 3)]
+    main_keys = [c.key for p in parts for c in p if c.role != "tune"]
+    assert sorted(main_keys) == sorted(c.key for c in cells[1:])  # each main cell in exactly one part
+    assert all(cells[0] in p for p in parts)
+    assert select_cells(cells, only="tune") == [cells[0]] and select_cells(cells, only="main") == cells[1:]
+    with pytest.raises(ValueError, match="part must be I/N"):
+        select_cells(cells, part=(4, 3))
+
+
+def test_sweep_runs_the_tuning_phase_first_then_the_chosen_recipe(tmp_path):
+    from compembed.data.synthetic import SyntheticConfig, SyntheticCTR
+
+    spec = dataclasses.replace(preset("methods"), base=preset("tiny").base, archs=("dlrm",), budgets=(4,),
+                               budget_methods=("hashing", "robe"), seeds=(0, 1), tune_lrs=(0.01, 0.1, 0.3))
+    data = SyntheticCTR(SyntheticConfig(num_rows=3000, cardinality_scale=0.0005, seed=0, id_order="frequency"))
+    order = []
+
+    def fake(cell, workdir):  # validation loss lowest at lr 0.1 for every method
+        lr = cell.config.optim.embedding_lr
+        order.append((cell.role, cell.method, lr))
+        return {"embedding_parameters": 10, "parameters": 20, "bytes": 40, "full_embedding_parameters": 30,
+                "compression_ratio": 3.0, "val_loss": abs(lr - 0.1), "test_loss": 0.5, "test_accuracy": 0.7,
+                "test_auc": 0.6, "bayes_loss": 0.4, "train_samples": 100, "samples_per_s": 1000.0}
+
+    rows = run_sweep(spec, tmp_path, fake, progress=False, info=data.info)
+    tuning = [o for o in order if o[0] == "tune"]
+    assert order[:len(tuning)] == tuning and len(tuning) == 3 * 3  # (full, hashing, robe) x 3 candidates first
+    assert {lr for role, _, lr in order if role != "tune"} == {0.1}
+    assert len(rows) == 9 + 3 * 2 - 3  # seed 0's cells at lr 0.1 are the tuning cells
+    assert {r["role"] for r in rows} == {"tune", ""}
+    order.clear()
+    assert len(run_sweep(spec, tmp_path, fake, progress=False, info=data.info)) == len(rows) and order == []

@@ -21,6 +21,16 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 4,16,64, got {text!r}") from None
 
 
+def _part(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N like 1/4, got {text!r}") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise argparse.ArgumentTypeError(f"part {text!r}: need 1 <= I <= N")
+    return i, n
+
+
 def _words(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
@@ -50,7 +60,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budgets", type=_floats, default=None,
                    help="budget study: comma-separated compressions vs full tables, e.g. 4,16,64,256,1000")
     p.add_argument("--budget-methods", type=_words, default=None,
-                   help="budget study: comma-separated methods from planner,qr,gqr,hashing,robe,dhe,tt,md")
+                   help="budget study: comma-separated methods: planner and those of planning.UNIFORM_METHODS")
+    p.add_argument("--tune-lrs", type=_floats, default=None,
+                   help="budget study: table learning rates each method is tuned over (seed 0, one budget) before "
+                        "its cells run with the best by validation loss; empty: no tuning")
+    p.add_argument("--only", choices=("tune", "main"), default=None,
+                   help="run only the tuning cells, or only the others (the tuning must have finished)")
+    p.add_argument("--part", type=_part, default=None,
+                   help="I/N: run part I of N of the cells (by cell key; tuning cells in every part), so that "
+                        "parts can run as separate resumable commands")
     p.add_argument("--thresholds", type=_ints, default=None, help="comma-separated compression thresholds")
     p.add_argument("--optimizers", type=_words, default=None, help="comma-separated: adagrad,amsgrad,sgd,adam")
     p.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds, e.g. 0,1,2")
@@ -85,7 +103,7 @@ def build_spec(args: argparse.Namespace):
                if v is not None}
     base = dataclasses.replace(base, data=data, **changes)
     grid = {k: getattr(args, k) for k in ("archs", "studies", "collisions", "thresholds", "optimizers", "seeds",
-                                          "budgets", "budget_methods") if getattr(args, k) is not None}
+                                          "budgets", "budget_methods", "tune_lrs") if getattr(args, k) is not None}
     return dataclasses.replace(spec, base=base, **grid)
 
 
@@ -97,12 +115,17 @@ def run(args: argparse.Namespace) -> int:
         from ..training.loop import open_data
 
         info = open_data(spec.base.data).info
-    cells = spec.cells(info)
+    from ..sweep.runner import tuned_lrs
+
+    cells = spec.cells(info, tuned=tuned_lrs(spec, out / "cells"))
     if args.list:
         for c in cells:
             m = c.config.model
             print(f"{c.key}  {c.study:12s} {m.arch:5s} {c.label:18s} threshold={m.threshold:<6d} "
-                  f"{c.config.optim.name:8s} seed={c.config.seed}")
+                  f"{c.config.optim.name:8s} seed={c.config.seed}"
+                  + (f" {c.role or 'main'} table_lr={c.config.optim.embedding_lr}" if spec.tune_lrs else ""))
+        if spec.tune_lrs:
+            print("(with a tuning phase, a method's main cells are listed once its tuning cells have finished)")
         print(f"{len(cells)} cells")
         return 0
     print(f"sweep '{args.preset}': {len(cells)} runs -> {out}", file=sys.stderr)
@@ -110,10 +133,13 @@ def run(args: argparse.Namespace) -> int:
         keys = {c.key for c in cells}
         rows = [r for r in load_rows(out / "cells") if r["key"] in keys]
     else:
-        rows = run_sweep(spec, out, train_cell, jobs=args.jobs, info=info)
+        rows = run_sweep(spec, out, train_cell, jobs=args.jobs, info=info, only=args.only, part=args.part)
+        cells = spec.cells(info, tuned=tuned_lrs(spec, out / "cells"))
     if not rows:
         print(f"no finished runs in {out}/cells", file=sys.stderr)
         return 1
+    if "budget" in spec.studies and spec.tune_lrs:
+        return _methods_report(args, spec, info, rows, out, len(cells))
     if "budget" in spec.studies:
         return _budget_report(args, spec, info, rows, out, len(cells))
     summaries = summarize(rows)
@@ -134,17 +160,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _budget_report(args, spec, info, rows, out: Path, cells: int) -> int:
-    from ..sweep.budget_report import budget_points, plot_budget, write_budget_report
-
-    points = budget_points(rows)
+def _budget_context(spec, info) -> tuple[list, bool, str]:
+    """The budgets no method reaches, whether the data is real, and the data in words."""
     missing = []
     for optimizer in spec.optimizers:
         missing += spec.budget_models(info, optimizer)[1]
     data = spec.base.data
     real = data.source != "synthetic"
     source = (f"synthetic Criteo-like data, {data.rows:,} rows, cardinality scale {data.cardinality_scale}, "
-              f"ids in {getattr(data, 'id_order', 'value')} order" if not real else f"data from {data.source}")
+              f"ids in {data.id_order} order" if not real else f"data from {data.source}")
+    return missing, real, source
+
+
+def _budget_report(args, spec, info, rows, out: Path, cells: int) -> int:
+    from ..sweep.budget_report import budget_points, plot_budget, write_budget_report
+
+    points = budget_points(rows)
+    missing, real, source = _budget_context(spec, info)
     b = spec.base
     preamble = (
         f"Preset `{args.preset}`: {len(rows)} of {cells} runs finished; {source}; "
@@ -161,5 +193,27 @@ def _budget_report(args, spec, info, rows, out: Path, cells: int) -> int:
              for arch in sorted({p.arch for p in points})]
     report = write_budget_report(points, missing, out / "report.md", "Accuracy per byte: every method at matched bytes",
                                  preamble, spec.budget_collisions, real, plots)
+    print(f"report: {report}")
+    return 0
+
+
+def _methods_report(args, spec, info, rows, out: Path, cells: int) -> int:
+    from ..sweep.methods_report import write_methods_report
+
+    missing, real, source = _budget_context(spec, info)
+    data, b = spec.base.data, spec.base
+    preamble = (
+        f"Preset `{args.preset}`: {len(rows)} of {cells} runs listed so far finished (a method's main runs are listed "
+        f"once its tuning has finished); {source}; {sum(info.cardinalities):,} categories in "
+        f"{len(info.cardinalities)} features. Recipe: batch {b.batch_size}, {b.epochs} epoch(s), "
+        f"{list(spec.optimizers)} with dense lr {b.optim.lr} and the tuned table lr, validation "
+        f"{f'every {b.eval_every} steps' if b.eval_every else 'at the end of each epoch'}, the best validation "
+        f"checkpoint kept; seeds {list(spec.seeds)}; budgets {[f'{r:g}x' for r in spec.budgets]} of the full tables' "
+        f"bytes (tables plus optimizer state, `planning.match_budget`, `compembed plan`), DCN at "
+        f"{[f'{r:g}x' for r in spec.dcn_budgets] if spec.dcn_budgets is not None else 'every budget'} when run. "
+        f"Command: `compembed {' '.join(args.argv)}`")
+    dataset = "real sample " + Path(data.source).name if real else f"synthetic {data.rows:,} rows"
+    report = write_methods_report(rows, spec.tune_lrs, missing, out, "Loss vs bytes: every method at every budget",
+                                  preamble, dataset)
     print(f"report: {report}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
 from ..training.config import TrainConfig, config_to_dict
@@ -18,13 +19,15 @@ STUDIES = (*PAPER_STUDIES, "budget")
 class Cell:
     """One run of the grid: the study it belongs to and its full training config.
 
-    Budget-study cells also name their ``method`` and the ``target`` compression they were sized to.
+    Budget-study cells also name their ``method`` and the ``target`` compression they were sized to;
+    ``role`` is ``"tune"`` for a cell of the tuning phase (one learning-rate candidate of a method).
     """
 
     study: str
     config: TrainConfig
     method: str = ""
     target: float = 0.0
+    role: str = ""
 
     @property
     def key(self) -> str:
@@ -62,7 +65,13 @@ class SweepSpec:
             uniform ``qr``, ``gqr``, ``hashing``, ``tt`` and ``md`` of ``planning.match_budget``; also ``qr`` and
             ``hashing`` at each compression of ``budget_collisions``, the (method, compression)
             pairs of ``budget_extra``, and full tables. It needs the
-            dataset's ``info`` (cardinalities; counts for the planner).
+            dataset's ``info`` (cardinalities; counts for the planner). With ``tune_lrs``, a tuning
+            phase comes first: every method (full tables too) is trained with each table learning
+            rate of ``tune_lrs`` on the first arch, optimizer and seed, at its fitting budget nearest
+            to ``tune_target`` (full tables at 1x); the lowest validation loss picks the method's
+            recipe (``sweep.tuning.choose_lrs``), and only then are its cells at every budget and
+            seed listed, with that table learning rate. ``dcn_budgets`` limits the DCN cells to those
+            compressions; DHE wider than ``dhe_max_width`` counts as not reaching its budget.
     Every cell runs once per optimizer and seed; the report keeps, per configuration, the
     optimizer with the better validation loss (as the paper did).
     """
@@ -84,6 +93,10 @@ class SweepSpec:
     budget_methods: tuple[str, ...] = ("planner", "qr", "gqr", "hashing")
     budget_collisions: tuple[float, ...] = (2, 4, 8, 16, 60)
     budget_extra: tuple[tuple[str, float], ...] = ()
+    tune_lrs: tuple[float, ...] = ()
+    tune_target: float = 16.0
+    dcn_budgets: tuple[float, ...] | None = None
+    dhe_max_width: int = 1024
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.studies) - set(STUDIES))
@@ -140,27 +153,73 @@ class SweepSpec:
                 if matched is None:
                     missing.append((method, ratio, f"its smallest configuration exceeds {budget:,} bytes"))
                     continue
-                features = matched[0]
+                features, _, knob = matched
+                if method == "dhe" and knob > self.dhe_max_width:
+                    missing.append((method, ratio, f"does not reach: its bytes need an MLP of width {knob}, above the "
+                                                   f"cap of {self.dhe_max_width}"))
+                    continue
             out.append((method, ratio, dict(features=features, threshold=0, name=name)))
         return out, missing
 
-    def cells(self, info=None) -> list[Cell]:
+    def tune_targets(self, models: list[tuple[str, float, dict]]) -> dict[str, float]:
+        """Each method's tuning budget: its fitting compression nearest to ``tune_target`` (log scale, the
+        smaller on a tie); full tables at 1x."""
+        fits: dict[str, list[float]] = {}
+        for method, ratio, _ in models:
+            fits.setdefault(method, []).append(ratio)
+        return {m: min(rs, key=lambda r: (abs(math.log(r / self.tune_target)), r)) for m, rs in fits.items()}
+
+    def tune_cells(self, info) -> list[Cell]:
+        """The tuning phase: every method x ``tune_lrs`` at its tuning budget, on the first arch, optimizer and seed."""
+        if not self.tune_lrs:
+            return []
+        arch, optimizer, seed = self.archs[0], self.optimizers[0], self.seeds[0]
+        models = self.budget_models(info, optimizer)[0]
+        targets = self.tune_targets(models)
+        out = []
+        for method, ratio, overrides in models:
+            if ratio != targets[method]:
+                continue
+            for lr in self.tune_lrs:
+                config = self._config(arch, optimizer, seed, overrides, embedding_lr=lr)
+                out.append(Cell("budget", config, method, ratio, role="tune"))
+        return out
+
+    def _config(self, arch: str, optimizer: str, seed: int, overrides: dict, embedding_lr: float | None = None) -> TrainConfig:
+        model = dataclasses.replace(self.base.model, arch=arch, **overrides)
+        optim = dataclasses.replace(self.base.optim, name=optimizer)
+        if embedding_lr is not None:
+            optim = dataclasses.replace(optim, embedding_lr=embedding_lr)
+        return dataclasses.replace(self.base, model=model, optim=optim, seed=seed)
+
+    def cells(self, info=None, tuned: dict[str, float] | None = None) -> list[Cell]:
         """Every run of the grid, each config once (a cell shared by two studies runs once).
 
-        ``info`` (the dataset's ``DatasetInfo``) is needed by the budget study only.
+        ``info`` (the dataset's ``DatasetInfo``) is needed by the budget study only. With ``tune_lrs``
+        the tuning cells come first, and a method's other cells are listed only once ``tuned`` (method ->
+        chosen table learning rate, from ``sweep.tuning.choose_lrs``) names it; a tuning cell that is
+        also a cell of the chosen recipe runs once and is kept under its tuning role.
         """
         cells: dict[str, Cell] = {}
+        if "budget" in self.studies and info is None:
+            raise ValueError("sweep: the budget study needs the dataset's info (cardinalities, counts)")
+        if "budget" in self.studies:
+            for cell in self.tune_cells(info):
+                cells.setdefault(cell.key, cell)
+        tuned = tuned or {}
         for seed in self.seeds:
             for arch in self.archs:
                 for optimizer in self.optimizers:
                     entries = [(study, overrides, "", 0.0) for study, overrides in self.models()]
                     if "budget" in self.studies:
-                        if info is None:
-                            raise ValueError("sweep: the budget study needs the dataset's info (cardinalities, counts)")
-                        entries += [("budget", o, m, r) for m, r, o in self.budget_models(info, optimizer)[0]]
+                        entries += [("budget", o, m, r) for m, r, o in self.budget_models(info, optimizer)[0]
+                                    if arch != "dcn" or self.dcn_budgets is None or r in self.dcn_budgets or m == "full"]
                     for study, overrides, method, target in entries:
-                        model = dataclasses.replace(self.base.model, arch=arch, **overrides)
-                        optim = dataclasses.replace(self.base.optim, name=optimizer)
-                        config = dataclasses.replace(self.base, model=model, optim=optim, seed=seed)
+                        lr = None
+                        if study == "budget" and self.tune_lrs:
+                            if method not in tuned:
+                                continue  # listed once its tuning has finished
+                            lr = tuned[method]
+                        config = self._config(arch, optimizer, seed, overrides, embedding_lr=lr)
                         cells.setdefault(cell_key(config), Cell(study, config, method, target))
         return list(cells.values())

@@ -5,7 +5,7 @@ from ..models import ModelConfig
 from ..training.config import DataConfig, OptimConfig, TrainConfig
 from .grid import SweepSpec
 
-__all__ = ["PRESETS", "preset"]
+__all__ = ["PRESETS", "preset", "study_methods", "COMPEMBED_METHODS", "FIELD_METHODS"]
 
 
 def _tiny() -> SweepSpec:
@@ -43,7 +43,30 @@ def _budget() -> SweepSpec:
                      budgets=(4, 16, 64, 256, 1000), budget_extra=(("planner", 100),))
 
 
-PRESETS = {"tiny": _tiny, "small": _small, "paper": _paper, "budget": _budget}
+# The loss-vs-bytes study's methods in chart order: compembed's (the paper's family and the planner),
+# then the field's; a method enters once ``planning.UNIFORM_METHODS`` offers it.
+COMPEMBED_METHODS = ("planner", "hashing", "qr", "gqr")
+FIELD_METHODS = ("robe", "dhe", "tt", "md", "cce")
+
+
+def study_methods() -> tuple[str, ...]:
+    from ..planning import UNIFORM_METHODS
+
+    return (*COMPEMBED_METHODS, *(m for m in FIELD_METHODS if m in UNIFORM_METHODS))
+
+
+def _methods() -> SweepSpec:
+    # The loss-vs-bytes study (issue 11): every method at 2x..10,000x of the full tables' bytes, DLRM
+    # (and DCN at 16x, 256x and 10,000x) on the budget preset's 2M synthetic rows; each method's table
+    # learning rate tuned first (3 candidates, seed 0, its budget nearest 16x, by validation loss);
+    # 3 seeds. Real datasets: --data FOLDER --archs dlrm.
+    base = _budget().base
+    return SweepSpec(base=base, archs=("dlrm", "dcn"), studies=("budget",), optimizers=("adagrad",), seeds=(0, 1, 2),
+                     budgets=(2, 4, 16, 64, 256, 1000, 10000), budget_methods=study_methods(), budget_collisions=(),
+                     tune_lrs=(0.01, 0.05, 0.2), tune_target=16.0, dcn_budgets=(16, 256, 10000), dhe_max_width=1024)
+
+
+PRESETS = {"tiny": _tiny, "small": _small, "paper": _paper, "budget": _budget, "methods": _methods}
 
 
 def preset(name: str) -> SweepSpec:

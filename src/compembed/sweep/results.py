@@ -16,7 +16,7 @@ __all__ = ["COLUMNS", "load_rows", "write_table"]
 # Config columns first, then what the run measured.
 COLUMNS = [
     "key", "study", "arch", "label", "scheme", "operation", "num_collisions", "num_partitions", "path_hidden",
-    "threshold", "optimizer", "seed", "method", "target_compression", "embedding_parameters", "parameters", "bytes", "full_embedding_parameters",
+    "threshold", "optimizer", "seed", "method", "target_compression", "role", "table_lr", "embedding_parameters", "parameters", "bytes", "full_embedding_parameters",
     "compression_ratio", "val_loss", "test_loss", "test_accuracy", "test_auc", "bayes_loss", "train_samples",
     "samples_per_s", "wall_s",
 ]

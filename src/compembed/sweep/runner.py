@@ -20,7 +20,7 @@ from ..io import write_json_atomic
 from .grid import Cell, SweepSpec
 from .results import load_rows, write_table
 
-__all__ = ["run_sweep", "cell_row"]
+__all__ = ["run_sweep", "cell_row", "select_cells", "tuned_lrs"]
 
 # Runs one cell in a scratch folder and returns what it measured (the keys of results.COLUMNS).
 RunCell = Callable[[Cell, Path], dict[str, Any]]
@@ -36,12 +36,33 @@ def cell_row(cell: Cell, measured: dict[str, Any]) -> dict[str, Any]:
         "num_partitions": model.num_partitions if model.scheme in ("gqr", "crt") else 0,
         "path_hidden": model.path_hidden[0] if model.scheme == "path" else 0,
         "threshold": model.threshold, "optimizer": cell.config.optim.name, "seed": cell.config.seed,
-        "method": cell.method, "target_compression": cell.target, **measured,
+        "method": cell.method, "target_compression": cell.target, "role": cell.role,
+        "table_lr": cell.config.optim.embedding_lr if cell.config.optim.embedding_lr is not None else cell.config.optim.lr,
+        **measured,
     }
 
 
+def select_cells(cells: list[Cell], only: str | None = None, part: tuple[int, int] | None = None) -> list[Cell]:
+    """The cells one process of a split sweep runs.
+
+    ``only="tune"`` keeps the tuning cells, ``only="main"`` the others. ``part=(i, n)`` (1 <= i <= n)
+    keeps the cells whose key falls in part ``i`` of ``n`` (by the key's hash, so the split does not
+    move when cells are added) and every tuning cell (the tuning phase is small and must finish before
+    the main cells exist; run it first with ``only="tune"`` when parts run at once).
+    """
+    if only not in (None, "tune", "main"):
+        raise ValueError(f"sweep: only must be 'tune' or 'main', got {only!r}")
+    if part is not None and not (part[1] >= 1 and 1 <= part[0] <= part[1]):
+        raise ValueError(f"sweep: part must be I/N with 1 <= I <= N, got {part[0]}/{part[1]}")
+    out = [c for c in cells if only is None or (c.role == "tune") == (only == "tune")]
+    if part is not None:
+        out = [c for c in out if c.role == "tune" or int(c.key, 16) % part[1] == part[0] - 1]
+    return out
+
+
 def run_sweep(
-    spec: SweepSpec, out_dir: Path, run_cell: RunCell, progress: bool = True, jobs: int = 1, info=None
+    spec: SweepSpec, out_dir: Path, run_cell: RunCell, progress: bool = True, jobs: int = 1, info=None,
+    only: str | None = None, part: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell of ``spec`` not yet finished under ``out_dir``; return all rows.
 
@@ -49,18 +70,47 @@ def run_sweep(
     rewritten, so an interrupted sweep loses at most the cells in flight, and rerunning the same
     command continues where it stopped. ``jobs > 1`` runs that many cells at once in worker
     processes (``run_cell`` must then be a picklable module-level function). ``info`` is the
-    dataset's ``DatasetInfo``, which the budget study needs.
+    dataset's ``DatasetInfo``, which the budget study needs. With a tuning phase (``spec.tune_lrs``),
+    the cells run in rounds: the tuning cells first, then the cells of each method whose recipe they
+    chose. ``only`` and ``part`` run a share of the cells (``select_cells``).
     """
     cells_dir, scratch = out_dir / "cells", out_dir / "scratch"
-    cells = spec.cells(info)
-    done = {p.stem for p in cells_dir.glob("*.json")}
-    todo = [c for c in cells if c.key not in done]
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="run", desc="sweep", disable=not progress)
+    bar = tqdm(unit="run", desc="sweep", disable=not progress)
+    tried: set[str] = set()
+    while True:
+        cells = spec.cells(info, tuned=tuned_lrs(spec, cells_dir))
+        done = {p.stem for p in cells_dir.glob("*.json")}
+        mine = select_cells(cells, only, part)
+        todo = [c for c in mine if c.key not in done and c.key not in tried]
+        bar.total, bar.n = len(mine), len(mine) - len(todo)
+        bar.refresh()
+        if not todo:
+            break
+        tried.update(c.key for c in todo)
+        _run_cells(todo, cells, cells_dir, scratch, run_cell, jobs, bar)
+    bar.close()
+    if scratch.exists() and not any(scratch.iterdir()):
+        scratch.rmdir()
+    rows = _rows_of(cells, cells_dir)
+    write_table(rows, out_dir)
+    return rows
 
+
+def tuned_lrs(spec: SweepSpec, cells_dir: Path) -> dict[str, float]:
+    """The recipes chosen so far by the finished tuning cells under ``cells_dir`` (method -> table lr)."""
+    if not spec.tune_lrs:
+        return {}
+    from .tuning import choose_lrs
+
+    return choose_lrs(load_rows(cells_dir) if cells_dir.exists() else [], spec.tune_lrs)
+
+
+def _run_cells(todo: list[Cell], cells: list[Cell], cells_dir: Path, scratch: Path, run_cell: RunCell, jobs: int,
+               bar) -> None:
     def finish(cell: Cell, measured: dict[str, Any]) -> None:
         write_json_atomic(cells_dir / f"{cell.key}.json", cell_row(cell, measured))
         shutil.rmtree(scratch / cell.key, ignore_errors=True)
-        write_table(_rows_of(cells, cells_dir), out_dir)
+        write_table(_rows_of(cells, cells_dir), cells_dir.parent)
         bar.set_postfix_str(f"last: {cell.config.model.arch} {cell.label} t={cell.config.model.threshold} "
                             f"{cell.config.optim.name} seed={cell.config.seed}")
         bar.update()
@@ -68,24 +118,18 @@ def run_sweep(
     if jobs <= 1:
         for cell in todo:
             finish(cell, _timed(run_cell, cell, scratch / cell.key))
-    else:
-        # Spawned workers: a fork of a process that already ran torch threads can deadlock.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_follow_parent,
-                                 initargs=(os.getpid(),)) as pool:
-            futures = {pool.submit(_timed, run_cell, cell, scratch / cell.key): cell for cell in todo}
-            try:
-                for future in as_completed(futures):
-                    finish(futures[future], future.result())
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-    bar.close()
-    if scratch.exists() and not any(scratch.iterdir()):
-        scratch.rmdir()
-    rows = _rows_of(cells, cells_dir)
-    write_table(rows, out_dir)
-    return rows
+        return
+    # Spawned workers: a fork of a process that already ran torch threads can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_follow_parent,
+                             initargs=(os.getpid(),)) as pool:
+        futures = {pool.submit(_timed, run_cell, cell, scratch / cell.key): cell for cell in todo}
+        try:
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
