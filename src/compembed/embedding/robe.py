@@ -111,8 +111,11 @@ class ROBEEmbeddingBag(nn.Module):
         a, b = hash_coefficients(2 * self.num_blocks if signs else self.num_blocks, seed, device)
         self.register_buffer("hash_a", a[: self.num_blocks])
         self.register_buffer("hash_b", b[: self.num_blocks])
-        self.register_buffer("sign_a", a[self.num_blocks :] if signs else None)
-        self.register_buffer("sign_b", b[self.num_blocks :] if signs else None)
+        if signs:
+            self.register_buffer("sign_a", a[self.num_blocks :])
+            self.register_buffer("sign_b", b[self.num_blocks :])
+        else:  # plain attributes: torch.export miscounts buffers registered as None
+            self.sign_a = self.sign_b = None
         self.register_buffer("block", torch.arange(block_size, device=device), persistent=False)
         self.reset_parameters()
 
