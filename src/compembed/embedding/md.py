@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..partitions import check_ids
+from ..validation import has_values
 from .init import default_std, uniform_
 from .pooling import MODES, pool_bags
 
@@ -202,6 +203,15 @@ class MixedDimEmbeddingBag(nn.Module):
         ids = input.long().reshape(-1).contiguous()
         if len(self.tables) == 1:
             out = self._block(0, ids)
+        elif not has_values(ids):
+            # Compiled, exported, meta or fake: no shape may depend on the data. Every block looks up
+            # every id (clamped into its range) and each id keeps its own block's vector; an unused
+            # block gets a zero gradient.
+            blocks = self.block_of(ids)
+            out = self.tables[0].new_zeros(ids.shape[0], self.embedding_dim)
+            for i, table in enumerate(self.tables):
+                local = (ids - self.starts[i]).clamp(0, table.shape[0] - 1)
+                out = torch.where((blocks == i).unsqueeze(-1), self._block(i, local), out)
         else:
             blocks = self.block_of(ids)
             out = self.tables[0].new_empty(ids.shape[0], self.embedding_dim)

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..partitions import check_ids, integer_root
+from ..validation import has_values
 from .hybrid import assemble
 from .init import default_std
 from .pooling import MODES, pool_bags
@@ -242,8 +243,8 @@ class TTEmbeddingBag(nn.Module):
 
     def _slices(self, core: Tensor, digits: Tensor) -> Tensor:
         """Rows ``(N, size)`` of a flat core for digits ``(N,)``; with sparse gradients, each distinct slice once."""
-        if not self.sparse:
-            return F.embedding(digits, core)
+        if not self.sparse or not has_values(digits):  # compiled or exported: one gradient row per id (repeats add up)
+            return F.embedding(digits, core, sparse=self.sparse)
         present, inverse = torch.unique(digits, return_inverse=True)
         return F.embedding(present, core, sparse=True)[inverse]
 
@@ -253,6 +254,11 @@ class TTEmbeddingBag(nn.Module):
         ids = input.long().reshape(-1)
         if self.cache is None:
             rows = self.tt_rows(ids)
+        elif not has_values(ids):
+            # Compiled, exported, meta or fake: no shape may depend on the data. Every id reads both
+            # the cache (clamped into it) and the train and keeps its own; an unused part gets a zero gradient.
+            hot = F.embedding(ids.clamp(max=self.cache_rows - 1), self.cache, sparse=self.sparse)
+            rows = torch.where((ids < self.cache_rows).unsqueeze(-1), hot, self.tt_rows(ids))
         else:
             cached = ids < self.cache_rows
             hot, cold = ids[cached], ids[~cached]
