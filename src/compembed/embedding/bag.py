@@ -11,10 +11,23 @@ from torch import Tensor, nn
 from .init import default_std
 from .pooling import MODES, pool_bags
 
-__all__ = ["BagModule", "check_mode", "check_padding_idx", "check_positive_int", "check_positive_ints", "check_int_in"]
+__all__ = ["BagModule", "ParameterCounts", "check_mode", "check_padding_idx", "check_positive_int", "check_positive_ints", "check_int_in"]
 
 
-class BagModule(nn.Module):
+class ParameterCounts:
+    """The counts an embedding module (with ``num_embeddings`` and ``embedding_dim``) reports."""
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def full_table_parameters(self) -> int:
+        """Parameters of the uncompressed ``n x D`` table this module replaces."""
+        return self.num_embeddings * self.embedding_dim
+
+
+class BagModule(ParameterCounts, nn.Module):
     """Base of a bag module: a per-id ``embed`` pooled over bags, a drop-in for ``nn.EmbeddingBag``.
 
     A subclass (one scheme) does three things:
@@ -67,15 +80,6 @@ class BagModule(nn.Module):
     def embed(self, input: Tensor) -> Tensor:
         """Vectors ``(*, D)`` of ids ``(*)``, before pooling (each scheme defines it)."""
         raise NotImplementedError
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    @property
-    def full_table_parameters(self) -> int:
-        """Parameters of the uncompressed ``n x D`` table this module replaces."""
-        return self.num_embeddings * self.embedding_dim
 
     def forward(
         self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None

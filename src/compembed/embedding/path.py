@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..partitions import Partition
 from ..validation import has_values
-from .bag import BagModule, check_mode, check_positive_ints
+from .bag import BagModule, ParameterCounts, check_mode, check_positive_ints
 from .compositional import check_module_args, check_norm_args
 from .init import default_std, uniform_
 
@@ -82,7 +82,7 @@ class ClassMLP(nn.Module):
         return x
 
 
-class PathEmbedding(nn.Module):
+class PathEmbedding(ParameterCounts, nn.Module):
     """Per-id path-based composition, a drop-in for ``nn.Embedding``.
 
     ``e(x) = M_{k, p_k(x)}( ... M_{2, p_2(x)}( W[p_1(x)] ))``: the first partition's table gives a
@@ -130,14 +130,6 @@ class PathEmbedding(nn.Module):
         uniform_(self.weight, self.init_std)
         for path in self.paths:
             path.reset_parameters()
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    @property
-    def full_table_parameters(self) -> int:
-        return self.num_embeddings * self.embedding_dim
 
     def embed(self, input: Tensor) -> Tensor:
         """Composed vectors ``(*, D)`` of ids ``(*)``, before any padding or pooling."""
