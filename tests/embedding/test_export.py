@@ -36,7 +36,7 @@ MODULES = {
     "hybrid": lambda **kw: HybridEmbeddingBag(N, D, 10, QuotientRemainder(N - 10, 4), **kw),
     "hybrid-mean": lambda **kw: HybridEmbeddingBag(N, D, 10, ChineseRemainder(N - 10, (9, 10)), mode="mean", **kw),
     "robe": lambda **kw: ROBEEmbeddingBag(N, D, size=40, block_size=4, **kw),
-    "robe-signs": lambda **kw: ROBEEmbeddingBag(N, D, size=40, block_size=4, signs=True, **kw),
+    "robe-signs": lambda **kw: ROBEEmbeddingBag(N, D, size=40, block_size=4, signs=True, padding_idx=0, **kw),
     "dhe": lambda **kw: DHEEmbeddingBag(N, D, num_hashes=8, hidden_dims=(8,), buckets=1000, **kw),
     "tt": lambda **kw: TTEmbeddingBag(N, D, rank=2, **kw),
     # ids 0..9 read the cache, the others the train: ids(batch) always has both
@@ -92,6 +92,27 @@ def test_bags_export_with_dynamic_ids_and_bags(name):
         torch.testing.assert_close(program.module()(values, offsets), bag(values, offsets))
     with pytest.raises(RuntimeError, match="offsets must start at 0, never decrease and end within the number of ids"):
         program.module()(values, torch.tensor([0, 3, 2, 4]))
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_padding_idx_exports_with_dynamic_batches_and_bags(mode):
+    # Traced, pool_bags leaves padding ids out by masking (embedding_bag's padding_idx would fix the batch size).
+    torch.manual_seed(0)
+    bag = ROBEEmbeddingBag(N, D, size=40, block_size=4, signs=True, padding_idx=7, mode=mode)
+    rows = Dim("batch")
+    program = torch.export.export(bag, (ids(6),), dynamic_shapes=({0: rows},))
+    x = ids(9, seed=9)
+    x[1] = 7  # a bag of padding only
+    x[2, 0] = 7
+    torch.testing.assert_close(program.module()(x), bag(x))
+    values, offsets = torch.tensor([7, 50, 7, 7, 8]), torch.tensor([0, 2, 2, 4])  # an empty bag, a padding-only bag
+    program = torch.export.export(bag, (values, offsets), dynamic_shapes=({0: Dim("ids")}, {0: Dim("bags")}))
+    for values, offsets in [(values, offsets), (torch.tensor([3, 7, 5, 6, 7, 8, 9, 1]), torch.tensor([0, 1]))]:
+        torch.testing.assert_close(program.module()(values, offsets), bag(values, offsets))
+    if mode == "sum":  # with per_sample_weights
+        values, offsets, weights = torch.tensor([7, 50, 7, 7, 8]), torch.tensor([0, 2, 2, 4]), torch.rand(5)
+        program = torch.export.export(bag, (values, offsets, weights))
+        torch.testing.assert_close(program.module()(values, offsets, weights), bag(values, offsets, weights))
 
 
 @pytest.mark.parametrize("name", list(MODULES))

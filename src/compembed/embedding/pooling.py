@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..validation import assert_in_graph, check_mode
+from ..validation import assert_in_graph, check_mode, tracing
 
 __all__ = ["pool_bags", "check_bag_inputs", "MODES"]
 
@@ -110,6 +110,8 @@ def pool_bags(
     a 1-D input is cut into bags at ``offsets``. The pooling is done by ``F.embedding_bag`` over the
     per-id vectors indexed by position, so every convention (modes, ``per_sample_weights``,
     ``include_last_offset``, empty bags, ``padding_idx`` excluded from sums and means) is torch's own.
+    Compiled or exported, ``padding_idx`` is applied by ``_pool_without_padding`` instead (the same
+    function): ``F.embedding_bag`` with a ``padding_idx`` fixes the table's row count, here the batch size.
     """
     check_bag_inputs(ids, offsets, per_sample_weights, include_last_offset)
     dim = vectors.shape[-1]
@@ -124,6 +126,9 @@ def pool_bags(
     positions = torch.arange(num, device=ids.device).view(ids.shape)
     if per_sample_weights is not None:
         per_sample_weights = per_sample_weights.to(flat.dtype)
+    if padding_idx is not None and tracing():
+        return _pool_without_padding(flat, positions, ids != padding_idx, offsets, per_sample_weights, mode,
+                                     include_last_offset)
     pad_position = None
     if padding_idx is not None:
         # Ids equal to padding_idx point at an extra zero row that embedding_bag skips.
@@ -139,3 +144,20 @@ def pool_bags(
         include_last_offset=include_last_offset,
         padding_idx=pad_position,
     )
+
+
+def _pool_without_padding(
+    flat: Tensor, positions: Tensor, keep: Tensor, offsets: Tensor | None, per_sample_weights: Tensor | None,
+    mode: str, include_last_offset: bool,
+) -> Tensor:
+    """``F.embedding_bag`` over the vectors ``flat`` ``(N, D)`` at ``positions`` with the ids where ``keep``
+    is False left out of every bag, as its ``padding_idx`` does: sums skip them, means divide by the
+    ids kept, maxima ignore them, and a bag without a kept id is zeros."""
+    kept = keep.reshape(-1, 1)
+    values = torch.where(kept, flat, float("-inf") if mode == "max" else 0.0)
+    pooled = F.embedding_bag(positions, values, offsets, mode="sum" if mode == "mean" else mode,
+                             per_sample_weights=per_sample_weights, include_last_offset=include_last_offset)
+    if mode == "sum":
+        return pooled
+    counts = F.embedding_bag(positions, kept.to(flat.dtype), offsets, mode="sum", include_last_offset=include_last_offset)
+    return pooled / counts.clamp(min=1) if mode == "mean" else torch.where(counts > 0, pooled, 0.0)
