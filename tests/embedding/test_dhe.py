@@ -11,7 +11,7 @@ from compembed.embedding import EmbeddingCollection, FeatureConfig, FusedEmbeddi
 from compembed.embedding.dhe import DHEEmbeddingBag, dhe_parameters
 from compembed.embedding.robe import PRIME
 
-from embedding.ops import OpCounter
+from embedding.ops import count_ops, slow_bags
 
 
 def slow_encoding(module: DHEEmbeddingBag, x: int) -> list[float]:
@@ -70,16 +70,7 @@ def test_forward_matches_a_slow_per_id_computation(mode, activation, batchnorm):
     module.eval()
     ids, offsets = [4, 499, 17, 17, 0, 250], [0, 1, 1, 4]  # bag 1 is empty
     out = module(torch.tensor(ids), torch.tensor(offsets))
-    expected = []
-    for b, start in enumerate(offsets):
-        stop = offsets[b + 1] if b + 1 < len(offsets) else len(ids)
-        vectors = [slow_vector(module, ids[i]) for i in range(start, stop)]
-        if not vectors:
-            expected.append(torch.zeros(4, dtype=torch.float64))
-            continue
-        stacked = torch.stack(vectors)
-        expected.append({"sum": stacked.sum(0), "mean": stacked.mean(0), "max": stacked.max(0).values}[mode])
-    torch.testing.assert_close(out, torch.stack(expected))
+    torch.testing.assert_close(out, slow_bags(lambda x: slow_vector(module, x), ids, offsets, None, mode, 4))
 
 
 def test_bag_inputs_per_sample_weights_and_padding():
@@ -145,11 +136,7 @@ def test_no_python_loop_over_ids():
     module = DHEEmbeddingBag(10**6, 16, num_hashes=16, hidden_dims=(32,), batchnorm=True)
 
     def ops(batch: int) -> int:
-        module.zero_grad(set_to_none=True)
-        ids = torch.randint(0, 10**6, (batch, 3))
-        with OpCounter() as counter:
-            module(ids).sum().backward()
-        return counter.count
+        return count_ops(module, torch.randint(0, 10**6, (batch, 3)))
 
     assert ops(8) == ops(4096) == ops(8) > 0
 

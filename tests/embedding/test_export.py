@@ -15,6 +15,10 @@ from compembed.embedding import (
     HybridEmbeddingBag,
     PathEmbeddingBag,
 )
+from compembed.embedding.dhe import DHEEmbeddingBag
+from compembed.embedding.md import MixedDimEmbeddingBag
+from compembed.embedding.robe import ROBEEmbeddingBag
+from compembed.embedding.tt import TTEmbeddingBag
 from compembed.partitions import ChineseRemainder, GeneralizedQuotientRemainder, QuotientRemainder
 
 N, D = 100, 8
@@ -31,6 +35,14 @@ MODULES = {
     "path-many": lambda **kw: PathEmbeddingBag(N, D, QuotientRemainder(N, 25), hidden_dims=(8,), **kw),
     "hybrid": lambda **kw: HybridEmbeddingBag(N, D, 10, QuotientRemainder(N - 10, 4), **kw),
     "hybrid-mean": lambda **kw: HybridEmbeddingBag(N, D, 10, ChineseRemainder(N - 10, (9, 10)), mode="mean", **kw),
+    "robe": lambda **kw: ROBEEmbeddingBag(N, D, size=40, block_size=4, **kw),
+    "robe-signs": lambda **kw: ROBEEmbeddingBag(N, D, size=40, block_size=4, signs=True, **kw),
+    "dhe": lambda **kw: DHEEmbeddingBag(N, D, num_hashes=8, hidden_dims=(8,), buckets=1000, **kw),
+    "tt": lambda **kw: TTEmbeddingBag(N, D, rank=2, **kw),
+    # ids 0..9 read the cache, the others the train: ids(batch) always has both
+    "tt-cache": lambda **kw: TTEmbeddingBag(N, D, rank=2, cache_rows=10, **kw),
+    # four blocks of 25 ids (widths 8, 5, 4, 4 under Zipf(1)): three projected
+    "md": lambda **kw: MixedDimEmbeddingBag(N, D, alpha=0.3, **kw),
 }
 
 
@@ -69,7 +81,7 @@ def test_per_id_module_and_bags_with_offsets_export():
         program.module()(values, torch.tensor([0, 3, 2, 5]), weights)
 
 
-@pytest.mark.parametrize("name", ["qr", "path", "hybrid"])
+@pytest.mark.parametrize("name", ["qr", "path", "hybrid", "robe", "dhe", "tt-cache", "md"])
 def test_bags_export_with_dynamic_ids_and_bags(name):
     torch.manual_seed(0)
     bag = MODULES[name]()

@@ -1,12 +1,12 @@
 """MixedDimEmbeddingBag: frequency blocks of power-law widths, each projected to D."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from compembed.embedding import EmbeddingCollection, FeatureConfig, MixedDimEmbeddingBag, build_embedding_bag
-from compembed.embedding.fused import FusedEmbeddingCollection
 from compembed.embedding.md import md_dims, md_num_parameters, zipf_block_popularity
 from compembed.planning import feature_bytes, match_budget
+
+from embedding.ops import allocated_bytes_as_counted, count_ops, slow_bags
 
 
 def _md(n=40, dim=8, seed=0, **kwargs) -> MixedDimEmbeddingBag:
@@ -22,16 +22,7 @@ def _slow_row(m: MixedDimEmbeddingBag, x: int) -> torch.Tensor:
 
 
 def _slow_bags(m, ids, offsets, weights, mode):
-    bounds = offsets.tolist() + [len(ids)]
-    out = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        rows = [_slow_row(m, int(ids[i])) * (1.0 if weights is None else weights[i]) for i in range(a, b)]
-        if not rows:
-            out.append(torch.zeros(m.embedding_dim, dtype=torch.float64))
-            continue
-        stacked = torch.stack(rows)
-        out.append({"sum": stacked.sum(0), "mean": stacked.mean(0), "max": stacked.max(0).values}[mode])
-    return torch.stack(out)
+    return slow_bags(lambda x: _slow_row(m, x), ids, offsets, weights, mode, m.embedding_dim)
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(alpha=0.8, num_blocks=3), dict(boundaries=(1, 5, 30), base_dim=6),
@@ -89,25 +80,12 @@ def test_sparse_gradients_on_used_rows_and_projections():
             torch.testing.assert_close(a.grad.to_dense(), b.grad)
 
 
-class _CountOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def test_no_python_loop_over_ids():
     m = MixedDimEmbeddingBag(1000, 16, sparse=True)
     counts = []
     for batch in (8, 1024):
         ids = (torch.arange(batch) * 1000 // batch).view(-1, 4)  # ids spread over every block
-        m.zero_grad(set_to_none=True)  # each count from no gradient, so none is an accumulation
-        with _CountOps() as ops:
-            m(ids).sum().backward()
-        counts.append(ops.count)
+        counts.append(count_ops(m, ids))
     assert counts[0] == counts[1] and counts[0] < 150, counts
 
 
@@ -118,13 +96,8 @@ def test_no_python_loop_over_ids():
     FeatureConfig("d", 500, 16, scheme="md", md_boundaries=(10, 100)),
 ])
 def test_bytes_counted_equal_bytes_allocated(config):
-    for cls in (EmbeddingCollection, FusedEmbeddingCollection):
-        collection = cls([config], sparse=True)
-        allocated = sum(p.untyped_storage().nbytes() for p in collection.parameters())
-        (report,) = collection.report()
-        assert report.bytes == allocated == collection.num_bytes == feature_bytes(config)
-        module = collection.feature_module(config.name)
-        assert report.table_sizes == module.table_sizes and sum(module.table_sizes) == config.num_embeddings
+    for module, allocated in allocated_bytes_as_counted(config):
+        assert sum(module.table_sizes) == config.num_embeddings
         assert md_num_parameters(config.num_embeddings, config.embedding_dim, module.starts, module.block_dims) * 4 == allocated
 
 

@@ -8,7 +8,7 @@ from compembed.embedding import EmbeddingCollection, FeatureConfig, FusedEmbeddi
 from compembed.embedding.robe import PRIME, ROBEEmbeddingBag
 from compembed.optim import RowWiseAdagrad, SparseAdagrad, SparseSGD
 
-from embedding.ops import OpCounter
+from embedding.ops import count_ops, slow_bags
 
 
 def slow_vector(module: ROBEEmbeddingBag, x: int) -> list[float]:
@@ -24,18 +24,8 @@ def slow_vector(module: ROBEEmbeddingBag, x: int) -> list[float]:
     return out
 
 
-def slow_bags(module, ids: list[int], offsets: list[int], weights: list[float] | None, mode: str) -> torch.Tensor:
-    bags = []
-    for b, start in enumerate(offsets):
-        stop = offsets[b + 1] if b + 1 < len(offsets) else len(ids)
-        vectors = [torch.tensor(slow_vector(module, ids[i]), dtype=torch.float64) * (weights[i] if weights else 1.0)
-                   for i in range(start, stop)]
-        if not vectors:
-            bags.append(torch.zeros(module.embedding_dim, dtype=torch.float64))
-            continue
-        stacked = torch.stack(vectors)
-        bags.append({"sum": stacked.sum(0), "mean": stacked.mean(0), "max": stacked.max(0).values}[mode])
-    return torch.stack(bags)
+def slow_robe_bags(module, ids: list[int], offsets: list[int], weights: list[float] | None, mode: str) -> torch.Tensor:
+    return slow_bags(lambda x: slow_vector(module, x), ids, offsets, weights, mode, module.embedding_dim)
 
 
 @pytest.mark.parametrize("block_size,signs", [(1, False), (2, True), (4, False), (8, True)])
@@ -48,7 +38,7 @@ def test_forward_matches_a_slow_reading_of_the_array(block_size, signs, mode):
     ids = [0, 99, 5, 5, 42, 17, 63, 1]
     offsets = [0, 2, 2, 5]  # bag 1 is empty
     out = module(torch.tensor(ids), torch.tensor(offsets))
-    torch.testing.assert_close(out, slow_bags(module, ids, offsets, None, mode))
+    torch.testing.assert_close(out, slow_robe_bags(module, ids, offsets, None, mode))
     # the blocks of some id really do wrap around
     starts = module.positions(torch.tensor(ids))[..., 0]
     assert block_size == 1 or bool(((starts + block_size) > 13).any())
@@ -59,7 +49,7 @@ def test_per_sample_weights_two_dim_input_and_include_last_offset():
     module = ROBEEmbeddingBag(50, 6, size=40, block_size=3, signs=True, mode="sum", dtype=torch.float64)
     ids, offsets, weights = [3, 7, 49, 0, 12, 12], [0, 3], [0.5, -1.0, 2.0, 1.5, 0.25, 3.0]
     out = module(torch.tensor(ids), torch.tensor(offsets), torch.tensor(weights, dtype=torch.float64))
-    torch.testing.assert_close(out, slow_bags(module, ids, offsets, weights, "sum"))
+    torch.testing.assert_close(out, slow_robe_bags(module, ids, offsets, weights, "sum"))
     two_dim = module(torch.tensor(ids).view(2, 3), None, torch.tensor(weights, dtype=torch.float64).view(2, 3))
     torch.testing.assert_close(two_dim, out)
     last = ROBEEmbeddingBag(50, 6, size=40, block_size=3, signs=True, mode="sum", include_last_offset=True,
@@ -129,11 +119,7 @@ def test_no_python_loop_over_ids():
     module = ROBEEmbeddingBag(10**6, 16, size=10_000, block_size=4, signs=True, sparse=True)
 
     def ops(batch: int) -> int:
-        module.zero_grad(set_to_none=True)
-        ids = torch.randint(0, 10**6, (batch, 3))
-        with OpCounter() as counter:
-            module(ids).sum().backward()
-        return counter.count
+        return count_ops(module, torch.randint(0, 10**6, (batch, 3)))
 
     assert ops(8) == ops(4096) == ops(8) > 0
 

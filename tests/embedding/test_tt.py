@@ -3,12 +3,12 @@ import math
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from compembed.embedding import EmbeddingCollection, FeatureConfig, TTEmbeddingBag, build_embedding_bag
-from compembed.embedding.fused import FusedEmbeddingCollection
 from compembed.embedding.tt import tt_dim_factors, tt_max_rank, tt_row_factors
 from compembed.planning import feature_bytes, match_budget
+
+from embedding.ops import allocated_bytes_as_counted, count_ops, slow_bags
 
 
 def _tt(n=60, dim=8, rank=3, seed=0, dtype=torch.float64, **kwargs) -> TTEmbeddingBag:
@@ -33,16 +33,7 @@ def _slow_row(m: TTEmbeddingBag, x: int) -> torch.Tensor:
 
 def _slow_bags(m, ids, offsets, weights, mode, last=False):
     """Pool the slow rows bag by bag, as nn.EmbeddingBag defines it."""
-    bounds = offsets.tolist() + ([] if last else [len(ids)])
-    out = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        rows = [_slow_row(m, int(ids[i])) * (1.0 if weights is None else weights[i]) for i in range(a, b)]
-        if not rows:
-            out.append(torch.zeros(m.embedding_dim, dtype=m.core1.dtype))
-            continue
-        stacked = torch.stack(rows)
-        out.append({"sum": stacked.sum(0), "mean": stacked.mean(0), "max": stacked.max(0).values}[mode])
-    return torch.stack(out)
+    return slow_bags(lambda x: _slow_row(m, x), ids, offsets, weights, mode, m.embedding_dim, include_last_offset=last)
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(cache_rows=7), dict(dim=12, rank=2, row_factors=(3, 4, 5)),
@@ -121,16 +112,6 @@ def test_init_gives_the_target_std():
     assert abs(std / m.init_std - 1) < 0.1, (std, m.init_std)
 
 
-class _CountOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("cache_rows", [0, 10])
 def test_no_python_loop_over_ids(cache_rows):
     """The number of tensor ops of a forward and backward does not grow with the batch."""
@@ -138,10 +119,7 @@ def test_no_python_loop_over_ids(cache_rows):
     counts = []
     for batch in (4, 512):
         ids = torch.arange(batch).view(-1, 2) * 7 % 1000  # both cached and uncached ids
-        m.zero_grad(set_to_none=True)  # each count from no gradient, so none is an accumulation
-        with _CountOps() as ops:
-            m(ids).sum().backward()
-        counts.append(ops.count)
+        counts.append(count_ops(m, ids))
     assert counts[0] == counts[1] and counts[0] < 80, counts
 
 
@@ -152,14 +130,9 @@ def test_no_python_loop_over_ids(cache_rows):
     FeatureConfig("d", 5, 7, scheme="tt", tt_rank=2, tt_cache_rows=9),  # cache capped at n
 ])
 def test_bytes_counted_equal_bytes_allocated(config):
-    for cls in (EmbeddingCollection, FusedEmbeddingCollection):
-        collection = cls([config], sparse=True)
-        allocated = sum(p.untyped_storage().nbytes() for p in collection.parameters())
-        (report,) = collection.report()
-        assert report.bytes == allocated == collection.num_bytes == feature_bytes(config)
+    for module, allocated in allocated_bytes_as_counted(config):
         assert feature_bytes(config, "adagrad") == 2 * allocated
-        module = collection.feature_module(config.name)
-        assert report.table_sizes == module.table_sizes and math.prod(module.row_factors) >= config.num_embeddings
+        assert math.prod(module.row_factors) >= config.num_embeddings
 
 
 def test_factorisations():

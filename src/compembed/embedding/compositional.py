@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..partitions import Hashing, Identity, Partition
+from .bag import check_mode, check_padding_idx, check_positive_int
 from .init import OPERATIONS, default_std, factor_stds, uniform_
-from .pooling import MODES, check_bag_inputs, pool_bags
+from .pooling import check_bag_inputs, pool_bags
 
 __all__ = [
     "CompositionalEmbedding",
@@ -312,14 +313,6 @@ class FullEmbeddingBag(CompositionalEmbeddingBag):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def check_mode(mode: str, scale_grad_by_freq: bool) -> None:
-    """The pooling checks every bag module shares."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if scale_grad_by_freq and mode == "max":
-        raise ValueError("scale_grad_by_freq is not supported with mode='max' (nor is it in nn.EmbeddingBag)")
-
-
 def check_norm_args(
     max_norm: float | None, norm_type: float, scale_grad_by_freq: bool, sparse: bool, composed: str | None
 ) -> None:
@@ -364,10 +357,8 @@ def check_module_args(num_embeddings: int, embedding_dim: int, partition: Partit
         raise TypeError(f"partition must be a compembed.partitions.Partition, got {type(partition).__name__}")
     if partition.num_embeddings != num_embeddings:
         raise ValueError(f"partition covers {partition.num_embeddings} ids but num_embeddings is {num_embeddings}")
-    if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
-        raise ValueError(f"embedding_dim must be a positive int, got {embedding_dim!r}")
-    if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
-        raise ValueError(f"padding_idx must be in [0, {num_embeddings}), got {padding_idx}")
+    check_positive_int("embedding_dim", embedding_dim)
+    check_padding_idx(padding_idx, num_embeddings)
 
 
 def combine(rows: Sequence[Tensor], operation: str) -> Tensor:

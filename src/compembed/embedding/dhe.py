@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..partitions import check_ids
-from .pooling import MODES, pool_bags
+from .bag import BagModule, check_positive_int, check_positive_ints
 from .robe import PRIME, hash_coefficients, universal_hash
 
 __all__ = ["DHE_ACTIVATIONS", "DHEEmbeddingBag", "dhe_parameters"]
@@ -42,7 +42,7 @@ def dhe_parameters(num_hashes: int, hidden_dims: Sequence[int], embedding_dim: i
     return linear + (2 * sum(hidden_dims) if batchnorm else 0)
 
 
-class DHEEmbeddingBag(nn.Module):
+class DHEEmbeddingBag(BagModule):
     """Deep Hash Embedding pooled over bags, with ``nn.EmbeddingBag``'s forward.
 
     Args:
@@ -89,27 +89,19 @@ class DHEEmbeddingBag(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        # sparse=False whatever was asked: the gradients are dense (DDP reduces them as dense ones)
+        super().__init__(num_embeddings, embedding_dim, mode=mode, sparse=False,
+                         include_last_offset=include_last_offset, padding_idx=padding_idx)
         hidden_dims = tuple(hidden_dims)
-        check_dhe_args(num_embeddings, embedding_dim, num_hashes, hidden_dims, buckets, gaussian)
+        check_dhe_args(num_embeddings, num_hashes, hidden_dims, buckets, gaussian)
         if activation not in DHE_ACTIVATIONS:
             raise ValueError(f"activation must be one of {tuple(DHE_ACTIVATIONS)}, got {activation!r}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
-            raise ValueError(f"padding_idx must be in [0, {num_embeddings}), got {padding_idx}")
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
         self.num_hashes = num_hashes
         self.hidden_dims = hidden_dims
         self.buckets = buckets
         self.gaussian = gaussian
         self.batchnorm = batchnorm
         self.activation = activation
-        self.mode = mode
-        self.sparse = False  # whatever was asked: the gradients are dense (DDP reduces them as dense ones)
-        self.include_last_offset = include_last_offset
-        self.padding_idx = padding_idx
         self.seed = seed
         a, b = hash_coefficients(num_hashes, seed, device)
         self.register_buffer("hash_a", a)
@@ -134,14 +126,6 @@ class DHEEmbeddingBag(nn.Module):
     def table_sizes(self) -> tuple[int, ...]:
         return ()  # no table
 
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    @property
-    def full_table_parameters(self) -> int:
-        return self.num_embeddings * self.embedding_dim
-
     def encode(self, input: Tensor) -> Tensor:
         """The dense hash encoding ``(*, k)`` of ids ``(*)`` (uniform in [-1, 1], or standard normal)."""
         check_ids(input, self.num_embeddings)
@@ -160,30 +144,18 @@ class DHEEmbeddingBag(nn.Module):
         codes = self.encode(input).reshape(-1, self.num_hashes)
         return self.mlp(codes).view(*input.shape, self.embedding_dim)
 
-    def forward(
-        self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
-    ) -> Tensor:
-        vectors = self.embed(input)
-        if self.padding_idx is not None:
-            vectors = torch.where((input == self.padding_idx).unsqueeze(-1), 0.0, vectors)
-        return pool_bags(vectors, input, offsets, per_sample_weights, self.mode,
-                         include_last_offset=self.include_last_offset, padding_idx=self.padding_idx)
-
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.embedding_dim}, num_hashes={self.num_hashes}, "
                 f"hidden_dims={list(self.hidden_dims)}, buckets={self.buckets}, gaussian={self.gaussian}, "
                 f"mode={self.mode!r}")
 
 
-def check_dhe_args(num_embeddings: int, embedding_dim: int, num_hashes: int, hidden_dims: tuple[int, ...],
-                   buckets: int, gaussian: bool) -> None:
-    """Clear errors for a DHE shape that cannot work."""
-    for name, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim),
-                        ("num_hashes k", num_hashes), ("buckets m", buckets)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden_dims):
-        raise ValueError(f"hidden_dims must be positive ints, got {list(hidden_dims)}")
+def check_dhe_args(num_embeddings: int, num_hashes: int, hidden_dims: tuple[int, ...], buckets: int,
+                   gaussian: bool) -> None:
+    """Clear errors for a DHE shape that cannot work (``num_embeddings`` is a positive int)."""
+    check_positive_int("num_hashes k", num_hashes)
+    check_positive_int("buckets m", buckets)
+    check_positive_ints("hidden_dims", hidden_dims)
     if num_embeddings > PRIME:
         raise ValueError(f"num_embeddings {num_embeddings} exceeds the hash prime 2**31 - 1")
     if gaussian and num_hashes % 2:

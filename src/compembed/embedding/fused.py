@@ -255,6 +255,8 @@ class FusedEmbeddingCollection(EmbeddingCollection):
         weight = self.weights[str(self._widths[0])]
         if weight.device.type != "cpu" or weight.dtype != torch.float32:
             return f"the kernel runs float32 on CPU, the weights are {weight.dtype} on {weight.device}"
+        if tracing():  # the extension has no fake-tensor implementation, and its build takes a lock
+            return "compiled or exported: the kernel cannot be traced, the PyTorch path can"
         return kernel_unavailable()
 
     def fuse_sgd(self, lr: float | None) -> None:

@@ -20,14 +20,14 @@ from torch import Tensor, nn
 
 from ..partitions import Partition, check_ids
 from ..validation import has_values, tracing
-from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, check_mode, check_norm_args, lookup_repr
-from .init import default_std, uniform_
-from .pooling import pool_bags
+from .bag import BagModule, check_int_in, check_mode
+from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, check_norm_args, lookup_repr
+from .init import uniform_
 
 __all__ = ["HybridEmbeddingBag", "assemble"]
 
 
-class HybridEmbeddingBag(nn.Module):
+class HybridEmbeddingBag(BagModule):
     """Hot ids ``x < K`` look up their own row; cold ids go through a compressed scheme; then bags pool.
 
     Args:
@@ -56,9 +56,7 @@ class HybridEmbeddingBag(nn.Module):
     (``cold.weights``). ``weights`` lists them all, hot first; ``table_sizes`` gives their rows.
 
     Shape:
-        ``forward(input, offsets=None, per_sample_weights=None)`` takes what ``nn.EmbeddingBag``
-        takes: input ``(B, L)``, or 1-D input ``(N,)`` with ``offsets`` ``(B,)`` (``(B+1,)`` with
-        ``include_last_offset``). Output ``(B, D)``. ``embed(input)``: ids ``(*)`` -> ``(*, D)``.
+        ``forward``: ``nn.EmbeddingBag``'s (see ``BagModule``). ``embed(input)``: ids ``(*)`` -> ``(*, D)``.
     """
 
     def __init__(
@@ -80,27 +78,15 @@ class HybridEmbeddingBag(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        for name, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(hot_rows, bool) or not isinstance(hot_rows, int) or not 0 <= hot_rows <= num_embeddings:
-            raise ValueError(f"hot_rows must be an int in [0, num_embeddings={num_embeddings}], got {hot_rows!r}")
+        super().__init__(num_embeddings, embedding_dim, mode=mode, sparse=sparse,
+                         include_last_offset=include_last_offset, padding_idx=padding_idx, init_std=init_std)
+        check_int_in("hot_rows", hot_rows, num_embeddings)
         check_mode(mode, scale_grad_by_freq)
         check_norm_args(max_norm, norm_type, scale_grad_by_freq, sparse, None)  # a composed cold part refuses them itself
-        if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
-            raise ValueError(f"padding_idx must be in [0, {num_embeddings}), got {padding_idx}")
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
         self.hot_rows = hot_rows
-        self.mode = mode
-        self.sparse = sparse
-        self.include_last_offset = include_last_offset
-        self.padding_idx = padding_idx
         self.max_norm = None if max_norm is None else float(max_norm)
         self.norm_type = float(norm_type)
         self.scale_grad_by_freq = scale_grad_by_freq
-        self.init_std = default_std(num_embeddings) if init_std is None else float(init_std)
         self.cold = self._cold_module(cold, operation, device, dtype)  # initialised as it is built
         if hot_rows:
             self.hot = nn.Parameter(torch.empty(hot_rows, embedding_dim, device=device, dtype=dtype))
@@ -155,14 +141,6 @@ class HybridEmbeddingBag(nn.Module):
     def table_sizes(self) -> tuple[int, ...]:
         return tuple(w.shape[0] for w in self.weights)
 
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    @property
-    def full_table_parameters(self) -> int:
-        return self.num_embeddings * self.embedding_dim
-
     def split(self, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Route valid int64 ids ``(*)``: ``(is_hot (*), hot rows (H,), cold ids (C,))``.
 
@@ -190,14 +168,6 @@ class HybridEmbeddingBag(nn.Module):
     def _hot_vectors(self, rows: Tensor) -> Tensor:
         return F.embedding(rows, self.hot, max_norm=self.max_norm, norm_type=self.norm_type,
                            scale_grad_by_freq=self.scale_grad_by_freq, sparse=self.sparse)
-
-    def forward(
-        self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
-    ) -> Tensor:
-        return pool_bags(
-            self.embed(input), input, offsets, per_sample_weights, self.mode,
-            include_last_offset=self.include_last_offset, padding_idx=self.padding_idx,
-        )
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}, hot_rows={self.hot_rows}, mode={self.mode!r}"

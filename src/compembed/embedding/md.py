@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..partitions import check_ids
-from .init import default_std, uniform_
-from .pooling import MODES, pool_bags
+from ..validation import has_values
+from .bag import BagModule
+from .init import uniform_
 
 __all__ = ["MixedDimEmbeddingBag", "md_blocks", "md_dims", "md_num_parameters", "md_feature_layout", "zipf_block_popularity"]
 
@@ -96,7 +97,7 @@ def md_feature_layout(num_embeddings: int, embedding_dim: int, alpha: float, num
     return dict(boundaries=starts[1:], block_dims=dims)
 
 
-class MixedDimEmbeddingBag(nn.Module):
+class MixedDimEmbeddingBag(BagModule):
     """Mixed-dimension embedding pooled over bags, a drop-in for ``nn.EmbeddingBag``.
 
     Args:
@@ -116,9 +117,7 @@ class MixedDimEmbeddingBag(nn.Module):
     Parameters: ``tables[i]`` ``(n_i, d_i)`` and, for ``d_i < D``, ``projections[str(i)]`` ``(d_i, D)``.
 
     Shape:
-        ``forward(input, offsets=None, per_sample_weights=None)`` takes what ``nn.EmbeddingBag``
-        takes: input ``(B, L)``, or 1-D input ``(N,)`` with ``offsets`` ``(B,)`` (``(B+1,)`` with
-        ``include_last_offset``). Output ``(B, D)``. ``embed(input)``: ids ``(*)`` -> ``(*, D)``.
+        ``forward``: ``nn.EmbeddingBag``'s (see ``BagModule``). ``embed(input)``: ids ``(*)`` -> ``(*, D)``.
     """
 
     def __init__(
@@ -138,12 +137,8 @@ class MixedDimEmbeddingBag(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        for name, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        super().__init__(num_embeddings, embedding_dim, mode=mode, sparse=sparse,
+                         include_last_offset=include_last_offset, init_std=init_std)
         self.starts = md_blocks(num_embeddings, num_blocks, boundaries)
         k = len(self.starts)
         if block_dims is None:
@@ -156,13 +151,7 @@ class MixedDimEmbeddingBag(nn.Module):
         if len(block_dims) != k or any(isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= embedding_dim
                                        for d in block_dims):
             raise ValueError(f"block_dims must be {k} ints in [1, embedding_dim={embedding_dim}], got {list(block_dims)}")
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
         self.block_dims = block_dims
-        self.mode = mode
-        self.sparse = sparse
-        self.include_last_offset = include_last_offset
-        self.init_std = default_std(num_embeddings) if init_std is None else float(init_std)
         factory = {"device": device, "dtype": dtype}
         sizes = [b - a for a, b in zip(self.starts, (*self.starts[1:], num_embeddings))]
         self.tables = nn.ParameterList(nn.Parameter(torch.empty(rows, d, **factory)) for rows, d in zip(sizes, block_dims))
@@ -184,14 +173,6 @@ class MixedDimEmbeddingBag(nn.Module):
         """Rows of each block's table."""
         return tuple(t.shape[0] for t in self.tables)
 
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    @property
-    def full_table_parameters(self) -> int:
-        return self.num_embeddings * self.embedding_dim
-
     def block_of(self, ids: Tensor) -> Tensor:
         """Block index ``(*)`` of int64 ids ``(*)``."""
         return torch.bucketize(ids, self._cuts, right=True)
@@ -202,6 +183,15 @@ class MixedDimEmbeddingBag(nn.Module):
         ids = input.long().reshape(-1).contiguous()
         if len(self.tables) == 1:
             out = self._block(0, ids)
+        elif not has_values(ids):
+            # Compiled, exported, meta or fake: no shape may depend on the data. Every block looks up
+            # every id (clamped into its range) and each id keeps its own block's vector; an unused
+            # block gets a zero gradient.
+            blocks = self.block_of(ids)
+            out = self.tables[0].new_zeros(ids.shape[0], self.embedding_dim)
+            for i, table in enumerate(self.tables):
+                local = (ids - self.starts[i]).clamp(0, table.shape[0] - 1)
+                out = torch.where((blocks == i).unsqueeze(-1), self._block(i, local), out)
         else:
             blocks = self.block_of(ids)
             out = self.tables[0].new_empty(ids.shape[0], self.embedding_dim)
@@ -222,17 +212,6 @@ class MixedDimEmbeddingBag(nn.Module):
             projection = F.embedding(torch.arange(projection.shape[0], device=local.device), projection, sparse=True)
         return rows @ projection
 
-    def forward(
-        self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
-    ) -> Tensor:
-        return pool_bags(
-            self.embed(input), input, offsets, per_sample_weights, self.mode, include_last_offset=self.include_last_offset
-        )
-
     def extra_repr(self) -> str:
-        s = f"{self.num_embeddings}, {self.embedding_dim}, starts={self.starts}, block_dims={self.block_dims}, mode={self.mode!r}"
-        if self.sparse:
-            s += ", sparse=True"
-        if self.include_last_offset:
-            s += ", include_last_offset=True"
-        return s
+        return (f"{self.num_embeddings}, {self.embedding_dim}, starts={self.starts}, block_dims={self.block_dims}, "
+                f"mode={self.mode!r}" + self.bag_repr())

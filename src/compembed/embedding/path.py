@@ -10,9 +10,9 @@ from torch import Tensor, nn
 
 from ..partitions import Partition
 from ..validation import has_values
-from .compositional import check_mode, check_module_args, check_norm_args
+from .bag import BagModule, check_mode, check_positive_ints
+from .compositional import check_module_args, check_norm_args
 from .init import default_std, uniform_
-from .pooling import pool_bags
 
 __all__ = ["ClassMLP", "PathEmbedding", "PathEmbeddingBag"]
 
@@ -111,8 +111,7 @@ class PathEmbedding(nn.Module):
         if partition.num_tables < 2:
             raise ValueError("path-based composition needs a partition with at least 2 tables")
         hidden_dims = tuple(hidden_dims)
-        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden_dims):
-            raise ValueError(f"hidden_dims must be positive ints, got {list(hidden_dims)}")
+        check_positive_ints("hidden_dims", hidden_dims)
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.partition = partition
@@ -203,13 +202,7 @@ class PathEmbeddingBag(PathEmbedding):
         self.mode = mode
         self.include_last_offset = include_last_offset
 
-    def forward(
-        self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
-    ) -> Tensor:
-        return pool_bags(
-            self.embed(input), input, offsets, per_sample_weights, self.mode,
-            include_last_offset=self.include_last_offset, padding_idx=self.padding_idx,
-        )
+    forward = BagModule.forward  # the bag modules' pooling of ``embed`` (PathEmbedding's forward is per id)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode={self.mode!r}"

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..partitions import check_ids
-from .init import default_std, uniform_
-from .pooling import MODES, pool_bags
+from .bag import BagModule, check_positive_int
+from .init import uniform_
 
 __all__ = ["PRIME", "ROBEEmbeddingBag", "hash_coefficients", "universal_hash"]
 
@@ -48,7 +48,7 @@ def universal_hash(ids: Tensor, a: Tensor, b: Tensor, buckets: int) -> Tensor:
     return ((ids.long().unsqueeze(-1) * a + b) % PRIME) % buckets
 
 
-class ROBEEmbeddingBag(nn.Module):
+class ROBEEmbeddingBag(BagModule):
     """ROBE-Z embedding bag over one shared array, with ``nn.EmbeddingBag``'s forward.
 
     Args:
@@ -88,31 +88,24 @@ class ROBEEmbeddingBag(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_embeddings, embedding_dim, mode=mode, sparse=sparse,
+                         include_last_offset=include_last_offset, padding_idx=padding_idx, init_std=init_std)
         block_size = embedding_dim if block_size is None else block_size
         check_robe_args(num_embeddings, embedding_dim, size, block_size)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
-            raise ValueError(f"padding_idx must be in [0, {num_embeddings}), got {padding_idx}")
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
         self.size = size
         self.block_size = block_size
         self.num_blocks = embedding_dim // block_size
         self.signs = signs
-        self.mode = mode
-        self.sparse = sparse
-        self.include_last_offset = include_last_offset
-        self.padding_idx = padding_idx
         self.seed = seed
-        self.init_std = default_std(num_embeddings) if init_std is None else float(init_std)
         self.weight = nn.Parameter(torch.empty(size, 1, device=device, dtype=dtype))
         a, b = hash_coefficients(2 * self.num_blocks if signs else self.num_blocks, seed, device)
         self.register_buffer("hash_a", a[: self.num_blocks])
         self.register_buffer("hash_b", b[: self.num_blocks])
-        self.register_buffer("sign_a", a[self.num_blocks :] if signs else None)
-        self.register_buffer("sign_b", b[self.num_blocks :] if signs else None)
+        if signs:
+            self.register_buffer("sign_a", a[self.num_blocks :])
+            self.register_buffer("sign_b", b[self.num_blocks :])
+        else:  # plain attributes: torch.export miscounts buffers registered as None
+            self.sign_a = self.sign_b = None
         self.register_buffer("block", torch.arange(block_size, device=device), persistent=False)
         self.reset_parameters()
 
@@ -123,14 +116,6 @@ class ROBEEmbeddingBag(nn.Module):
     def table_sizes(self) -> tuple[int, ...]:
         """The one array's length (in values, not rows of D)."""
         return (self.size,)
-
-    @property
-    def num_parameters(self) -> int:
-        return self.weight.numel()
-
-    @property
-    def full_table_parameters(self) -> int:
-        return self.num_embeddings * self.embedding_dim
 
     def positions(self, input: Tensor) -> Tensor:
         """Array positions ``(*, D/Z, Z)`` of the values of ids ``(*)``: block i starts at ``h_i(x)``."""
@@ -146,31 +131,18 @@ class ROBEEmbeddingBag(nn.Module):
             values = values * sign.to(values.dtype)[..., None, None]
         return values.reshape(*input.shape, self.embedding_dim)
 
-    def forward(
-        self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
-    ) -> Tensor:
-        vectors = self.embed(input)
-        if self.padding_idx is not None:
-            vectors = torch.where((input == self.padding_idx).unsqueeze(-1), 0.0, vectors)
-        return pool_bags(vectors, input, offsets, per_sample_weights, self.mode,
-                         include_last_offset=self.include_last_offset, padding_idx=self.padding_idx)
-
     def extra_repr(self) -> str:
         s = (f"{self.num_embeddings}, {self.embedding_dim}, size={self.size}, block_size={self.block_size}, "
              f"mode={self.mode!r}")
         if self.signs:
             s += ", signs=True"
-        if self.sparse:
-            s += ", sparse=True"
-        return s
+        return s + self.bag_repr()
 
 
 def check_robe_args(num_embeddings: int, embedding_dim: int, size: int, block_size: int) -> None:
-    """Clear errors for a ROBE-Z shape that cannot work."""
-    for name, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim), ("size", size),
-                        ("block_size", block_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    """Clear errors for a ROBE-Z shape that cannot work (``num_embeddings`` and ``embedding_dim`` are positive ints)."""
+    check_positive_int("size", size)
+    check_positive_int("block_size", block_size)
     if num_embeddings > PRIME:
         raise ValueError(f"num_embeddings {num_embeddings} exceeds the hash prime 2**31 - 1")
     if embedding_dim % block_size:

@@ -51,9 +51,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..partitions import check_ids, integer_root
+from ..validation import has_values
+from .bag import BagModule, check_int_in, check_positive_int
 from .hybrid import assemble
-from .init import default_std
-from .pooling import MODES, pool_bags
 
 __all__ = ["TTEmbeddingBag", "tt_row_factors", "tt_dim_factors", "tt_max_rank", "tt_num_parameters", "tt_feature_layout"]
 
@@ -105,7 +105,7 @@ def tt_feature_layout(num_embeddings: int, embedding_dim: int, rank: int, cache_
                 cache_rows=min(cache_rows, num_embeddings))
 
 
-class TTEmbeddingBag(nn.Module):
+class TTEmbeddingBag(BagModule):
     """A TT-Rec table pooled over bags, a drop-in for ``nn.EmbeddingBag``.
 
     Args:
@@ -125,9 +125,7 @@ class TTEmbeddingBag(nn.Module):
     and ``cache`` ``(K, D)`` when ``K > 0``.
 
     Shape:
-        ``forward(input, offsets=None, per_sample_weights=None)`` takes what ``nn.EmbeddingBag``
-        takes: input ``(B, L)``, or 1-D input ``(N,)`` with ``offsets`` ``(B,)`` (``(B+1,)`` with
-        ``include_last_offset``). Output ``(B, D)``. ``embed(input)``: ids ``(*)`` -> ``(*, D)``.
+        ``forward``: ``nn.EmbeddingBag``'s (see ``BagModule``). ``embed(input)``: ids ``(*)`` -> ``(*, D)``.
     """
 
     def __init__(
@@ -145,14 +143,10 @@ class TTEmbeddingBag(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        for name, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim), ("rank", rank)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(cache_rows, bool) or not isinstance(cache_rows, int) or not 0 <= cache_rows <= num_embeddings:
-            raise ValueError(f"cache_rows must be an int in [0, num_embeddings={num_embeddings}], got {cache_rows!r}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        super().__init__(num_embeddings, embedding_dim, mode=mode, sparse=sparse,
+                         include_last_offset=include_last_offset, init_std=init_std)
+        check_positive_int("rank", rank)
+        check_int_in("cache_rows", cache_rows, num_embeddings)
         self.row_factors = _factors("row_factors", row_factors, tt_row_factors(num_embeddings))
         self.dim_factors = _factors("dim_factors", dim_factors, tt_dim_factors(embedding_dim))
         if math.prod(self.row_factors) < num_embeddings:
@@ -165,14 +159,8 @@ class TTEmbeddingBag(nn.Module):
         if rank > limit:
             raise ValueError(f"TT-rank {rank} does not fit: with row factors {list(self.row_factors)} and dim factors "
                              f"{list(self.dim_factors)} no rank above {limit} adds anything (the unfoldings' rank)")
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
         self.rank = rank
         self.cache_rows = cache_rows
-        self.mode = mode
-        self.sparse = sparse
-        self.include_last_offset = include_last_offset
-        self.init_std = default_std(num_embeddings) if init_std is None else float(init_std)
         (n1, n2, n3), (d1, d2, d3) = self.row_factors, self.dim_factors
         factory = {"device": device, "dtype": dtype}
         self.core1 = nn.Parameter(torch.empty(n1, d1 * rank, **factory))
@@ -215,14 +203,6 @@ class TTEmbeddingBag(nn.Module):
         """Slices of each core ``(n1, n2, n3)``, after the cache's rows ``K`` when there is a cache."""
         return ((self.cache_rows,) if self.cache is not None else ()) + tuple(self.row_factors)
 
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    @property
-    def full_table_parameters(self) -> int:
-        return self.num_embeddings * self.embedding_dim
-
     def digits(self, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mixed-radix digits ``(i1, i2, i3)`` of int64 ids ``(N,)``, most significant first."""
         _, n2, n3 = self.row_factors
@@ -242,8 +222,8 @@ class TTEmbeddingBag(nn.Module):
 
     def _slices(self, core: Tensor, digits: Tensor) -> Tensor:
         """Rows ``(N, size)`` of a flat core for digits ``(N,)``; with sparse gradients, each distinct slice once."""
-        if not self.sparse:
-            return F.embedding(digits, core)
+        if not self.sparse or not has_values(digits):  # compiled or exported: one gradient row per id (repeats add up)
+            return F.embedding(digits, core, sparse=self.sparse)
         present, inverse = torch.unique(digits, return_inverse=True)
         return F.embedding(present, core, sparse=True)[inverse]
 
@@ -253,6 +233,11 @@ class TTEmbeddingBag(nn.Module):
         ids = input.long().reshape(-1)
         if self.cache is None:
             rows = self.tt_rows(ids)
+        elif not has_values(ids):
+            # Compiled, exported, meta or fake: no shape may depend on the data. Every id reads both
+            # the cache (clamped into it) and the train and keeps its own; an unused part gets a zero gradient.
+            hot = F.embedding(ids.clamp(max=self.cache_rows - 1), self.cache, sparse=self.sparse)
+            rows = torch.where((ids < self.cache_rows).unsqueeze(-1), hot, self.tt_rows(ids))
         else:
             cached = ids < self.cache_rows
             hot, cold = ids[cached], ids[~cached]
@@ -264,23 +249,12 @@ class TTEmbeddingBag(nn.Module):
                 rows = assemble(cached, F.embedding(hot, self.cache, sparse=self.sparse), self.tt_rows(cold))
         return rows.reshape(*input.shape, self.embedding_dim)
 
-    def forward(
-        self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
-    ) -> Tensor:
-        return pool_bags(
-            self.embed(input), input, offsets, per_sample_weights, self.mode, include_last_offset=self.include_last_offset
-        )
-
     def extra_repr(self) -> str:
         s = (f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}, row_factors={self.row_factors}, "
              f"dim_factors={self.dim_factors}, mode={self.mode!r}")
         if self.cache is not None:
             s += f", cache_rows={self.cache_rows}"
-        if self.sparse:
-            s += ", sparse=True"
-        if self.include_last_offset:
-            s += ", include_last_offset=True"
-        return s
+        return s + self.bag_repr()
 
 
 def _factors(name: str, given: Sequence[int] | None, default: tuple[int, int, int]) -> tuple[int, int, int]:
