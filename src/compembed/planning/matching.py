@@ -14,6 +14,10 @@ every method gets (up to its knob's granularity) the same bytes:
   that fits; a feature whose full table would be no larger than its DHE keeps the full table;
 - ``tt``: TT-Rec with one TT-rank ``R`` for all features, the largest that fits (each feature's
   rank capped at its largest useful one, ``embedding.tt.tt_max_rank``); no cache;
+- ``cce``: CCE with the ``FeatureConfig`` default of c columns and ``k = ceil(n / (2 c'))`` rows per
+  table for a collision knob ``c'`` (the hashing trick's values at ``c'``), plus the index bytes of its
+  per-id assignment (int32, ``4 n c`` bytes), which no knob removes: at D = 16, c = 2 and Adagrad
+  that floor is 1/16 of the full tables' bytes (a feature whose CCE would not be smaller keeps a full table);
 - ``md``: mixed dimensions (4 equal blocks, ``alpha`` 0.3, the ``FeatureConfig`` defaults) with
   one base width ``d_0`` for all features, the largest that fits. Its minimum, every block of
   width 1, is about ``n`` values per feature, so ``md`` cannot go below about D-fold compression.
@@ -37,7 +41,7 @@ from .budget import feature_bytes, feature_values
 
 __all__ = ["UNIFORM_METHODS", "match_budget"]
 
-UNIFORM_METHODS = ("hashing", "qr", "gqr", "robe", "dhe", "tt", "md")
+UNIFORM_METHODS = ("hashing", "qr", "gqr", "robe", "dhe", "tt", "md", "cce")
 # Methods whose knob grows the bytes (DHE's width, TT-rank, md's base width): the largest knob that fits
 # is searched (``_match_dhe``, ``_match_growing``).
 _GROWING = ("dhe", "tt", "md")
@@ -52,6 +56,10 @@ def _feature(method: str, name: str, n: int, knob: int, dim: int, threshold: int
         return FeatureConfig(name, n, dim, scheme="md", md_base_dim=min(knob, dim))
     if method == "robe":
         return FeatureConfig(name, n, dim, scheme="robe", block_size=dim, robe_size=max(dim, -(-n * dim // knob)))
+    if method == "cce":
+        cce = FeatureConfig(name, n, dim, scheme="cce", cce_rows=max(1, -(-n // (2 * knob))))
+        full = FeatureConfig(name, n, dim, scheme="full")
+        return cce if feature_bytes(cce) < feature_bytes(full) else full
     if method == "dhe":
         dhe = FeatureConfig(name, n, dim, scheme="dhe", dhe_hashes=knob, dhe_hidden=(knob,))
         return dhe if feature_values(dhe) < n * dim else FeatureConfig(name, n, dim, scheme="full")
@@ -77,6 +85,8 @@ def _overrides(config: FeatureConfig) -> dict[str, Any]:
         out.update(dhe_hashes=config.dhe_hashes, dhe_hidden=list(config.dhe_hidden))
     if config.scheme == "tt":
         out["tt_rank"] = config.tt_rank
+    if config.scheme == "cce":
+        out.update(cce_rows=config.cce_rows, cce_columns=config.cce_columns)
     if config.scheme == "md":
         out.update(md_alpha=config.md_alpha, md_blocks=config.md_blocks, md_base_dim=config.md_base_dim)
     return out
