@@ -89,13 +89,16 @@ def test_bytes_counted_equal_bytes_allocated():
     m = module()
     allocated = sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers()))
     params = sum(p.numel() * p.element_size() for p in m.parameters())
-    assert m.index_bytes == cce_index_bytes(N, C) == allocated - params == 4 * N * C + 16 * C + 8
-    assert m.assignment.dtype == torch.int32 and m.assignment.shape == (N, C)
+    assert m.index_bytes == cce_index_bytes(N, C, K) == allocated - params == N * C + 16 * C + 8
+    assert m.assignment.dtype == torch.uint8 and m.assignment.shape == (N, C)  # k = 12 fits a byte
+    for k, dtype in ((256, torch.uint8), (257, torch.int16), (2**15, torch.int16), (2**15 + 1, torch.int32)):
+        meta = CCEEmbeddingBag(2**16, 4, k, device="meta")
+        assert meta.assignment.dtype == dtype and meta.index_bytes == cce_index_bytes(2**16, 2, k)
     config = FeatureConfig("f", 1000, 16, scheme="cce", cce_columns=4, cce_rows=30)
     for cls in (EmbeddingCollection, FusedEmbeddingCollection):
         coll = cls([config, FeatureConfig("g", 40, 16, scheme="full")])
         report = coll.report()[0]
-        assert report.index_bytes == cce_index_bytes(1000, 4) and report.table_sizes == (120, 120)
+        assert report.index_bytes == cce_index_bytes(1000, 4, 30) and report.table_sizes == (120, 120)
         assert report.bytes == 2 * 120 * 4 * 4 + report.index_bytes
         assert coll.num_bytes == report.bytes + 40 * 16 * 4
         assert "index MiB" in coll.summary() and "cce[c4, k30]" in coll.summary()
@@ -112,7 +115,7 @@ def test_closed_form_bytes_equal_the_meta_collection_for_derived_rows():
         config = FeatureConfig("f", n, dim, scheme="cce", cce_columns=columns, num_collisions=collisions)
         coll = EmbeddingCollection([config], device="meta")
         assert config.cce_k == min(n, -(-n // (2 * collisions)))
-        assert feature_bytes(config) == coll.num_bytes == 2 * config.cce_k * dim * 4 + cce_index_bytes(n, columns)
+        assert feature_bytes(config) == coll.num_bytes == 2 * config.cce_k * dim * 4 + cce_index_bytes(n, columns, config.cce_k)
 
 
 @pytest.mark.parametrize(("kw", "message"), [

@@ -13,8 +13,10 @@ subsample of ids when n is large) finds ``k`` centroids, every id is assigned to
 centroid, ``M1_i`` becomes the centroids, ``M2_i`` zero, and ``h_i`` is drawn afresh. Right after,
 every id's vector is its centroid; then the hashed tables keep learning what the clusters miss.
 
-Storage: the assignment is a per-id buffer ``(n, c)`` int32 (4 n c bytes; counted as *index bytes*
-in the accounting, see ``index_bytes``). The hashes ``h_i`` are universal hash functions
+Storage: the assignment is a per-id buffer ``(n, c)`` of the smallest integer type that holds
+``[0, k)`` (``assignment_dtype``: uint8 up to k = 256, int16 up to 32768, else int32; 1, 2 or 4 bytes
+per id and column), counted as *index bytes* in the accounting (``index_bytes``). It puts a floor
+under CCE's bytes that no k removes: n c bytes at least. The hashes ``h_i`` are universal hash functions
 ``((a x + b) mod p) mod k`` with coefficients drawn from ``(seed, round)``: 16 bytes per column,
 far cheaper than a stored ``(n, c)`` table, so they are computed, not stored. Every buffer (the
 assignment, the hash coefficients and the round counter) is in the state dict, so a checkpoint
@@ -41,16 +43,22 @@ from .init import default_std, factor_std, uniform_
 from .pooling import MODES, pool_bags
 from .robe import PRIME, hash_coefficients, universal_hash
 
-__all__ = ["CCEEmbeddingBag", "cce_index_bytes", "check_cce_args", "kmeans"]
+__all__ = ["CCEEmbeddingBag", "assignment_dtype", "cce_index_bytes", "check_cce_args", "kmeans"]
 
 # ids per chunk x k centroids: the distance matrices stay below 2**22 values (16 MiB in float32)
 _DISTANCE_VALUES = 2**22
 
 
-def cce_index_bytes(num_embeddings: int, num_columns: int) -> int:
-    """Bytes of a ``CCEEmbeddingBag``'s buffers: the ``(n, c)`` int32 assignment, the ``2 c`` int64
-    hash coefficients and the int64 round counter."""
-    return 4 * num_embeddings * num_columns + 16 * num_columns + 8
+def assignment_dtype(num_rows: int) -> torch.dtype:
+    """The smallest integer dtype that holds cluster indices ``[0, k)``: uint8, int16 or int32."""
+    return torch.uint8 if num_rows <= 2**8 else torch.int16 if num_rows <= 2**15 else torch.int32
+
+
+def cce_index_bytes(num_embeddings: int, num_columns: int, num_rows: int) -> int:
+    """Bytes of a ``CCEEmbeddingBag``'s buffers: the ``(n, c)`` assignment (``assignment_dtype(k)``), the
+    ``2 c`` int64 hash coefficients and the int64 round counter."""
+    itemsize = torch.empty((), dtype=assignment_dtype(num_rows)).element_size()
+    return itemsize * num_embeddings * num_columns + 16 * num_columns + 8
 
 
 def _seed(seed: int, round: int, what: str) -> int:
@@ -102,7 +110,7 @@ class CCEEmbeddingBag(nn.Module):
         init_std: std of every id's vector at init (the sum of two rows); default ``1/sqrt(3n)``.
 
     Parameters: ``clustered`` (M1) and ``hashed`` (M2), each ``(c k, D / c)``.
-    Buffers: ``assignment`` ``(n, c)`` int32 (values in ``[0, k)``), ``hash_a``, ``hash_b`` ``(c,)``
+    Buffers: ``assignment`` ``(n, c)`` of ``assignment_dtype(k)`` (values in ``[0, k)``), ``hash_a``, ``hash_b`` ``(c,)``
     int64, ``round`` (0-d int64, the re-clusterings done).
 
     Shape:
@@ -157,7 +165,8 @@ class CCEEmbeddingBag(nn.Module):
         shape = (num_columns * num_rows, self.column_dim)
         self.clustered = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
         self.hashed = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
-        self.register_buffer("assignment", torch.empty(num_embeddings, num_columns, dtype=torch.int32, device=device))
+        self.register_buffer("assignment", torch.empty(num_embeddings, num_columns, dtype=assignment_dtype(num_rows),
+                                                       device=device))
         self.register_buffer("hash_a", torch.empty(num_columns, dtype=torch.int64, device=device))
         self.register_buffer("hash_b", torch.empty(num_columns, dtype=torch.int64, device=device))
         self.register_buffer("round", torch.zeros((), dtype=torch.int64, device=device))
@@ -196,7 +205,7 @@ class CCEEmbeddingBag(nn.Module):
 
     @property
     def index_bytes(self) -> int:
-        """Bytes of the buffers (assignment, hash coefficients, round): ``cce_index_bytes(n, c)``."""
+        """Bytes of the buffers (assignment, hash coefficients, round): ``cce_index_bytes(n, c, k)``."""
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
     def _column_offsets(self, device: torch.device) -> Tensor:
@@ -256,7 +265,7 @@ class CCEEmbeddingBag(nn.Module):
             points = torch.cat([self._column_vectors(column, part) for part in sample.split(chunk)])
             means = kmeans(points, k, self.kmeans_iterations, generator)
             for part in torch.arange(n, device=device).split(chunk):
-                assignment[part, column] = nearest(self._column_vectors(column, part), means).to(torch.int32)
+                assignment[part, column] = nearest(self._column_vectors(column, part), means).to(assignment.dtype)
             centroids.append(means)
         self.clustered.copy_(torch.cat(centroids))
         self.hashed.zero_()

@@ -90,12 +90,12 @@ def feature_bytes(config: FeatureConfig, optimizer: str = "sgd", itemsize: int =
 
     Row-wise Adagrad keeps one value per row: ``robe``'s array has rows of one value (one per value);
     ``dhe``'s layers have a row per output (weight ``(out, in)``) and per value (1-D biases, batch norm).
-    ``cce`` adds its index bytes (``embedding.cce.cce_index_bytes``: the int32 ``(n, c)`` assignment, the
+    ``cce`` adds its index bytes (``embedding.cce.cce_index_bytes``: the ``(n, c)`` assignment, the
     hash coefficients and the round counter), which have no optimizer state; its rows are ``D / c`` wide.
     """
     values = feature_values(config)
     if config.scheme == "cce":
-        index = cce_index_bytes(config.num_embeddings, config.cce_columns)
+        index = cce_index_bytes(config.num_embeddings, config.cce_columns, config.cce_k)
         if optimizer == "rowwise_adagrad":
             return (values + 2 * config.cce_columns * config.cce_k) * itemsize + index
         return int(round(values * itemsize * (1.0 + state_factor(optimizer, config.embedding_dim)))) + index
