@@ -16,7 +16,8 @@ from training.runs import SMALL, Interrupt, config, interrupt_at, params, record
 
 
 def cce_config(optimizer: str = "adagrad", **overrides):
-    model = ModelConfig(scheme="cce", cce_columns=2, cce_every=4, cce_epoch_end=True, num_collisions=2, **SMALL)
+    model = ModelConfig(scheme="cce", cce_columns=2, cce_every=4, cce_epoch_end=True, cce_rounds=0,
+                        num_collisions=2, **SMALL)
     lr = 0.01 if optimizer in ("adam", "amsgrad") else 0.05
     return config(model=model, optim=OptimConfig(name=optimizer, lr=lr), **overrides)
 

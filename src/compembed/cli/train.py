@@ -66,7 +66,7 @@ OPTIONS: list[tuple[str, str, str, dict]] = [
     ("model", "cce_every", "--cce-every", dict(type=int, help="cce: re-cluster every N global steps (0: never by steps)")),
     ("model", "cce_epoch_end", "--cce-epoch-end", dict(action=argparse.BooleanOptionalAction,
                                                        help="cce: re-cluster at the end of every epoch")),
-    ("model", "cce_rounds", "--cce-rounds", dict(type=int, help="cce: the most re-clusterings (0: no limit)")),
+    ("model", "cce_rounds", "--cce-rounds", dict(type=int, help="cce: the most re-clusterings (0: no limit; default 3)")),
     ("model", "cce_sample", "--cce-sample", dict(type=int, help="cce: ids k-means runs on (0: min(n, max(8k, 65536)))")),
     ("model", "threshold", "--threshold", dict(type=int, help="compress only features with more categories")),
     ("model", "embedding_dim", "--dim", dict(type=int, help="embedding dimension D")),

@@ -249,10 +249,12 @@ class CCEEmbeddingBag(nn.Module):
         (``clustered`` and ``hashed``), whose optimizer state should be reset.
 
         Deterministic: the subsample and the k-means starts come from a CPU generator seeded by
-        ``(seed, round)``; the new hashes too.
+        ``(seed, round)``; the new hashes too. Cost: about ``n k D`` multiply-adds per k-means pass
+        (``kmeans_iterations`` passes over the sample, one over all ids), e.g. 40 s on one busy CPU
+        thread for n = 100,000, k = 12,500, D = 16.
         """
-        round = int(self.round) + 1
-        generator = torch.Generator().manual_seed(_seed(self.seed, round, "kmeans"))
+        next_round = int(self.round) + 1
+        generator = torch.Generator().manual_seed(_seed(self.seed, next_round, "kmeans"))
         n, k, device = self.num_embeddings, self.num_rows, self.clustered.device
         sample_size = max(k, min(n, self.kmeans_sample))
         if sample_size < n:
@@ -270,8 +272,8 @@ class CCEEmbeddingBag(nn.Module):
         self.clustered.copy_(torch.cat(centroids))
         self.hashed.zero_()
         self.assignment.copy_(assignment)
-        self._set_hash(round)
-        self.round.fill_(round)
+        self._set_hash(next_round)
+        self.round.fill_(next_round)
         return [self.clustered, self.hashed]
 
     def on_train_step(self, step: int, epoch_end: bool = False) -> list[nn.Parameter]:

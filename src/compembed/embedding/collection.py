@@ -84,7 +84,8 @@ class FeatureConfig:
             the hashing trick's values; capped at n; see ``cce_k``).
         cce_every: for ``cce``, re-cluster every this many global training steps (0: never by steps).
         cce_epoch_end: for ``cce``, re-cluster at the end of every epoch.
-        cce_rounds: for ``cce``, the most re-clusterings (0: no limit).
+        cce_rounds: for ``cce``, the most re-clusterings (0: no limit); after the last round both tables
+            keep learning. Each round costs about ``n k D`` multiply-adds per k-means pass (5 passes).
         cce_sample: for ``cce``, the ids k-means runs on (0: ``min(n, max(8 k, 65536))``).
     """
 
@@ -121,7 +122,7 @@ class FeatureConfig:
     cce_rows: int = 0
     cce_every: int = 1000
     cce_epoch_end: bool = False
-    cce_rounds: int = 0
+    cce_rounds: int = 3
     cce_sample: int = 0
 
     def __post_init__(self) -> None:
