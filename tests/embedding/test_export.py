@@ -5,6 +5,7 @@ from torch.export import Dim
 
 from compembed import trusted_inputs
 from compembed.embedding import (
+    CCEEmbeddingBag,
     CompositionalEmbedding,
     CompositionalEmbeddingBag,
     EmbeddingCollection,
@@ -31,6 +32,7 @@ MODULES = {
     "path-many": lambda **kw: PathEmbeddingBag(N, D, QuotientRemainder(N, 25), hidden_dims=(8,), **kw),
     "hybrid": lambda **kw: HybridEmbeddingBag(N, D, 10, QuotientRemainder(N - 10, 4), **kw),
     "hybrid-mean": lambda **kw: HybridEmbeddingBag(N, D, 10, ChineseRemainder(N - 10, (9, 10)), mode="mean", **kw),
+    "cce": lambda **kw: CCEEmbeddingBag(N, D, 13, 2, mode="sum", **kw),
 }
 
 
@@ -69,7 +71,7 @@ def test_per_id_module_and_bags_with_offsets_export():
         program.module()(values, torch.tensor([0, 3, 2, 5]), weights)
 
 
-@pytest.mark.parametrize("name", ["qr", "path", "hybrid"])
+@pytest.mark.parametrize("name", ["qr", "path", "hybrid", "cce"])
 def test_bags_export_with_dynamic_ids_and_bags(name):
     torch.manual_seed(0)
     bag = MODULES[name]()

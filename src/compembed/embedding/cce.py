@@ -77,14 +77,20 @@ def nearest(points: Tensor, centroids: Tensor) -> Tensor:
 
 def kmeans(points: Tensor, k: int, iterations: int, generator: torch.Generator) -> Tensor:
     """``k`` centroids ``(k, w)`` of ``points`` ``(m, w)``, ``m >= k``: ``k`` distinct points drawn with
-    ``generator`` (a CPU generator), then ``iterations`` Lloyd steps; an empty cluster keeps its centroid."""
+    ``generator`` (a CPU generator), then ``iterations`` Lloyd steps; an empty cluster keeps its centroid.
+
+    The distances are computed where ``points`` are; the cluster sums on the CPU, in point order (an
+    accelerator's ``index_add_`` adds in no fixed order), so the result is the same run after run.
+    """
     pick = torch.randperm(points.shape[0], generator=generator)[:k].to(points.device)
     centroids = points[pick].clone()
+    on_cpu = points.cpu()
     for _ in range(iterations):
-        labels = nearest(points, centroids)
-        sums = torch.zeros_like(centroids).index_add_(0, labels, points)
+        labels = nearest(points, centroids).cpu()
+        sums = torch.zeros(k, points.shape[1], dtype=points.dtype).index_add_(0, labels, on_cpu)
         counts = torch.bincount(labels, minlength=k).unsqueeze(1)
-        centroids = torch.where(counts > 0, sums / counts.clamp(min=1).to(points.dtype), centroids)
+        means = torch.where(counts > 0, sums / counts.clamp(min=1).to(points.dtype), centroids.cpu())
+        centroids = means.to(points.device)
     return centroids
 
 
