@@ -246,6 +246,8 @@ def test_bf16_precision_and_device_options(tmp_path, capsys, monkeypatch):
     ("robe", ["--robe-size", "500"], "adam"),
     ("dhe", ["--dhe-hashes", "8", "--dhe-hidden", "12", "--dhe-batchnorm"], "adagrad"),
     ("dhe", ["--dhe-hashes", "7", "--no-dhe-gaussian", "--dhe-activation", "relu"], "adam"),
+    ("cce", ["--cce-columns", "4", "--cce-every", "4", "--collisions", "3"], "adagrad"),
+    ("cce", ["--cce-rows", "20", "--cce-every", "3", "--cce-epoch-end", "--cce-rounds", "4"], "adam"),
 ])
 def test_robe_and_dhe_train_and_resume_exactly(tmp_path, scheme, options, optimizer):
     from compembed.training import train
@@ -259,6 +261,11 @@ def test_robe_and_dhe_train_and_resume_exactly(tmp_path, scheme, options, optimi
     assert config.model.scheme == scheme and config.optim.name == optimizer
     if scheme == "robe":
         assert (config.model.block_size, config.model.robe_signs, config.model.robe_size) in ((4, True, None), (None, None, 500))
+    elif scheme == "cce":
+        model = config.model
+        assert (model.cce_columns, model.cce_every, model.cce_rows, model.cce_epoch_end, model.cce_rounds) in (
+            (4, 4, None, None, None), (None, 3, 20, True, 4))
+        assert model.label() in ("cce-c4/3", "cce-c2-k20")
     else:
         assert config.model.dhe_hashes in (8, 7) and config.model.dhe_batchnorm in (True, None)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
@@ -269,6 +276,8 @@ def test_robe_and_dhe_train_and_resume_exactly(tmp_path, scheme, options, optimi
     a, b = load_file(whole / "checkpoint.safetensors"), load_file(cut / "checkpoint.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "optim.")))
     assert any(k.endswith("hash_a") for k in a)  # the hash functions are in the checkpoint
+    if scheme == "cce":  # re-clustered (16 steps: every 4, at most 3 rounds by default; every 3, at most 4) and saved
+        assert {int(a[k]) for k in a if k.endswith(".round")} == {4 if "--cce-rounds" in options else 3}
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
     assert sa["evals"] == sb["evals"] and sa["train_loss"] == sb["train_loss"] and sa["steps"] == 16
     assert 0 < sa["evals"]["test"]["loss"] < 1.0

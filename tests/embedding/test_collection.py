@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from compembed.embedding import (
+    CCEEmbeddingBag,
     CompositionalEmbeddingBag,
     EmbeddingCollection,
     FeatureConfig,
@@ -29,7 +30,7 @@ def test_threshold_rule_compresses_only_large_features():
     ("scheme", "kind"),
     [("full", FullEmbeddingBag), ("hashing", HashEmbeddingBag), ("qr", CompositionalEmbeddingBag),
      ("gqr", CompositionalEmbeddingBag), ("crt", CompositionalEmbeddingBag), ("path", PathEmbeddingBag),
-     ("hybrid", HybridEmbeddingBag)],
+     ("hybrid", HybridEmbeddingBag), ("cce", CCEEmbeddingBag)],
 )
 def test_every_scheme_builds_and_runs(scheme, kind):
     collection = EmbeddingCollection(feature_configs(CARDINALITIES, scheme=scheme, hidden_dims=(8,), hot_rows=10))
@@ -100,7 +101,7 @@ def test_criteo_budget_matches_the_paper():
 
 def test_schemes_come_from_one_registry():
     assert SCHEMES == tuple(BUILDERS) == ("full", "hashing", "qr", "gqr", "crt", "path", "hybrid", "robe", "dhe",
-                                          "tt", "md")
+                                          "tt", "md", "cce")
     # A hybrid's cold part is built by the cold scheme's own builder, over the n - K cold ids.
     collection = EmbeddingCollection([FeatureConfig("h", 1000, scheme="hybrid", hot_rows=100, cold_scheme="hashing",
                                                     num_collisions=3)])

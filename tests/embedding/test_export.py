@@ -5,6 +5,7 @@ from torch.export import Dim
 
 from compembed import trusted_inputs
 from compembed.embedding import (
+    CCEEmbeddingBag,
     CompositionalEmbedding,
     CompositionalEmbeddingBag,
     EmbeddingCollection,
@@ -43,6 +44,7 @@ MODULES = {
     "tt-cache": lambda **kw: TTEmbeddingBag(N, D, rank=2, cache_rows=10, **kw),
     # four blocks of 25 ids (widths 8, 5, 4, 4 under Zipf(1)): three projected
     "md": lambda **kw: MixedDimEmbeddingBag(N, D, alpha=0.3, **kw),
+    "cce": lambda **kw: CCEEmbeddingBag(N, D, 13, 2, mode="sum", **kw),
 }
 
 
@@ -81,7 +83,7 @@ def test_per_id_module_and_bags_with_offsets_export():
         program.module()(values, torch.tensor([0, 3, 2, 5]), weights)
 
 
-@pytest.mark.parametrize("name", ["qr", "path", "hybrid", "robe", "dhe", "tt-cache", "md"])
+@pytest.mark.parametrize("name", ["qr", "path", "hybrid", "robe", "dhe", "tt-cache", "md", "cce"])
 def test_bags_export_with_dynamic_ids_and_bags(name):
     torch.manual_seed(0)
     bag = MODULES[name]()

@@ -14,7 +14,8 @@ from compembed.optim import SparseAdagrad
 from .toy import toy_dataset
 
 SCHEMES = [("full", "mult"), ("hashing", "mult"), ("qr", "concat"), ("qr", "add"), ("qr", "mult"),
-           ("gqr", "mult"), ("crt", "mult"), ("path", "mult"), ("hybrid", "mult")]
+           ("gqr", "mult"), ("crt", "mult"), ("path", "mult"), ("hybrid", "mult"),
+           ("cce", "mult")]
 SMALL = dict(threshold=0, embedding_dim=8, bottom_mlp=(32,), top_mlp=(32,), deep_mlp=(32, 16), cross_layers=2, num_collisions=4,
              num_partitions=2, path_hidden=(8,), hot_rows=5)
 
@@ -140,6 +141,8 @@ def test_dense_input_that_does_not_fit_is_named(cls):
     (dict(deep_mlp=()), "deep_mlp needs"),
     (dict(hot_rows=-1), "hot_rows must be >= 0"),
     (dict(cold_scheme="path"), "cold_scheme must be one of"),
+    (dict(cce_columns=3), "cce_columns must be >= 1 and divide embedding_dim=16, got 3"),
+    (dict(cce_every=-1), "cce_every must be >= 0, got -1"),
 ])
 def test_config_errors(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -187,3 +190,19 @@ def test_hybrid_config_reaches_every_feature_and_labels_itself():
     model = build_model(ModelConfig(scheme="hybrid", cold_scheme="hashing", **SMALL), dataset.info)
     assert {(c.scheme, c.hot_rows, c.cold_scheme) for c in model.embeddings.configs} == {("hybrid", 5, "hashing")}
     assert all(r.scheme.startswith("hybrid[5]") for r in model.embeddings.report())
+
+
+def test_cce_config_reaches_every_feature_labels_itself_and_has_sparse_gradients():
+    assert ModelConfig(scheme="cce", num_collisions=8).label() == "cce-c2/8"
+    assert ModelConfig(scheme="cce", cce_columns=4, cce_rows=100).label() == "cce-c4-k100"
+    dataset = toy_dataset(rows=64)
+    config = ModelConfig(scheme="cce", cce_columns=4, cce_every=7, cce_epoch_end=True, cce_rounds=3, **SMALL)
+    model = build_model(config, dataset.info, sparse=True)
+    assert {(c.cce_columns, c.cce_every, c.cce_epoch_end, c.cce_rounds) for c in model.embeddings.configs} == {(4, 7, True, 3)}
+    modules = [model.embeddings.feature_module(n) for n in dataset.info.categorical_names]
+    assert [(m.num_rows, m.every_steps, m.at_epoch_end, m.max_rounds) for m in modules] == [
+        (-(-n // 8), 7, True, 3) for n in dataset.info.cardinalities]
+    batch = next(iter(dataset.loader("train", 32)))
+    model(batch.dense, batch.features(dataset.info.categorical_names)).sum().backward()
+    grads = [p.grad for p in model.embeddings.parameters()]
+    assert len(grads) == 6 and all(g is not None and g.is_sparse for g in grads)

@@ -126,3 +126,35 @@ def test_a_budget_below_the_smallest_robe_or_dhe_is_refused():
     # robe's smallest: one block (D = 16 values) per feature, 2 x 4 bytes each with Adagrad
     assert match_budget("robe", cards, 3 * 16 * 8, threshold=0)[1] == 3 * 16 * 8
     assert match_budget("robe", cards, 3 * 16 * 8 - 1, threshold=0) is None
+
+
+@pytest.mark.parametrize("ratio", [4, 16, 48])
+def test_cce_is_sized_to_the_budget_with_its_index_bytes(ratio):
+    from compembed.data.criteo_spec import KAGGLE_CARDINALITIES
+    from compembed.embedding.cce import cce_index_bytes
+    from compembed.planning import budget_for_compression, match_budget
+
+    cards = [max(4, int(c * 0.05)) for c in KAGGLE_CARDINALITIES]
+    budget = budget_for_compression(cards, ratio)
+    features, size, knob = match_budget("cce", cards, budget)
+    configs = [FeatureConfig(f"C{j + 1}", n, **features[f"C{j + 1}"]) for j, n in enumerate(cards)]
+    collection = EmbeddingCollection(configs, device="meta")
+    index = sum(cce_index_bytes(c.num_embeddings, c.cce_columns, c.cce_k) for c in configs if c.scheme == "cce")
+    assert index > 0 and sum(r.index_bytes for r in collection.report()) == index
+    # Adagrad doubles the tables' bytes, not the index bytes (no optimizer state)
+    assert size == sum(feature_bytes(c, "adagrad") for c in configs) == 2 * collection.num_bytes - index
+    assert 0.99 * budget <= size <= budget  # the bytes left go to the largest features' rows
+    assert all(c.scheme == "full" for c in configs if c.num_embeddings <= 200)
+    assert {c.scheme for c in configs if c.num_embeddings > 200} == {"cce"}
+
+
+def test_a_budget_below_the_cce_index_bytes_is_refused():
+    from compembed.embedding.cce import cce_index_bytes
+    from compembed.planning import match_budget
+
+    cards = [10_000, 5000]
+    # the smallest CCE: one row per table (2 x 2 rows of D/2 = 8 values), plus a byte per id and column
+    smallest = sum(2 * 16 * 4 * 2 + cce_index_bytes(n, 2, 1) for n in cards)
+    assert smallest == 2 * 256 + 15_000 * 2 + 2 * (16 * 2 + 8)
+    assert match_budget("cce", cards, smallest, threshold=0)[1] == smallest
+    assert match_budget("cce", cards, smallest - 1, threshold=0) is None

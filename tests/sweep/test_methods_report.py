@@ -1,7 +1,7 @@
 import pytest
 
 from compembed.sweep.budget_report import budget_points
-from compembed.sweep.methods_report import plot_methods, recipe_rows, verdicts, write_methods_report
+from compembed.sweep.methods_report import parity, plot_methods, recipe_rows, verdicts, write_methods_report
 
 
 def _rows(table):
@@ -63,3 +63,16 @@ def test_chart_is_written_atomically(tmp_path):
     path = plot_methods(budget_points(_rows(HOLDS)), "dlrm", tmp_path / "chart.png", "t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["chart.png"]  # no temporary file left
+
+
+def test_parity_is_the_largest_compression_within_the_seed_std_of_full_tables(tmp_path):
+    table = HOLDS + [("hashing", 4, [0.451, 0.453, 0.449]),  # 0.001 above full, std 0.002: at parity
+                     ("robe", 64, [0.452, 0.456, 0.448])]  # 0.002 above, std 0.004: at parity, the largest
+    points = budget_points(_rows(table))
+    result = parity(points, "dlrm")
+    assert result["hashing"][0] == 4.0  # 16x is 0.010 above with std 0.003: not at parity
+    assert result["robe"][0] == 64.0 and result["robe"][1].target == 64.0
+    assert result["dhe"][0] is None and result["planner"][0] is None
+    report = write_methods_report(_rows(table), (0.05,), [], tmp_path, "t", "pre", "hand-made").read_text()
+    assert "| ROBE-Z | 64x | 0.45200 ± 0.00400 | 16x, 64x |" in report
+    assert "| DHE | none measured |  | 256x |" in report

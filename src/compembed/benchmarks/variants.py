@@ -224,6 +224,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
                         tt_rank=8)),
     Variant("md", "mixed dimensions: 4 frequency blocks, power-law widths (alpha 0.3), projected to D",
             _collection(FusedEmbeddingCollection, scheme="md", md_alpha=0.3, md_blocks=4)),
+    Variant("cce", "CCE: 2 columns of a clustered and a hashed table, n/8 rows each (hashing's bytes) plus the "
+                   "per-id assignment; lookups only (no re-clustering in the timed steps), per-feature modules",
+            _collection(FusedEmbeddingCollection, scheme="cce", cce_columns=2)),
     Variant("mlp-only", "no tables: a fixed random (B, F, D) input, the DLRM step's dense work alone",
             lambda cards, dim, threshold, collisions, device: NoTables(cards, dim, device)),
 ]}

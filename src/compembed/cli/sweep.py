@@ -205,7 +205,9 @@ def _methods_report(args, spec, info, rows, out: Path, cells: int) -> int:
     preamble = (
         f"Preset `{args.preset}`: {len(rows)} of {cells} runs listed so far finished (a method's main runs are listed "
         f"once its tuning has finished); {source}; {sum(info.cardinalities):,} categories in "
-        f"{len(info.cardinalities)} features. Recipe: batch {b.batch_size}, {b.epochs} epoch(s), "
+        f"{len(info.cardinalities)} features. Models: D={b.model.embedding_dim}; DLRM bottom MLP "
+        f"{list(b.model.bottom_mlp)}, top MLP {list(b.model.top_mlp)}; DCN {b.model.cross_layers} cross layers, deep "
+        f"{list(b.model.deep_mlp)}. Recipe: batch {b.batch_size}, {b.epochs} epoch(s), "
         f"{list(spec.optimizers)} with dense lr {b.optim.lr} and the tuned table lr, validation "
         f"{f'every {b.eval_every} steps' if b.eval_every else 'at the end of each epoch'}, the best validation "
         f"checkpoint kept; seeds {list(spec.seeds)}; budgets {[f'{r:g}x' for r in spec.budgets]} of the full tables' "

@@ -1,4 +1,4 @@
-"""Embedding modules: compositional, path-based, hybrid, hashing, ROBE-Z, DHE, TT-Rec, mixed-dimension and full tables, and a per-feature collection."""
+"""Embedding modules: compositional, path-based, hybrid, hashing, ROBE-Z, DHE, TT-Rec, CCE, mixed-dimension and full tables, and a per-feature collection."""
 from .collection import (
     BUILDERS,
     COLD_SCHEMES,
@@ -9,6 +9,7 @@ from .collection import (
     build_embedding_bag,
     feature_configs,
 )
+from .cce import CCEEmbeddingBag
 from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, FullEmbeddingBag, HashEmbeddingBag, combine
 from .dhe import DHEEmbeddingBag
 from .fused import FusedEmbeddingCollection
@@ -32,6 +33,7 @@ __all__ = [
     "DHEEmbeddingBag",
     "TTEmbeddingBag",
     "MixedDimEmbeddingBag",
+    "CCEEmbeddingBag",
     "ClassMLP",
     "EmbeddingCollection",
     "FusedEmbeddingCollection",

@@ -17,6 +17,7 @@ from ..partitions import (
     choose_divisors,
     choose_moduli,
 )
+from .cce import CCEEmbeddingBag
 from .compositional import CompositionalEmbeddingBag, FullEmbeddingBag, HashEmbeddingBag
 from .dhe import DHE_ACTIVATIONS, DHEEmbeddingBag
 from .hybrid import HybridEmbeddingBag
@@ -48,7 +49,8 @@ class FeatureConfig:
             modulus ``num_collisions``), ``gqr`` / ``crt`` (``num_partitions`` tables near
             ``n**(1/k)`` rows, or explicit ``factors``), ``path`` (QR with per-remainder MLPs),
             ``hybrid`` (the ``hot_rows`` first ids own rows, the others use ``cold_scheme``), ``robe``
-            (ROBE-Z: hashed blocks of one shared array), ``dhe`` (Deep Hash Embedding: hash encoding + MLP).
+            (ROBE-Z: hashed blocks of one shared array), ``dhe`` (Deep Hash Embedding: hash encoding + MLP),
+            ``cce`` (CCE: per column a clustered and a hashed table, re-clustered during training).
         operation: how ``qr``/``gqr``/``crt`` combine their rows: ``mult``, ``add`` or ``concat``.
         num_collisions: ids per shared row for ``hashing``, ``qr`` and ``path``.
         num_partitions: k for ``gqr`` and ``crt`` when ``factors`` is not given.
@@ -69,7 +71,7 @@ class FeatureConfig:
         dhe_gaussian: ``dhe`` Box-Mullers the uniform encoding to a Gaussian one (the paper's best).
         dhe_batchnorm: batch norm after each hidden layer of ``dhe``'s MLP.
         dhe_activation: ``mish`` or ``relu`` in ``dhe``'s MLP.
-        hash_seed: with the feature's name, seeds the hash functions of ``robe`` and ``dhe``.
+        hash_seed: with the feature's name, seeds the hash functions of ``robe``, ``dhe`` and ``cce``.
         tt_rank: for ``tt`` (TT-Rec, ``embedding.tt``), the TT-rank R of the 3 cores; a feature too
             small for it gets its largest useful rank (``tt_max_rank``).
         tt_cache_rows: for ``tt``, the K first (most frequent) ids read full cached rows.
@@ -77,6 +79,14 @@ class FeatureConfig:
         md_blocks: for ``md``, the number of equal id ranges (at most n; fewer for smaller features).
         md_base_dim: for ``md``, the width of the most popular block (0: ``embedding_dim``).
         md_boundaries: for ``md``, explicit first ids of the blocks after the first (instead of md_blocks).
+        cce_columns: for ``cce`` (``embedding.cce``), c, the columns of width D / c; divides D.
+        cce_rows: for ``cce``, k, the rows of each column's two tables (0: ``ceil(n / (2 num_collisions))``,
+            the hashing trick's values; capped at n; see ``cce_k``).
+        cce_every: for ``cce``, re-cluster every this many global training steps (0: never by steps).
+        cce_epoch_end: for ``cce``, re-cluster at the end of every epoch.
+        cce_rounds: for ``cce``, the most re-clusterings (0: no limit); after the last round both tables
+            keep learning. Each round costs about ``n k D`` multiply-adds per k-means pass (5 passes).
+        cce_sample: for ``cce``, the ids k-means runs on (0: ``min(n, max(8 k, 65536))``).
     """
 
     name: str
@@ -107,6 +117,13 @@ class FeatureConfig:
     md_blocks: int = 4
     md_base_dim: int = 0
     md_boundaries: tuple[int, ...] | None = None
+    # cce: the columns, rows and the re-clustering schedule, checked below
+    cce_columns: int = 2
+    cce_rows: int = 0
+    cce_every: int = 1000
+    cce_epoch_end: bool = False
+    cce_rounds: int = 3
+    cce_sample: int = 0
 
     def __post_init__(self) -> None:
         where = f"feature {self.name!r}"
@@ -132,6 +149,25 @@ class FeatureConfig:
         self.hidden_dims = tuple(self.hidden_dims)
         self.dhe_hidden = tuple(self.dhe_hidden)
         self._check_hashed(where)
+        self._check_cce(where)
+
+    def _check_cce(self, where: str) -> None:
+        """The cce fields (checked for every scheme, so that a wrong value is never silent)."""
+        for name, minimum in (("cce_columns", 1), ("cce_rows", 0), ("cce_every", 0), ("cce_rounds", 0),
+                              ("cce_sample", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
+        if not isinstance(self.cce_epoch_end, bool):
+            raise ValueError(f"{where}: cce_epoch_end must be a bool, got {self.cce_epoch_end!r}")
+        if self.scheme == "cce" and self.embedding_dim % self.cce_columns:
+            raise ValueError(f"{where}: cce_columns c={self.cce_columns} must divide embedding_dim D={self.embedding_dim}")
+
+    @property
+    def cce_k(self) -> int:
+        """CCE's rows per table: ``cce_rows``, or when 0 ``ceil(n / (2 num_collisions))`` (then the two
+        tables hold the hashing trick's ``n D / num_collisions`` values), at most n."""
+        return min(self.num_embeddings, self.cce_rows or -(-self.num_embeddings // (2 * self.num_collisions)))
 
     def _check_hashed(self, where: str) -> None:
         """The robe and dhe fields (checked for every scheme, so that a wrong value is never silent)."""
@@ -229,6 +265,12 @@ def _robe(c: FeatureConfig, n: int, **kw) -> nn.Module:
                             seed=c.hash_seed_of_feature, **kw)
 
 
+def _cce(c: FeatureConfig, n: int, **kw) -> nn.Module:
+    return CCEEmbeddingBag(n, c.embedding_dim, c.cce_k, c.cce_columns, every_steps=c.cce_every,
+                           at_epoch_end=c.cce_epoch_end, max_rounds=c.cce_rounds, kmeans_sample=c.cce_sample,
+                           seed=c.hash_seed_of_feature, **kw)
+
+
 def _dhe(c: FeatureConfig, n: int, **kw) -> nn.Module:
     kw.pop("init_std", None)  # an MLP's own init
     return DHEEmbeddingBag(n, c.embedding_dim, c.dhe_hashes, c.dhe_hidden, gaussian=c.dhe_gaussian,
@@ -256,6 +298,7 @@ BUILDERS: dict[str, Builder] = {
     "dhe": _dhe,
     "tt": _tt,
     "md": _md,
+    "cce": _cce,
 }
 SCHEMES = tuple(BUILDERS)
 
@@ -270,7 +313,11 @@ def build_embedding_bag(config: FeatureConfig, sparse: bool = False, **factory) 
 
 @dataclass(frozen=True)
 class FeatureReport:
-    """Memory of one feature's embedding against the full ``n x D`` table."""
+    """Memory of one feature's embedding against the full ``n x D`` table.
+
+    ``bytes`` counts the parameters and the ``index_bytes``: buffers that a scheme stores per id (CCE's
+    assignment; a module's ``index_bytes`` property, 0 for the others).
+    """
 
     name: str
     scheme: str
@@ -281,6 +328,7 @@ class FeatureReport:
     bytes: int
     full_parameters: int
     full_bytes: int
+    index_bytes: int = 0
 
     @property
     def compression_ratio(self) -> float:
@@ -373,12 +421,14 @@ class EmbeddingCollection(nn.Module):
             itemsize = params[0].element_size()
             sizes = getattr(module, "table_sizes", None) or tuple(getattr(getattr(module, "partition", None), "table_sizes", ()))
             full = config.num_embeddings * config.embedding_dim
+            index = index_bytes(module)
             reports.append(
                 FeatureReport(
                     name=config.name, scheme=_describe(config), num_embeddings=config.num_embeddings,
                     embedding_dim=config.embedding_dim, table_sizes=sizes,
-                    parameters=sum(p.numel() for p in params), bytes=sum(p.numel() * p.element_size() for p in params),
-                    full_parameters=full, full_bytes=full * itemsize,
+                    parameters=sum(p.numel() for p in params),
+                    bytes=sum(p.numel() * p.element_size() for p in params) + index,
+                    full_parameters=full, full_bytes=full * itemsize, index_bytes=index,
                 )
             )
         return reports
@@ -389,7 +439,8 @@ class EmbeddingCollection(nn.Module):
 
     @property
     def num_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.parameters())
+        """Bytes of the parameters plus the index bytes (per-id buffers, see ``FeatureReport``)."""
+        return sum(p.numel() * p.element_size() for p in self.parameters()) + index_bytes(self)
 
     @property
     def full_table_parameters(self) -> int:
@@ -402,18 +453,28 @@ class EmbeddingCollection(nn.Module):
 
     def summary(self) -> str:
         """A plain-text table of the report, one line per feature plus the total."""
-        rows = [("feature", "scheme", "n", "tables", "params", "MiB", "ratio")]
-        for r in self.report():
+        reports = self.report()
+        indexed = any(r.index_bytes for r in reports)  # an "index MiB" column (included in MiB) when some scheme has one
+        rows = [("feature", "scheme", "n", "tables", "params", "MiB", *(("index MiB",) if indexed else ()), "ratio")]
+        for r in reports:
             rows.append((
                 r.name, r.scheme, f"{r.num_embeddings:,}", "+".join(map(str, r.table_sizes)) or "-",
-                f"{r.parameters:,}", f"{r.bytes / 2**20:.2f}", f"{r.compression_ratio:.1f}x",
+                f"{r.parameters:,}", f"{r.bytes / 2**20:.2f}", *((f"{r.index_bytes / 2**20:.2f}",) if indexed else ()),
+                f"{r.compression_ratio:.1f}x",
             ))
         rows.append((
             "total", "", f"{sum(f.num_embeddings for f in self.configs):,}", "", f"{self.num_parameters:,}",
-            f"{self.num_bytes / 2**20:.2f}", f"{self.compression_ratio:.1f}x",
+            f"{self.num_bytes / 2**20:.2f}", *((f"{sum(r.index_bytes for r in reports) / 2**20:.2f}",) if indexed else ()),
+            f"{self.compression_ratio:.1f}x",
         ))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         return "\n".join("  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
+
+
+def index_bytes(module: nn.Module) -> int:
+    """Bytes of the per-id index buffers of ``module`` and its submodules (their ``index_bytes``, e.g. CCE's
+    assignment), which the embedding needs besides its parameters."""
+    return sum(int(getattr(m, "index_bytes", 0)) for m in module.modules())
 
 
 def check_batch_sizes(names: Sequence[str], pooled: Sequence[Tensor]) -> None:
@@ -445,6 +506,8 @@ def _describe(config: FeatureConfig) -> str:
         return f"hybrid[{config.hot_rows}]+{_describe(dataclasses.replace(config, scheme=config.cold_scheme))}"
     if config.scheme == "robe":
         return f"robe-{config.block_z}"
+    if config.scheme == "cce":
+        return f"cce[c{config.cce_columns}, k{config.cce_k}]"
     if config.scheme == "dhe":
         return f"dhe{[config.dhe_hashes, *config.dhe_hidden]}"
     if config.scheme in ("full", "hashing", "path"):

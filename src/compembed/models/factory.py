@@ -17,10 +17,11 @@ from .dlrm import DLRM
 __all__ = ["ARCHS", "ModelConfig", "FeatureSpec", "build_collection", "build_model"]
 
 ARCHS = ("dlrm", "dcn")
-# The ModelConfig fields of the robe, dhe, tt and md options: None (unset) keeps FeatureConfig's
+# The ModelConfig fields of the robe, dhe, tt, md and cce options: None (unset) keeps FeatureConfig's
 # default and leaves them out of stored configs and sweep keys; set, they go to every feature as they are.
 SCHEME_FIELDS = ("robe_size", "block_size", "robe_signs", "dhe_hashes", "dhe_hidden", "dhe_gaussian", "dhe_batchnorm",
-                 "dhe_activation", "tt_rank", "tt_cache_rows", "md_alpha", "md_blocks", "md_base_dim")
+                 "dhe_activation", "tt_rank", "tt_cache_rows", "md_alpha", "md_blocks", "md_base_dim",
+                 "cce_columns", "cce_rows", "cce_every", "cce_epoch_end", "cce_rounds", "cce_sample")
 
 
 class FeatureSpec(Protocol):
@@ -39,7 +40,7 @@ class ModelConfig:
         arch: ``dlrm`` or ``dcn``.
         embedding_dim: D, the width of every feature's vector.
         scheme: ``full``, ``hashing``, ``qr``, ``gqr``, ``crt``, ``path``, ``hybrid``, ``robe``, ``dhe``,
-            ``tt`` or ``md`` (see ``FeatureConfig``).
+            ``tt``, ``md`` or ``cce`` (see ``FeatureConfig``).
         operation: ``mult``, ``add`` or ``concat`` for ``qr``/``gqr``/``crt``.
         num_collisions: ids per shared row (``hashing``, ``qr``, ``path``).
         num_partitions: k tables for ``gqr`` and ``crt``.
@@ -49,8 +50,9 @@ class ModelConfig:
         cold_scheme: for ``hybrid``, the scheme of the other ids (``full``, ``hashing``, ``qr``,
             ``gqr`` or ``crt``, with the options above).
         robe_size, block_size, robe_signs, dhe_hashes, dhe_hidden, dhe_gaussian, dhe_batchnorm,
-            dhe_activation, tt_rank, tt_cache_rows, md_alpha, md_blocks, md_base_dim: the options of
-            ``robe``, ``dhe``, ``tt`` (TT-Rec) and ``md`` (mixed dimensions) of every feature
+            dhe_activation, tt_rank, tt_cache_rows, md_alpha, md_blocks, md_base_dim, cce_columns, cce_rows,
+            cce_every, cce_epoch_end, cce_rounds, cce_sample: the options of ``robe``, ``dhe``, ``tt``
+            (TT-Rec), ``md`` (mixed dimensions) and ``cce`` (CCE, re-clustered) of every feature
             (``SCHEME_FIELDS``; see ``FeatureConfig``). None, the default, keeps ``FeatureConfig``'s default.
         threshold: compress only features with more categories than this (0: all; 200 is DLRM's default).
         bottom_mlp: DLRM bottom MLP hidden sizes (output: ``embedding_dim``).
@@ -88,6 +90,12 @@ class ModelConfig:
     md_alpha: float | None = None
     md_blocks: int | None = None
     md_base_dim: int | None = None
+    cce_columns: int | None = None
+    cce_rows: int | None = None
+    cce_every: int | None = None
+    cce_epoch_end: bool | None = None
+    cce_rounds: int | None = None
+    cce_sample: int | None = None
     threshold: int = 200
     bottom_mlp: tuple[int, ...] = (512, 256, 64)
     top_mlp: tuple[int, ...] = (512, 256)
@@ -119,6 +127,7 @@ class ModelConfig:
             (self.cold_scheme in COLD_SCHEMES, f"cold_scheme must be one of {COLD_SCHEMES}, got {self.cold_scheme!r}"),
             (self.threshold >= 0, f"threshold must be >= 0, got {self.threshold}"),
             *_tt_md_checks(self),
+            *_cce_checks(self),
             (self.cross_layers >= 0, f"cross_layers must be >= 0, got {self.cross_layers}"),
             (len(self.deep_mlp) >= 1, "deep_mlp needs at least one layer"),
             *((min(sizes, default=1) >= 1, f"{name} sizes must be >= 1, got {list(sizes)}") for name, sizes in layers.items()),
@@ -144,6 +153,10 @@ class ModelConfig:
             if self.scheme == "tt":
                 return f"tt/r{f.tt_rank}" + (f"+cache{f.tt_cache_rows}" if f.tt_cache_rows else "")
             return f"md/a{f.md_alpha:g}/b{f.md_blocks}" + (f"/d{f.md_base_dim}" if f.md_base_dim else "")
+        if self.scheme == "cce":
+            f = FeatureConfig("label", 1, self.embedding_dim, **self.scheme_options())
+            rows = f"-k{f.cce_rows}" if f.cce_rows else f"/{self.num_collisions}"
+            return f"cce-c{f.cce_columns}{rows}"
         if self.scheme == "robe":
             size = f"-{self.robe_size}" if self.robe_size else f"/{self.num_collisions}"
             return f"robe-z{self.block_size or self.embedding_dim}{size}"
@@ -157,7 +170,7 @@ class ModelConfig:
         return f"{self.scheme}-{self.operation}/k{self.num_partitions}"
 
     def scheme_options(self) -> dict[str, Any]:
-        """The robe, dhe, tt and md options that are set (``SCHEME_FIELDS`` not None), as
+        """The robe, dhe, tt, md and cce options that are set (``SCHEME_FIELDS`` not None), as
         ``FeatureConfig`` keywords."""
         return {k: getattr(self, k) for k in SCHEME_FIELDS if getattr(self, k) is not None}
 
@@ -173,6 +186,18 @@ def _tt_md_checks(c: ModelConfig) -> list[tuple[bool, str]]:
         (ok("md_blocks", lambda v: v >= 1), f"md_blocks must be >= 1, got {c.md_blocks}"),
         (ok("md_base_dim", lambda v: 0 <= v <= c.embedding_dim),
          f"md_base_dim must be in [0, embedding_dim={c.embedding_dim}] (0: embedding_dim), got {c.md_base_dim}"),
+    ]
+
+
+def _cce_checks(c: ModelConfig) -> list[tuple[bool, str]]:
+    def ok(name: str, test) -> bool:
+        value = getattr(c, name)
+        return value is None or test(value)
+    return [
+        (ok("cce_columns", lambda v: v >= 1 and c.embedding_dim % v == 0),
+         f"cce_columns must be >= 1 and divide embedding_dim={c.embedding_dim}, got {c.cce_columns}"),
+        *((ok(name, lambda v: v >= 0), f"{name} must be >= 0, got {getattr(c, name)}")
+          for name in ("cce_rows", "cce_every", "cce_rounds", "cce_sample")),
     ]
 
 

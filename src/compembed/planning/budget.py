@@ -10,6 +10,7 @@ import math
 import re
 
 from ..embedding import FeatureConfig
+from ..embedding.cce import cce_index_bytes
 from ..embedding.dhe import dhe_parameters
 from ..embedding.md import md_feature_layout, md_num_parameters
 from ..embedding.tt import tt_feature_layout, tt_num_parameters
@@ -65,8 +66,11 @@ def feature_rows(config: FeatureConfig) -> int:
 
 def feature_values(config: FeatureConfig) -> int:
     """Learned values of one feature's embedding: its tables' rows x D, ``robe``'s array, ``dhe``'s MLP,
-    or the closed form of ``tt`` (three cores and a cache) and ``md`` (blocks and projections)."""
+    the closed form of ``tt`` (three cores and a cache) and ``md`` (blocks and projections), or ``cce``'s
+    two tables per column (``2 c k`` rows of ``D / c``: ``2 k D``; its index bytes are not values)."""
     n, dim = config.num_embeddings, config.embedding_dim
+    if config.scheme == "cce":
+        return 2 * config.cce_k * dim
     if config.scheme == "robe":
         return config.robe_values
     if config.scheme == "dhe":
@@ -86,8 +90,15 @@ def feature_bytes(config: FeatureConfig, optimizer: str = "sgd", itemsize: int =
 
     Row-wise Adagrad keeps one value per row: ``robe``'s array has rows of one value (one per value);
     ``dhe``'s layers have a row per output (weight ``(out, in)``) and per value (1-D biases, batch norm).
+    ``cce`` adds its index bytes (``embedding.cce.cce_index_bytes``: the ``(n, c)`` assignment, the
+    hash coefficients and the round counter), which have no optimizer state; its rows are ``D / c`` wide.
     """
     values = feature_values(config)
+    if config.scheme == "cce":
+        index = cce_index_bytes(config.num_embeddings, config.cce_columns, config.cce_k)
+        if optimizer == "rowwise_adagrad":
+            return (values + 2 * config.cce_columns * config.cce_k) * itemsize + index
+        return int(round(values * itemsize * (1.0 + state_factor(optimizer, config.embedding_dim)))) + index
     if config.scheme == "robe" and optimizer == "rowwise_adagrad":
         return values * itemsize * 2
     if config.scheme == "dhe" and optimizer == "rowwise_adagrad":

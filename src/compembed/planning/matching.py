@@ -14,6 +14,11 @@ every method gets (up to its knob's granularity) the same bytes:
   that fits; a feature whose full table would be no larger than its DHE keeps the full table;
 - ``tt``: TT-Rec with one TT-rank ``R`` for all features, the largest that fits (each feature's
   rank capped at its largest useful one, ``embedding.tt.tt_max_rank``); no cache;
+- ``cce``: CCE with the ``FeatureConfig`` default of c columns and ``k = ceil(n / (2 c'))`` rows per
+  table for a collision knob ``c'`` (the hashing trick's values at ``c'``), plus the index bytes of its
+  per-id assignment (``n c`` bytes with k <= 256, 2 n c up to 32768, else 4 n c), which no knob removes:
+  at D = 16, c = 2 and Adagrad that floor is 1/64 of the full tables' bytes, so CCE cannot reach much
+  beyond 64x (a feature whose CCE would not be smaller keeps a full table);
 - ``md``: mixed dimensions (4 equal blocks, ``alpha`` 0.3, the ``FeatureConfig`` defaults) with
   one base width ``d_0`` for all features, the largest that fits. Its minimum, every block of
   width 1, is about ``n`` values per feature, so ``md`` cannot go below about D-fold compression.
@@ -37,7 +42,7 @@ from .budget import feature_bytes, feature_values
 
 __all__ = ["UNIFORM_METHODS", "match_budget"]
 
-UNIFORM_METHODS = ("hashing", "qr", "gqr", "robe", "dhe", "tt", "md")
+UNIFORM_METHODS = ("hashing", "qr", "gqr", "robe", "dhe", "tt", "md", "cce")
 # Methods whose knob grows the bytes (DHE's width, TT-rank, md's base width): the largest knob that fits
 # is searched (``_match_dhe``, ``_match_growing``).
 _GROWING = ("dhe", "tt", "md")
@@ -52,6 +57,10 @@ def _feature(method: str, name: str, n: int, knob: int, dim: int, threshold: int
         return FeatureConfig(name, n, dim, scheme="md", md_base_dim=min(knob, dim))
     if method == "robe":
         return FeatureConfig(name, n, dim, scheme="robe", block_size=dim, robe_size=max(dim, -(-n * dim // knob)))
+    if method == "cce":
+        cce = FeatureConfig(name, n, dim, scheme="cce", cce_rows=max(1, -(-n // (2 * knob))))
+        full = FeatureConfig(name, n, dim, scheme="full")
+        return cce if feature_bytes(cce) < feature_bytes(full) else full
     if method == "dhe":
         dhe = FeatureConfig(name, n, dim, scheme="dhe", dhe_hashes=knob, dhe_hidden=(knob,))
         return dhe if feature_values(dhe) < n * dim else FeatureConfig(name, n, dim, scheme="full")
@@ -77,6 +86,8 @@ def _overrides(config: FeatureConfig) -> dict[str, Any]:
         out.update(dhe_hashes=config.dhe_hashes, dhe_hidden=list(config.dhe_hidden))
     if config.scheme == "tt":
         out["tt_rank"] = config.tt_rank
+    if config.scheme == "cce":
+        out.update(cce_rows=config.cce_rows, cce_columns=config.cce_columns)
     if config.scheme == "md":
         out.update(md_alpha=config.md_alpha, md_blocks=config.md_blocks, md_base_dim=config.md_base_dim)
     return out
@@ -128,6 +139,8 @@ def match_budget(
             configs[j], size = finer, grown
     if method == "robe":
         size = _spend_on_largest_array(configs, budget, size, optimizer, itemsize)
+    if method == "cce":
+        size = _spend_on_cce_rows(configs, budget, size, optimizer, itemsize)
     return {c.name: _overrides(c) for c in configs}, size, knob
 
 
@@ -169,6 +182,25 @@ def _spend_on_largest_array(configs: list[FeatureConfig], budget: int, size: int
             configs[j] = grown
             return total
         extra -= 1
+    return size
+
+
+def _spend_on_cce_rows(configs: list[FeatureConfig], budget: int, size: int, optimizer: str, itemsize: int) -> int:
+    """Give the bytes left to CCE rows, largest features first: each gets the most rows (at most n) that
+    the budget still allows (the assignment's dtype steps with k, so the knob's steps leave gaps);
+    returns the new total bytes."""
+    for j in sorted((j for j, c in enumerate(configs) if c.scheme == "cce"), key=lambda j: -configs[j].num_embeddings):
+        before = feature_bytes(configs[j], optimizer, itemsize)
+
+        def fits(rows: int) -> bool:
+            return size - before + feature_bytes(dataclasses.replace(configs[j], cce_rows=rows), optimizer, itemsize) <= budget
+        lo, hi = configs[j].cce_k, configs[j].num_embeddings  # lo fits; the most rows that fit lie in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        if lo != configs[j].cce_k:
+            configs[j] = dataclasses.replace(configs[j], cce_rows=lo)
+            size += feature_bytes(configs[j], optimizer, itemsize) - before
     return size
 
 

@@ -23,7 +23,8 @@ from .budget_report import Point, _describe, _find, budget_points, paired  # noq
 from .presets import COMPEMBED_METHODS, FIELD_METHODS  # noqa: E402
 from .tuning import choose_lrs  # noqa: E402
 
-__all__ = ["Verdict", "recipe_rows", "best_compembed", "verdicts", "plot_methods", "write_methods_report", "NAMES"]
+__all__ = ["Verdict", "recipe_rows", "best_compembed", "verdicts", "parity", "plot_methods", "write_methods_report",
+           "NAMES"]
 
 ORDER = ("full", *COMPEMBED_METHODS, *FIELD_METHODS)
 NAMES = {"full": "full tables", "planner": "planner (hybrid)", "hashing": "hashing trick", "qr": "QR-mult",
@@ -74,6 +75,41 @@ def verdicts(points: Sequence[Point], arch: str) -> list[Verdict]:
                     failures.append((p, gap))
         out.append(Verdict(arch, target, best, tuple(failures)))
     return out
+
+
+def parity(points: Sequence[Point], arch: str) -> dict[str, tuple[float | None, Point | None]]:
+    """Each method's largest compression at full tables' quality, and its best point overall.
+
+    "At full tables' quality": its mean test loss exceeds full tables' by no more than the larger of
+    the two seed stds (the verdict's rule). Returns method -> (that compression or None, the point of
+    lowest mean loss); the measured counterpart of a paper's "Nx at no loss".
+    """
+    full = _find(points, arch, "full", 1.0)
+    out: dict[str, tuple[float | None, Point | None]] = {}
+    for method in ORDER[1:]:
+        mine = [p for p in points if p.arch == arch and p.method == method]
+        if not mine:
+            continue
+        ok = [p.target for p in mine if full is not None and p.loss - full.loss <= max(p.loss_std, full.loss_std)]
+        out[method] = (max(ok) if ok else None, min(mine, key=lambda p: p.loss))
+    return out
+
+
+def _parity_lines(points: Sequence[Point], arch: str) -> list[str]:
+    full = _find(points, arch, "full", 1.0)
+    if full is None:
+        return []
+    lines = [f"Full tables: {full.loss:.5f} ± {full.loss_std:.5f}. A method is at full tables' quality at a budget when "
+             "its mean test loss exceeds theirs by at most the larger seed std.", "",
+             "| method | largest compression at full tables' quality | its test loss | budgets measured |",
+             "|---|---|---|---|"]
+    for method, (ratio, _) in parity(points, arch).items():
+        mine = sorted(p.target for p in points if p.arch == arch and p.method == method)
+        at = _find(points, arch, method, ratio) if ratio is not None else None
+        lines.append(f"| {NAMES.get(method, method)} | {f'{ratio:g}x' if ratio is not None else 'none measured'} | "
+                     f"{f'{at.loss:.5f} ± {at.loss_std:.5f}' if at is not None else ''} | "
+                     f"{', '.join(f'{t:g}x' for t in mine)} |")
+    return lines
 
 
 def _save_png(fig, path: Path) -> Path:
@@ -169,6 +205,7 @@ def write_methods_report(rows: Sequence[dict[str, Any]], candidates: Sequence[fl
                 by_target.setdefault(p.target, []).append(p)
         lines += ["", "Best method per budget (lowest mean test loss): " + "; ".join(
             f"{t:g}x {NAMES.get(min(ps, key=lambda q: q.loss).method)}" for t, ps in sorted(by_target.items()))]
+        lines += ["", f"## {arch.upper()}: compression at full tables' quality", ""] + _parity_lines(points, arch)
     if missing:
         lines += ["", "## Budgets a method does not reach", ""]
         lines += [f"- {NAMES.get(m, m)} at {r:g}x: {why}" for m, r, why in missing]

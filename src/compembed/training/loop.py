@@ -31,6 +31,7 @@ from .config import TrainConfig, config_to_dict
 from .datasets import open_data
 from .device import autocast, check_precision, grad_scaler, prefetch, resolve_device
 from .evaluate import EvalResult, evaluate
+from .hooks import TrainStepHooks
 from .liveness import DeadUnitsWarning, LiveUnits
 from .metrics_log import MetricsLog
 from .optim import LinearWarmup, build_optimizers, uses_sparse_gradients
@@ -195,6 +196,8 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
         return dataset.num_batches("train", config.batch_size, world_size=ctx.world_size)
 
     net = wrap_model(model, ctx)  # DDP over the ranks (the model itself in one process)
+    # modules that change their own parameters at set steps (CCE re-clusters); they reset the optimizer state
+    step_hooks = TrainStepHooks(model, optimizers)
     live_units = LiveUnits(model)
     model.train()
     try:
@@ -235,6 +238,7 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
                 state["interval_loss_sum"] += loss * rows
                 state["interval_count"] += rows
                 interval.samples += rows
+                step_hooks(step)  # before validation and the checkpoint, which then see its result
                 bar.update(1)
                 if logged:
                     mean, rate = _log_train(state, epoch, interval, optimizers, live_units, log, ctx)
@@ -251,6 +255,7 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
             bar.close()
             if validation.stopped or (limit_reached() and state["batch"] < epoch_batches()):
                 break  # stopped mid-epoch (early stopping, max_steps): the final evaluation follows
+            step_hooks(state["step"], epoch_end=True)
             state["epoch"] += 1
             state["batch"] = 0
             validation.run(state["step"], epoch)

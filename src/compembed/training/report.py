@@ -10,6 +10,8 @@ from typing import Any
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..embedding.collection import index_bytes
+
 __all__ = ["MemoryReport", "memory_report", "optimizer_state_bytes", "format_table", "format_seed_table"]
 
 
@@ -20,6 +22,8 @@ class MemoryReport:
     ``embedding_state_bytes`` / ``dense_state_bytes``: the bytes of the tensors the optimizers hold
     for the tables / the other parameters (Adagrad: one value per parameter; row-wise Adagrad: one
     per table row; Adam: two; AMSGrad: three; plus step counters), None when no optimizer was given.
+    ``embedding_index_bytes``: per-id index buffers of the tables (CCE's assignment), included in
+    ``embedding_bytes``.
     """
 
     embedding_parameters: int
@@ -29,6 +33,7 @@ class MemoryReport:
     dense_parameters: int
     embedding_state_bytes: int | None = None
     dense_state_bytes: int | None = None
+    embedding_index_bytes: int = 0
 
     @property
     def compression_ratio(self) -> float:
@@ -40,6 +45,7 @@ class MemoryReport:
             "full_parameters": self.full_parameters, "full_bytes": self.full_bytes,
             "dense_parameters": self.dense_parameters, "compression_ratio": self.compression_ratio,
             "embedding_state_bytes": self.embedding_state_bytes, "dense_state_bytes": self.dense_state_bytes,
+            "embedding_index_bytes": self.embedding_index_bytes,
         }
 
 
@@ -62,9 +68,11 @@ def memory_report(model: nn.Module, optimizers: Sequence[Optimizer] | None = Non
         others = [p for p in model.parameters() if id(p) not in table_ids]
         states = dict(embedding_state_bytes=optimizer_state_bytes(optimizers, params),
                       dense_state_bytes=optimizer_state_bytes(optimizers, others))
+    index = index_bytes(tables)
     return MemoryReport(
         embedding_parameters=emb,
-        embedding_bytes=sum(p.numel() * p.element_size() for p in params),
+        embedding_bytes=sum(p.numel() * p.element_size() for p in params) + index,
+        embedding_index_bytes=index,
         full_parameters=tables.full_table_parameters,
         full_bytes=tables.full_table_parameters * itemsize,
         dense_parameters=sum(p.numel() for p in model.parameters() if id(p) not in table_ids),

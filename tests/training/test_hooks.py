@@ -1,0 +1,98 @@
+"""Train-step hooks: modules that re-initialise parameters (CCE re-clustering) during a run, optimizer resets,
+and kill-and-resume equality across re-clusterings."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from compembed.models import ModelConfig
+from compembed.optim import RowWiseAdagrad, SparseAdagrad
+from compembed.training import OptimConfig, TrainStepHooks, reset_optimizer_state, train
+from compembed.training.loop import CHECKPOINT, METRICS
+
+from models.toy import toy_dataset
+from training.runs import SMALL, Interrupt, config, interrupt_at, params, records
+
+
+def cce_config(optimizer: str = "adagrad", **overrides):
+    model = ModelConfig(scheme="cce", cce_columns=2, cce_every=4, cce_epoch_end=True, cce_rounds=0,
+                        num_collisions=2, **SMALL)
+    lr = 0.01 if optimizer in ("adam", "amsgrad") else 0.05
+    return config(model=model, optim=OptimConfig(name=optimizer, lr=lr), **overrides)
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: torch.optim.Adagrad([p], lr=0.1, initial_accumulator_value=0.5),
+    lambda p: torch.optim.Adam([p], lr=0.1),
+    lambda p: SparseAdagrad([p], lr=0.1),
+    lambda p: RowWiseAdagrad([p], lr=0.1),
+])
+def test_reset_optimizer_state_gives_a_fresh_optimizers_next_step(make):
+    torch.manual_seed(0)
+    start = torch.randn(5, 3)
+    grads = [torch.randn(5, 3) for _ in range(3)]
+
+    def run(steps, reset_after=None):
+        p = torch.nn.Parameter(start.clone())
+        opt = make(p)
+        for i, g in enumerate(steps):
+            p.grad = g.clone()
+            opt.step()
+            if i == reset_after:
+                with torch.no_grad():
+                    p.copy_(start)
+                assert reset_optimizer_state([opt], [p]) == 1
+        return p.detach()
+
+    # after a reset (and the parameter set back), the next step equals a fresh optimizer's first step
+    torch.testing.assert_close(run(grads[:2], reset_after=0), run(grads[1:2]), rtol=0, atol=0)
+
+
+def test_hooks_find_modules_and_reset_only_what_changed():
+    class Toggle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2))
+            self.v = torch.nn.Parameter(torch.ones(2))
+
+        def on_train_step(self, step, epoch_end=False):
+            return [self.w] if step % 2 == 0 else []
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), Toggle())
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.1)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    hooks = TrainStepHooks(model, [opt])
+    assert bool(hooks) and hooks(1) == []
+    assert hooks(2) == [model[1].w]
+    assert torch.count_nonzero(opt.state[model[1].w]["sum"]) == 0
+    assert torch.all(opt.state[model[1].v]["sum"] > 0) and torch.all(opt.state[model[0].weight]["sum"] > 0)
+    assert not TrainStepHooks(torch.nn.Linear(2, 2), [opt])
+
+
+def test_a_cce_run_reclusters_at_its_steps_and_epoch_ends():
+    result = train(cce_config(), toy_dataset(), progress=False)  # 2 epochs of 24 steps: every 4 steps, 2 epoch ends
+    rounds = {k: int(v) for k, v in result.model.state_dict().items() if k.endswith(".round")}
+    assert rounds and set(rounds.values()) == {48 // 4 + 2}
+    assert result.evals["test"].loss < 0.7
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "rowwise_adagrad", "adam"])
+@pytest.mark.parametrize("kill_at", [9, 26])  # after the round at 8 (checkpoint at 5); after the epoch end at 24
+def test_resume_after_kill_with_reclustering_equals_uninterrupted(tmp_path, optimizer, kill_at):
+    dataset = toy_dataset()
+    cfg = cce_config(optimizer)
+    whole = train(cfg, dataset, out_dir=tmp_path / "whole", progress=False)
+    with pytest.raises(Interrupt):
+        train(cfg, dataset, out_dir=tmp_path / "cut", progress=False, on_step=interrupt_at(kill_at))
+    resumed = train(cfg, dataset, out_dir=tmp_path / "cut", resume=True, progress=False)
+
+    pw, pr = params(whole.model), params(resumed.model)  # parameters and buffers (assignment, hashes, round)
+    assert pw.keys() == pr.keys() and all(torch.equal(pw[k], pr[k]) for k in pw)
+    assert any(k.endswith(".assignment") for k in pw)
+    assert records(tmp_path / "whole" / METRICS) == records(tmp_path / "cut" / METRICS)
+    assert whole.train_loss == resumed.train_loss
+    a, b = load_file(tmp_path / "whole" / CHECKPOINT), load_file(tmp_path / "cut" / CHECKPOINT)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k != "rng.torch")
