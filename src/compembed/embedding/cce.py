@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..partitions import check_ids
-from .init import default_std, factor_std, uniform_
-from .pooling import MODES, pool_bags
+from .bag import BagModule
+from .init import factor_std, uniform_
 from .robe import PRIME, hash_coefficients, universal_hash
 
 __all__ = ["CCEEmbeddingBag", "assignment_dtype", "cce_index_bytes", "check_cce_args", "kmeans"]
@@ -94,7 +94,7 @@ def kmeans(points: Tensor, k: int, iterations: int, generator: torch.Generator) 
     return centroids
 
 
-class CCEEmbeddingBag(nn.Module):
+class CCEEmbeddingBag(BagModule):
     """CCE embedding bag: ``c`` columns of clustered plus hashed rows, with ``nn.EmbeddingBag``'s forward.
 
     Args:
@@ -120,9 +120,7 @@ class CCEEmbeddingBag(nn.Module):
     int64, ``round`` (0-d int64, the re-clusterings done).
 
     Shape:
-        ``forward(input, offsets=None, per_sample_weights=None)``: input ``(B, L)``, or 1-D input
-        ``(N,)`` with ``offsets`` ``(B,)`` (``(B+1,)`` with ``include_last_offset``) -> ``(B, D)``.
-        ``embed(input)``: ids ``(*)`` -> ``(*, D)``.
+        ``forward``: ``nn.EmbeddingBag``'s (see ``BagModule``). ``embed(input)``: ids ``(*)`` -> ``(*, D)``.
     """
 
     def __init__(
@@ -145,15 +143,11 @@ class CCEEmbeddingBag(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        # CCE's own checks first: they also cover n and D, with the messages CCE has always given
         check_cce_args(num_embeddings, embedding_dim, num_rows, num_columns, every_steps, max_rounds,
                        kmeans_iterations, kmeans_sample)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
-            raise ValueError(f"padding_idx must be in [0, {num_embeddings}), got {padding_idx}")
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
+        super().__init__(num_embeddings, embedding_dim, mode=mode, sparse=sparse,
+                         include_last_offset=include_last_offset, padding_idx=padding_idx, init_std=init_std)
         self.num_rows = num_rows
         self.num_columns = num_columns
         self.column_dim = embedding_dim // num_columns
@@ -162,12 +156,7 @@ class CCEEmbeddingBag(nn.Module):
         self.max_rounds = max_rounds
         self.kmeans_iterations = kmeans_iterations
         self.kmeans_sample = kmeans_sample or min(num_embeddings, max(8 * num_rows, 65_536))
-        self.mode = mode
-        self.sparse = sparse
-        self.include_last_offset = include_last_offset
-        self.padding_idx = padding_idx
         self.seed = seed
-        self.init_std = default_std(num_embeddings) if init_std is None else float(init_std)
         shape = (num_columns * num_rows, self.column_dim)
         self.clustered = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
         self.hashed = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
@@ -202,14 +191,6 @@ class CCEEmbeddingBag(nn.Module):
         return (self.clustered.shape[0], self.hashed.shape[0])
 
     @property
-    def num_parameters(self) -> int:
-        return self.clustered.numel() + self.hashed.numel()
-
-    @property
-    def full_table_parameters(self) -> int:
-        return self.num_embeddings * self.embedding_dim
-
-    @property
     def index_bytes(self) -> int:
         """Bytes of the buffers (assignment, hash coefficients, round): ``cce_index_bytes(n, c, k)``."""
         return sum(b.numel() * b.element_size() for b in self.buffers())
@@ -231,15 +212,6 @@ class CCEEmbeddingBag(nn.Module):
         vectors = (F.embedding(clustered, self.clustered, sparse=self.sparse)
                    + F.embedding(hashed, self.hashed, sparse=self.sparse))  # (*, c, D/c)
         return vectors.reshape(*input.shape, self.embedding_dim)
-
-    def forward(
-        self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
-    ) -> Tensor:
-        vectors = self.embed(input)
-        if self.padding_idx is not None:
-            vectors = torch.where((input == self.padding_idx).unsqueeze(-1), 0.0, vectors)
-        return pool_bags(vectors, input, offsets, per_sample_weights, self.mode,
-                         include_last_offset=self.include_last_offset, padding_idx=self.padding_idx)
 
     # ---- clustering ---------------------------------------------------------------------------
     def _column_vectors(self, column: int, ids: Tensor) -> Tensor:
@@ -301,9 +273,7 @@ class CCEEmbeddingBag(nn.Module):
             s += ", at_epoch_end=True"
         if self.max_rounds:
             s += f", max_rounds={self.max_rounds}"
-        if self.sparse:
-            s += ", sparse=True"
-        return s
+        return s + self.bag_repr()
 
 
 def check_cce_args(num_embeddings: int, embedding_dim: int, num_rows: int, num_columns: int, every_steps: int = 0,
