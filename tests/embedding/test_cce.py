@@ -1,4 +1,5 @@
-"""CCE: lookups against a slow per-id computation, gradients, byte accounting, errors, re-clustering, hooks, export."""
+"""CCE: lookups against a slow per-id computation, gradients, no loop over ids, byte accounting, errors,
+re-clustering, hooks, export."""
 import pytest
 import torch
 from torch.export import Dim
@@ -8,6 +9,8 @@ from compembed.embedding.cce import cce_index_bytes, kmeans
 from compembed.embedding.robe import PRIME
 from compembed.planning import feature_bytes
 from compembed.training import reset_optimizer_state
+
+from embedding.ops import count_ops
 
 N, D, K, C = 200, 8, 12, 2
 
@@ -83,6 +86,19 @@ def test_gradients_reach_both_tables(sparse):
         # 3 ids x 2 columns touch at most 6 rows, each getting ones (d sum / d row)
         touched = dense.abs().sum(1) > 0
         assert 1 <= int(touched.sum()) <= 6 and torch.all(dense[touched] >= 1)
+
+
+@pytest.mark.parametrize(("sparse", "padding_idx"), [(True, None), (False, 5)])
+def test_no_python_loop_over_ids(sparse, padding_idx):
+    """The ops torch runs for a forward and backward do not grow with the number of ids."""
+    m = CCEEmbeddingBag(10**5, 16, num_rows=500, num_columns=4, mode="sum", sparse=sparse, padding_idx=padding_idx)
+
+    def ops(batch: int) -> int:
+        ids = torch.randint(0, 10**5, (batch, 3), generator=torch.Generator().manual_seed(batch))
+        ids[0, 0] = 5  # a padding id in every batch (an ordinary one without padding_idx)
+        return count_ops(m, ids)
+
+    assert ops(8) == ops(4096) == ops(8) > 0
 
 
 def test_bytes_counted_equal_bytes_allocated():
