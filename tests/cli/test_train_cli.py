@@ -241,15 +241,25 @@ def test_bf16_precision_and_device_options(tmp_path, capsys, monkeypatch):
         main(["train", "--precision", "fp8"])
 
 
-@pytest.mark.parametrize("scheme,options,optimizer", [
-    ("robe", ["--block-size", "4", "--robe-signs", "--collisions", "3"], "adagrad"),
-    ("robe", ["--robe-size", "500"], "adam"),
-    ("dhe", ["--dhe-hashes", "8", "--dhe-hidden", "12", "--dhe-batchnorm"], "adagrad"),
-    ("dhe", ["--dhe-hashes", "7", "--no-dhe-gaussian", "--dhe-activation", "relu"], "adam"),
-    ("cce", ["--cce-columns", "4", "--cce-every", "4", "--collisions", "3"], "adagrad"),
-    ("cce", ["--cce-rows", "20", "--cce-every", "3", "--cce-epoch-end", "--cce-rounds", "4"], "adam"),
+@pytest.mark.parametrize("scheme,options,optimizer,stored,label", [
+    ("robe", ["--block-size", "4", "--robe-signs", "--collisions", "3"], "adagrad",
+     dict(block_size=4, robe_signs=True, robe_size=None), "robe-z4/3"),
+    ("robe", ["--robe-size", "500"], "adam", dict(block_size=None, robe_signs=None, robe_size=500), "robe-z8-500"),
+    ("dhe", ["--dhe-hashes", "8", "--dhe-hidden", "12", "--dhe-batchnorm"], "adagrad",
+     dict(dhe_hashes=8, dhe_hidden=(12,), dhe_batchnorm=True), "dhe8-12"),
+    ("dhe", ["--dhe-hashes", "7", "--no-dhe-gaussian", "--dhe-activation", "relu"], "adam",
+     dict(dhe_hashes=7, dhe_gaussian=False, dhe_activation="relu", dhe_batchnorm=None), "dhe7-64"),
+    ("cce", ["--cce-columns", "4", "--cce-every", "4", "--collisions", "3"], "adagrad",
+     dict(cce_columns=4, cce_every=4, cce_rows=None, cce_epoch_end=None, cce_rounds=None), "cce-c4/3"),
+    ("cce", ["--cce-rows", "20", "--cce-every", "3", "--cce-epoch-end", "--cce-rounds", "4"], "adam",
+     dict(cce_columns=None, cce_every=3, cce_rows=20, cce_epoch_end=True, cce_rounds=4), "cce-c2-k20"),
+    ("tt", ["--tt-rank", "3", "--tt-cache-rows", "10"], "adagrad", dict(tt_rank=3, tt_cache_rows=10), "tt/r3+cache10"),
+    ("md", ["--md-alpha", "0.5", "--md-blocks", "3", "--md-base-dim", "4"], "rowwise_adagrad",
+     dict(md_alpha=0.5, md_blocks=3, md_base_dim=4), "md/a0.5/b3/d4"),
 ])
-def test_robe_and_dhe_train_and_resume_exactly(tmp_path, scheme, options, optimizer):
+def test_compressed_schemes_train_resume_exactly_and_evaluate(tmp_path, scheme, options, optimizer, stored, label):
+    """robe, dhe, cce, tt and md from the CLI: the options reach the stored config, the run trains, a run
+    stopped after a checkpoint and resumed ends bit for bit where the uninterrupted one does, and it evaluates."""
     from compembed.training import train
 
     from training.runs import Interrupt, interrupt_at
@@ -259,15 +269,8 @@ def test_robe_and_dhe_train_and_resume_exactly(tmp_path, scheme, options, optimi
                  "--threshold", "0", *TINY, "--rows", "2000", "--max-steps", "16", "--checkpoint-every", "5", "--log-every", "5"]) == 0
     config = load_config(cfg)
     assert config.model.scheme == scheme and config.optim.name == optimizer
-    if scheme == "robe":
-        assert (config.model.block_size, config.model.robe_signs, config.model.robe_size) in ((4, True, None), (None, None, 500))
-    elif scheme == "cce":
-        model = config.model
-        assert (model.cce_columns, model.cce_every, model.cce_rows, model.cce_epoch_end, model.cce_rounds) in (
-            (4, 4, None, None, None), (None, 3, 20, True, 4))
-        assert model.label() in ("cce-c4/3", "cce-c2-k20")
-    else:
-        assert config.model.dhe_hashes in (8, 7) and config.model.dhe_batchnorm in (True, None)
+    assert {name: getattr(config.model, name) for name in stored} == stored  # unset options stay None
+    assert config.model.label() == label
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main(["train", "--config", str(cfg), "--out", str(whole)]) == 0
     with pytest.raises(Interrupt):
@@ -275,7 +278,8 @@ def test_robe_and_dhe_train_and_resume_exactly(tmp_path, scheme, options, optimi
     assert main(["train", "--out", str(cut), "--resume", "--no-progress"]) == 0
     a, b = load_file(whole / "checkpoint.safetensors"), load_file(cut / "checkpoint.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "optim.")))
-    assert any(k.endswith("hash_a") for k in a)  # the hash functions are in the checkpoint
+    own = {"robe": ".hash_a", "dhe": ".hash_a", "cce": ".assignment", "tt": ".core1", "md": ".projections.0"}[scheme]
+    assert any(k.endswith(own) for k in a)  # the scheme's own tensors (hash functions, clustering, cores) are saved
     if scheme == "cce":  # re-clustered (16 steps: every 4, at most 3 rounds by default; every 3, at most 4) and saved
         assert {int(a[k]) for k in a if k.endswith(".round")} == {4 if "--cce-rounds" in options else 3}
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
