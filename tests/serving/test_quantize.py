@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from compembed.data.dataset import DatasetInfo
+from compembed.embedding import HybridEmbeddingBag
 from compembed.models import ModelConfig, build_model
+from compembed.partitions import QuotientRemainder
 from compembed.serving.export import export_model
-from compembed.serving.quantize import Int8Table, embedding_bytes, quantize_int8
+from compembed.serving.quantize import Int8HybridEmbeddingBag, Int8Table, embedding_bytes, quantize_int8
 from compembed.training.config import DataConfig, OptimConfig, TrainConfig
 from compembed.training.evaluate import evaluate
 from compembed.training.loop import train
@@ -70,6 +72,22 @@ def test_every_scheme_quantises_close_to_float_with_exact_bytes(scheme: dict, fu
             expected_bytes += sum(p.numel() * 4 for p in module.paths.parameters())
     assert embedding_bytes(quantized.embeddings) == expected_bytes
     assert model.embeddings.num_bytes == embedding_bytes(model.embeddings)  # the float count is the same rule
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("padding_idx", [3, 40])  # a hot id, a cold one
+def test_int8_hybrid_keeps_padding_idx(mode: str, padding_idx: int) -> None:
+    float_bag = HybridEmbeddingBag(50, 8, 10, QuotientRemainder(40, 4), mode=mode, padding_idx=padding_idx)
+    int8_bag = Int8HybridEmbeddingBag(float_bag, float_bag.weights)
+    assert int8_bag.padding_idx == padding_idx
+    ids = torch.tensor([1, padding_idx, 45, padding_idx, 7, 20, 33, padding_idx])
+    offsets = torch.tensor([0, 3, 4, 7])  # the second and the last bag hold only the padding id
+    without = torch.tensor([1, 45, 7, 20, 33])  # the same bags with the padding ids left out
+    with torch.no_grad():
+        expected, got = float_bag(ids, offsets), int8_bag(ids, offsets)
+        torch.testing.assert_close(got, int8_bag(without, torch.tensor([0, 2, 2, 5])), rtol=0, atol=0)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0.02 * float(expected.abs().max()))
+    assert not got[1].any() and not got[3].any()  # bags of padding only are zeros
 
 
 @pytest.mark.parametrize("scheme", [dict(scheme="qr"), dict(scheme="hybrid", hot_rows=5), dict(scheme="path")],

@@ -25,10 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from ..embedding import EmbeddingCollection
+from ..embedding.bag import BagModule
 from ..embedding.compositional import CompositionalEmbeddingBag, combine
 from ..embedding.hybrid import HybridEmbeddingBag
 from ..embedding.path import PathEmbeddingBag
-from ..embedding.pooling import pool_bags
 from ..partitions import check_ids
 
 __all__ = ["Int8Table", "Int8CompositionalEmbeddingBag", "Int8HybridEmbeddingBag", "Int8PathEmbeddingBag",
@@ -88,9 +88,7 @@ class Int8CompositionalEmbeddingBag(nn.Module):
         classes = self.partition(input)  # checks the ids
         return combine([table(classes[..., j]) for j, table in enumerate(self.tables)], self.operation)
 
-    def forward(self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None) -> Tensor:
-        return pool_bags(self.embed(input), input, offsets, per_sample_weights, self.mode,
-                         include_last_offset=self.include_last_offset, padding_idx=self.padding_idx)
+    forward = BagModule.forward  # pools ``embed`` as every bag module does (padding_idx included)
 
 
 class Int8HybridEmbeddingBag(nn.Module):
@@ -104,6 +102,7 @@ class Int8HybridEmbeddingBag(nn.Module):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.hot_rows = module.num_embeddings, module.embedding_dim, module.hot_rows
         self.mode, self.include_last_offset = module.mode, module.include_last_offset
+        self.padding_idx = module.padding_idx
         first = 1 if module.hot is not None else 0
         self.hot = Int8Table(weights[0]) if first else None
         self.cold = Int8CompositionalEmbeddingBag(module.cold, weights[first:]) if module.cold is not None else None
@@ -120,9 +119,7 @@ class Int8HybridEmbeddingBag(nn.Module):
         cold = self.cold.embed(torch.where(is_hot, 0, ids - self.hot_rows))
         return torch.where(is_hot.unsqueeze(-1), hot, cold)
 
-    def forward(self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None) -> Tensor:
-        return pool_bags(self.embed(input), input, offsets, per_sample_weights, self.mode,
-                         include_last_offset=self.include_last_offset)
+    forward = BagModule.forward  # pools ``embed`` as every bag module does (padding_idx included)
 
 
 class Int8PathEmbeddingBag(nn.Module):
@@ -143,9 +140,7 @@ class Int8PathEmbeddingBag(nn.Module):
             x = path(x, classes[:, j])
         return x.view(*input.shape, self.embedding_dim)
 
-    def forward(self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None) -> Tensor:
-        return pool_bags(self.embed(input), input, offsets, per_sample_weights, self.mode,
-                         include_last_offset=self.include_last_offset, padding_idx=self.padding_idx)
+    forward = BagModule.forward  # pools ``embed`` as every bag module does (padding_idx included)
 
 
 def _int8_module(module: nn.Module, weights: list[Tensor]) -> nn.Module:
