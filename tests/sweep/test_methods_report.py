@@ -74,5 +74,5 @@ def test_parity_is_the_largest_compression_within_the_seed_std_of_full_tables(tm
     assert result["robe"][0] == 64.0 and result["robe"][1].target == 64.0
     assert result["dhe"][0] is None and result["planner"][0] is None
     report = write_methods_report(_rows(table), (0.05,), [], tmp_path, "t", "pre", "hand-made").read_text()
-    assert "| ROBE-Z | 64x | 0.45200 ± 0.00400 | 16x, 64x |" in report
-    assert "| DHE | none measured |  | 256x |" in report
+    assert "| ROBE-Z | 64x | 0.45200 ± 0.00400 | +0.00200 | 16x, 64x |" in report
+    assert "| DHE | none measured |  |  | 256x |" in report

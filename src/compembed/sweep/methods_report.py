@@ -101,13 +101,13 @@ def _parity_lines(points: Sequence[Point], arch: str) -> list[str]:
         return []
     lines = [f"Full tables: {full.loss:.5f} ± {full.loss_std:.5f}. A method is at full tables' quality at a budget when "
              "its mean test loss exceeds theirs by at most the larger seed std.", "",
-             "| method | largest compression at full tables' quality | its test loss | budgets measured |",
-             "|---|---|---|---|"]
+             "| method | largest compression at full tables' quality | its test loss | minus full tables | budgets measured |",
+             "|---|---|---|---|---|"]
     for method, (ratio, _) in parity(points, arch).items():
         mine = sorted(p.target for p in points if p.arch == arch and p.method == method)
         at = _find(points, arch, method, ratio) if ratio is not None else None
         lines.append(f"| {NAMES.get(method, method)} | {f'{ratio:g}x' if ratio is not None else 'none measured'} | "
-                     f"{f'{at.loss:.5f} ± {at.loss_std:.5f}' if at is not None else ''} | "
+                     f"{f'{at.loss:.5f} ± {at.loss_std:.5f} | {at.loss - full.loss:+.5f}' if at is not None else ' | '} | "
                      f"{', '.join(f'{t:g}x' for t in mine)} |")
     return lines
 
