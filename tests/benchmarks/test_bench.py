@@ -196,6 +196,28 @@ def test_cli_rejects_bad_counts(capsys):
     assert "--rounds must be >= 1" in capsys.readouterr().err
 
 
+def test_cli_variant_lists_replace_the_presets_and_name_unknown_ones(capsys, monkeypatch, tmp_path):
+    from compembed.cli import bench as bench_cli
+    from compembed.cli.main import main
+
+    assert main(["bench", "--dlrm-variants", "qr,nope"]) == 2
+    assert "--dlrm-variants: unknown variant(s) ['nope']" in capsys.readouterr().err
+    seen = {}
+
+    def fake_run(config, progress):
+        seen["config"] = config
+        return {"tasks": {}}
+
+    monkeypatch.setattr(bench_cli, "run_benchmark", fake_run)
+    monkeypatch.setattr(bench_cli, "to_markdown", lambda result, command: "md")
+    assert main(["bench", "--preset", "full", "--emb-variants", "", "--dlrm-variants", "qr, mlp-only",
+                 "--no-scaling", "--out", str(tmp_path)]) == 0
+    config = seen["config"]
+    assert config.emb_variants == () and config.bag_length == 0  # no embedding task: no offsets check
+    assert config.dlrm_variants == ("qr", "mlp-only") and config.scaling_cardinalities == ()
+    assert PRESETS["full"].dlrm_variants != ("qr", "mlp-only")  # the preset itself is untouched
+
+
 def test_hybrid_variant_gives_one_percent_of_each_feature_its_own_rows():
     cards = [500, 40, 3000, 100_000]
     module = build_variant("hybrid", cards, dim=8, threshold=50, collisions=4)

@@ -73,15 +73,18 @@ class BenchConfig:
 
 PRESETS: dict[str, BenchConfig] = {
     "quick": BenchConfig(),  # about 1.5 minutes on 2 cores
+    # Every variant of a task is alive at once (interleaved rounds), so the lists must fit the 24 GiB
+    # machine: each full-table variant holds 2.3 GiB, md and cce 1.3 GiB. With the field's schemes
+    # added, run E's list (full-per-feature-torch-sgd, qr-collection, crt too) thrashed; these fit (15.5
+    # GiB peak in run F; fbgemm-full adds 2.3 GiB where fbgemm loads).
     "full": BenchConfig(
         preset="full", rounds=7, steps=12, warmup=3,
-        emb_variants=("full-per-feature", "full-per-feature-torch-sgd", "full-batched", "full-batched-fused",
-                      "fbgemm-full", "hashing", "qr-reference", "qr-collection", "qr", "qr-pytorch", "qr-fused", "gqr",
-                      "crt", "hybrid", "path", "path-fused", "robe", "dhe", "tt", "tt-cache", "md", "cce"),
-        dlrm_variants=("full-per-feature", "full-batched", "full-batched-fused", "fbgemm-full", "hashing",
-                       "qr-reference", "qr-collection", "qr", "qr-pytorch", "qr-fused", "gqr", "crt", "hybrid", "path",
-                       "path-fused", "robe", "dhe", "tt", "tt-cache", "md", "cce", "mlp-only", "qr-adagrad",
-                       "qr-torch-adagrad", "qr-rowwise-adagrad"),
+        emb_variants=("full-per-feature", "full-batched", "full-batched-fused", "fbgemm-full", "qr-reference", "qr",
+                      "qr-pytorch", "qr-fused", "hashing", "gqr", "hybrid", "path", "path-fused", "robe", "dhe", "tt",
+                      "tt-cache", "md", "cce"),
+        dlrm_variants=("full-batched", "full-batched-fused", "fbgemm-full", "qr-reference", "qr", "qr-pytorch",
+                       "qr-fused", "hashing", "gqr", "hybrid", "path", "path-fused", "robe", "dhe", "tt", "tt-cache",
+                       "md", "cce", "mlp-only", "qr-adagrad", "qr-torch-adagrad", "qr-rowwise-adagrad"),
         scaling_cardinalities=(10**5, 10**6, 10**7, 10**8),
         scaling_schemes=(("full", 1), ("qr", 2), ("gqr", 2), ("gqr", 3), ("gqr", 4)),
         scaling_rounds=5, scaling_steps=4,

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..benchmarks.reference import check_reference_dir
 from ..benchmarks.report import to_markdown
 from ..benchmarks.runner import PRESETS, run_benchmark
+from ..benchmarks.variants import VARIANTS
 from ..io import atomic_write_text
 from .errors import UsageError
 
@@ -33,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="timed steps per round (override the preset)")
     p.add_argument("--batch", type=int, help="batch size (default: 2048)")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling study")
+    p.add_argument("--emb-variants", metavar="A,B,...",
+                   help="the embedding-part variants to run instead of the preset's (comma-separated; empty: skip "
+                   "that task and the offsets check)")
+    p.add_argument("--dlrm-variants", metavar="A,B,...",
+                   help="the DLRM-step variants to run instead of the preset's (comma-separated; empty: skip)")
     p.add_argument("--reference-dlrm", metavar="DIR",
                    help="a checkout of facebookresearch/dlrm: time its dlrm_s_pytorch.py (full tables and its "
                    "QR-mult) in the DLRM step's rounds, with the same sizes, MLPs, batch, SGD and threads "
@@ -52,6 +58,17 @@ def run(args: argparse.Namespace) -> int:
     for name in ("rounds", "steps", "batch", "threads"):
         if getattr(config, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(config, name)}")
+    for task in ("emb", "dlrm"):
+        given = getattr(args, f"{task}_variants")
+        if given is None:
+            continue
+        names = tuple(n.strip() for n in given.split(",") if n.strip())
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown:
+            raise UsageError(f"--{task}-variants: unknown variant(s) {unknown}; known: {', '.join(sorted(VARIANTS))}")
+        setattr(config, f"{task}_variants", names)
+        if task == "emb" and not names:
+            config.bag_length = 0  # the offsets check is part of the embedding task
     if args.reference_python and not args.reference_dlrm:
         raise UsageError("--reference-python needs --reference-dlrm DIR")
     if args.reference_dlrm:
