@@ -317,3 +317,12 @@ def test_sweep_runs_the_tuning_phase_first_then_the_chosen_recipe(tmp_path):
     assert {r["role"] for r in rows} == {"tune", ""}
     order.clear()
     assert len(run_sweep(spec, tmp_path, fake, progress=False, info=data.info)) == len(rows) and order == []
+
+
+def test_a_rebuilt_report_names_the_command_that_ran_the_cells():
+    from types import SimpleNamespace
+
+    from compembed.cli.sweep import _command
+
+    args = SimpleNamespace(argv=["sweep", "--preset", "methods", "--out", "runs/m", "--report-only"])
+    assert _command(args) == "sweep --preset methods --out runs/m"

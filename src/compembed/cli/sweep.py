@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
               if data.source == "synthetic" else f"data from {data.source}")
     preamble = (f"Preset `{args.preset}`: {len(rows)} of {len(cells)} runs finished; {source}; "
                 f"batch {spec.base.batch_size}, {spec.base.epochs} epoch(s), seeds {list(spec.seeds)}, "
-                f"optimizers {list(spec.optimizers)}. Command: `compembed {' '.join(args.argv)}`")
+                f"optimizers {list(spec.optimizers)}. Command: `compembed {_command(args)}`")
     report = write_report(summaries, claims, plots, out / "report.md", "Compositional embeddings vs the hashing trick",
                           preamble)
     verdict = {True: "held", False: "did not hold", None: "not tested"}
@@ -158,6 +158,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{verdict[c.held]}] {c.claim}")
     print(f"report: {report}")
     return 0
+
+
+def _command(args) -> str:
+    """How the sweep was run, without ``--report-only`` (a rebuilt report names the command that ran the cells)."""
+    return " ".join(a for a in args.argv if a != "--report-only")
 
 
 def _budget_context(spec, info) -> tuple[list, bool, str]:
@@ -187,7 +192,7 @@ def _budget_report(args, spec, info, rows, out: Path, cells: int) -> int:
         f"validation checkpoint kept; seeds "
         f"{list(spec.seeds)}. Bytes are the fp32 tables; each method is sized to the largest configuration that fits "
         f"the budget of tables plus optimizer state (`planning.match_budget`, `compembed plan`). "
-        f"Command: `compembed {' '.join(args.argv)}`")
+        f"Command: `compembed {_command(args)}`")
     plots = [plot_budget(points, arch, out / f"loss_vs_bytes_{arch}.png",
                          f"{arch.upper()}: test loss vs embedding bytes ({'real sample' if real else 'synthetic'})")
              for arch in sorted({p.arch for p in points})]
@@ -213,7 +218,7 @@ def _methods_report(args, spec, info, rows, out: Path, cells: int) -> int:
         f"checkpoint kept; seeds {list(spec.seeds)}; budgets {[f'{r:g}x' for r in spec.budgets]} of the full tables' "
         f"bytes (tables plus optimizer state, `planning.match_budget`, `compembed plan`), DCN at "
         f"{[f'{r:g}x' for r in spec.dcn_budgets] if spec.dcn_budgets is not None else 'every budget'} when run. "
-        f"Command: `compembed {' '.join(args.argv)}`")
+        f"Command: `compembed {_command(args)}`")
     dataset = "real sample " + Path(data.source).name if real else f"synthetic {data.rows:,} rows"
     report = write_methods_report(rows, spec.tune_lrs, missing, out, "Loss vs bytes: every method at every budget",
                                   preamble, dataset)
