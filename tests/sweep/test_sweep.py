@@ -326,3 +326,22 @@ def test_a_rebuilt_report_names_the_command_that_ran_the_cells():
 
     args = SimpleNamespace(argv=["sweep", "--preset", "methods", "--out", "runs/m", "--report-only"])
     assert _command(args) == "sweep --preset methods --out runs/m"
+
+
+def test_a_share_of_a_tuned_studys_budgets_keeps_its_tuning_cells():
+    # --budgets 256 once made every method tune at 256x (its fitting budget nearest 16x among {256}):
+    # the share's tuning cells must be the whole study's.
+    from compembed.cli.main import build_parser
+    from compembed.cli.sweep import build_spec
+    from compembed.data.synthetic import SyntheticConfig, SyntheticCTR
+
+    data = SyntheticCTR(SyntheticConfig(num_rows=3000, cardinality_scale=0.0005, seed=0))
+    whole = dataclasses.replace(preset("methods"), base=preset("tiny").base, budget_methods=("hashing", "robe"))
+    share = dataclasses.replace(whole, budgets=(64,), tune_budgets=whole.budgets)
+    assert {c.key for c in share.tune_cells(data.info)} == {c.key for c in whole.tune_cells(data.info)}
+    assert {c.target for c in whole.tune_cells(data.info) if c.method != "full"} == {16.0}
+    assert {c.key for c in dataclasses.replace(whole, budgets=(64,)).tune_cells(data.info)} != \
+        {c.key for c in whole.tune_cells(data.info)}  # without tune_budgets the share would tune elsewhere
+    args = build_parser().parse_args(["sweep", "--preset", "methods", "--budgets", "64"])
+    spec = build_spec(args)
+    assert spec.budgets == (64.0,) and spec.tune_budgets == preset("methods").budgets

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..sweep import PRESETS, STUDIES, judge_claims, make_plots, preset, run_sweep, summarize, train_cell, write_report
-from ..sweep.results import load_rows
+from ..sweep.results import load_rows, write_table
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -104,6 +104,8 @@ def build_spec(args: argparse.Namespace):
     base = dataclasses.replace(base, data=data, **changes)
     grid = {k: getattr(args, k) for k in ("archs", "studies", "collisions", "thresholds", "optimizers", "seeds",
                                           "budgets", "budget_methods", "tune_lrs") if getattr(args, k) is not None}
+    if "budgets" in grid and spec.tune_lrs and spec.tune_budgets is None:
+        grid["tune_budgets"] = spec.budgets  # a share of the budgets: the same tuning cells as the whole study
     return dataclasses.replace(spec, base=base, **grid)
 
 
@@ -132,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
     if args.report_only:
         keys = {c.key for c in cells}
         rows = [r for r in load_rows(out / "cells") if r["key"] in keys]
+        if rows:
+            write_table(rows, out)  # the table matches the rebuilt report
     else:
         rows = run_sweep(spec, out, train_cell, jobs=args.jobs, info=info, only=args.only, part=args.part)
         cells = spec.cells(info, tuned=tuned_lrs(spec, out / "cells"))

@@ -95,6 +95,9 @@ class SweepSpec:
     budget_extra: tuple[tuple[str, float], ...] = ()
     tune_lrs: tuple[float, ...] = ()
     tune_target: float = 16.0
+    # The budgets a method's tuning budget is chosen among (None: ``budgets``). Running a share of a
+    # tuned study's budgets (``--budgets``) keeps the preset's here, so its tuning cells stay the same.
+    tune_budgets: tuple[float, ...] | None = None
     dcn_budgets: tuple[float, ...] | None = None
     dhe_max_width: int = 1024
 
@@ -174,7 +177,8 @@ class SweepSpec:
         if not self.tune_lrs:
             return []
         arch, optimizer, seed = self.archs[0], self.optimizers[0], self.seeds[0]
-        models = self.budget_models(info, optimizer)[0]
+        tuning = self if self.tune_budgets is None else dataclasses.replace(self, budgets=self.tune_budgets)
+        models = tuning.budget_models(info, optimizer)[0]
         targets = self.tune_targets(models)
         out = []
         for method, ratio, overrides in models:
