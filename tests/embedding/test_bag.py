@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compembed.embedding.bag import BagModule, check_int_in, check_positive_ints
+from compembed.embedding.bag import BagModule, check_int_in, check_positive_ints, per_distinct_id
 
 
 class Table(BagModule):
@@ -53,3 +53,26 @@ def test_the_shared_checks():
     with pytest.raises(ValueError, match=r"hidden_dims must be positive ints, got \[8, 0\]"):
         check_positive_ints("hidden_dims", (8, 0))
     check_positive_ints("hidden_dims", ())
+
+
+def test_per_distinct_id_computes_each_distinct_id_once_with_the_same_values_and_gradients():
+    torch.manual_seed(0)
+    weight = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
+    seen = []
+
+    def rows_of(ids):  # a computed vector (not a row read), recording what it was asked for
+        seen.append(ids.clone())
+        return torch.tanh(weight[ids] * 2.0)
+
+    ids = torch.tensor([4, 1, 4, 4, 9, 1, 0])
+    out = per_distinct_id(ids, rows_of)
+    assert len(seen) == 1 and seen[0].tolist() == [0, 1, 4, 9]
+    out.pow(3).sum().backward()
+    grad, weight.grad = weight.grad.clone(), None
+    direct = torch.tanh(weight[ids] * 2.0)
+    torch.testing.assert_close(out, direct)
+    direct.pow(3).sum().backward()
+    torch.testing.assert_close(grad, weight.grad)
+    seen.clear()
+    torch.testing.assert_close(per_distinct_id(torch.tensor([3, 2]), rows_of), torch.tanh(weight[[3, 2]] * 2.0))
+    assert seen[0].tolist() == [3, 2]  # all distinct: computed as given, no gather

@@ -96,6 +96,24 @@ def test_gradients_flow_to_every_layer_and_are_dense_even_with_sparse():
     assert module.dense_gradients and module.sparse is False  # DDP's sparse sync leaves it to DDP
 
 
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_repeated_ids_give_the_per_occurrence_values_and_gradients(batchnorm):
+    """The MLP runs once per distinct id (batch norm in training: once per occurrence, its statistics
+    are over every occurrence); outputs and gradients equal running it on each occurrence."""
+    torch.manual_seed(0)
+    module = DHEEmbeddingBag(50, 4, num_hashes=6, hidden_dims=(8,), batchnorm=batchnorm, dtype=torch.float64)
+    ids = torch.tensor([[3, 7, 3], [3, 49, 7]])
+    grads = []
+    for rows in (lambda: module.embed(ids), lambda: module.decode(ids.reshape(-1)).view(2, 3, 4)):
+        module.zero_grad()
+        out = rows()
+        out.pow(2).sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in module.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)
+
+
 def test_dhe_params_are_not_taken_for_sparse_ones_in_distributed_training():
     from compembed.distributed.ddp import sparse_parameters
 

@@ -104,6 +104,22 @@ def test_gradients_flow_to_the_used_slices_and_cache_rows_only():
     assert torch.autograd.gradcheck(run, tuple(core.detach().clone().requires_grad_() for core in small.cores))
 
 
+@pytest.mark.parametrize("cache_rows", [0, 5])
+def test_repeated_ids_give_the_per_occurrence_values_and_gradients(cache_rows):
+    """The contraction runs once per distinct id; outputs and gradients equal running it per occurrence."""
+    m = _tt(cache_rows=cache_rows)
+    ids = torch.tensor([[2, 40, 2, 2], [59, 40, 2, 11]])
+    results = []
+    for rows in (lambda: m.embed(ids), lambda: m._rows(ids.reshape(-1)).view(2, 4, 8)):
+        m.zero_grad()
+        out = rows()
+        (out * torch.arange(8, dtype=torch.float64)).sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in m.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)
+
+
 def test_init_gives_the_target_std():
     m = TTEmbeddingBag(125_000, 16, 8)
     torch.manual_seed(0)

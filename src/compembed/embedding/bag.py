@@ -6,12 +6,15 @@ modules with a per-id parent (compositional, path-based).
 """
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..validation import has_values
 from .init import default_std
 from .pooling import MODES, pool_bags
 
-__all__ = ["BagModule", "ParameterCounts", "check_mode", "check_padding_idx", "check_positive_int", "check_positive_ints", "check_int_in"]
+__all__ = ["BagModule", "ParameterCounts", "per_distinct_id", "check_mode", "check_padding_idx", "check_positive_int", "check_positive_ints", "check_int_in"]
 
 
 class ParameterCounts:
@@ -97,6 +100,23 @@ class BagModule(ParameterCounts, nn.Module):
         if self.include_last_offset:
             s += ", include_last_offset=True"
         return s
+
+
+def per_distinct_id(ids: Tensor, rows_of) -> Tensor:
+    """``rows_of(ids)`` ``(N, D)`` for int64 ids ``(N,)``, computed once per distinct id and gathered.
+
+    For a scheme whose vector is a computation (an MLP, a tensor-train contraction) rather than a
+    row read, a batch repeats ids (its hot ones; every id of a small feature) and each repeat would
+    recompute the same vector. The result and the gradients equal those of ``rows_of(ids)`` up to
+    float rounding (the repeats' gradients are summed before, not after, the computation's backward).
+    Only where the ids have values: compiled or exported graphs keep the direct, shape-static path.
+    """
+    if not has_values(ids) or ids.numel() < 2:
+        return rows_of(ids)
+    distinct, inverse = torch.unique(ids, return_inverse=True)
+    if distinct.numel() == ids.numel():
+        return rows_of(ids)
+    return F.embedding(inverse, rows_of(distinct))
 
 
 def check_mode(mode: str, scale_grad_by_freq: bool = False) -> None:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..partitions import check_ids
-from .bag import BagModule, check_positive_int, check_positive_ints
+from .bag import BagModule, check_positive_int, check_positive_ints, per_distinct_id
 from .robe import PRIME, hash_coefficients, universal_hash
 
 __all__ = ["DHE_ACTIVATIONS", "DHEEmbeddingBag", "dhe_parameters"]
@@ -129,6 +129,9 @@ class DHEEmbeddingBag(BagModule):
     def encode(self, input: Tensor) -> Tensor:
         """The dense hash encoding ``(*, k)`` of ids ``(*)`` (uniform in [-1, 1], or standard normal)."""
         check_ids(input, self.num_embeddings)
+        return self._encode(input)
+
+    def _encode(self, input: Tensor) -> Tensor:
         hashes = universal_hash(input, self.hash_a, self.hash_b, self.buckets)  # (*, k) in [0, m)
         dtype = self.mlp[0].weight.dtype
         if not self.gaussian:
@@ -140,9 +143,22 @@ class DHEEmbeddingBag(BagModule):
         return torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=-1).to(dtype)
 
     def embed(self, input: Tensor) -> Tensor:
-        """Vectors ``(*, D)`` of ids ``(*)``: the MLP applied to every id's encoding at once."""
-        codes = self.encode(input).reshape(-1, self.num_hashes)
-        return self.mlp(codes).view(*input.shape, self.embedding_dim)
+        """Vectors ``(*, D)`` of ids ``(*)``: the MLP applied to every distinct id's encoding at once.
+
+        With batch norm in training the batch statistics are over every occurrence, as the paper
+        trains it, so the MLP then runs on each occurrence; otherwise once per distinct id.
+        """
+        check_ids(input, self.num_embeddings)
+        ids = input.reshape(-1)
+        if self.batchnorm and self.training:
+            rows = self.decode(ids)
+        else:
+            rows = per_distinct_id(ids.long(), self.decode)
+        return rows.view(*input.shape, self.embedding_dim)
+
+    def decode(self, ids: Tensor) -> Tensor:
+        """The MLP's vectors ``(N, D)`` of ids ``(N,)`` (already checked)."""
+        return self.mlp(self._encode(ids))
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.embedding_dim}, num_hashes={self.num_hashes}, "

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from ..partitions import check_ids, integer_root
 from ..validation import has_values
-from .bag import BagModule, check_int_in, check_positive_int
+from .bag import BagModule, check_int_in, check_positive_int, per_distinct_id
 from .hybrid import assemble
 
 __all__ = ["TTEmbeddingBag", "tt_row_factors", "tt_dim_factors", "tt_max_rank", "tt_num_parameters", "tt_feature_layout"]
@@ -230,7 +230,11 @@ class TTEmbeddingBag(BagModule):
     def embed(self, input: Tensor) -> Tensor:
         """Vectors ``(*, D)`` of ids ``(*)``, before pooling."""
         check_ids(input, self.num_embeddings)
-        ids = input.long().reshape(-1)
+        rows = per_distinct_id(input.long().reshape(-1), self._rows)  # a contraction per distinct id, not per occurrence
+        return rows.reshape(*input.shape, self.embedding_dim)
+
+    def _rows(self, ids: Tensor) -> Tensor:
+        """Rows ``(N, D)`` of valid int64 ids ``(N,)``: the cache's for ``x < K``, the train's for the rest."""
         if self.cache is None:
             rows = self.tt_rows(ids)
         elif not has_values(ids):
@@ -247,7 +251,7 @@ class TTEmbeddingBag(BagModule):
                 rows = self.tt_rows(cold)
             else:
                 rows = assemble(cached, F.embedding(hot, self.cache, sparse=self.sparse), self.tt_rows(cold))
-        return rows.reshape(*input.shape, self.embedding_dim)
+        return rows
 
     def extra_repr(self) -> str:
         s = (f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}, row_factors={self.row_factors}, "
