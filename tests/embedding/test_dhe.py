@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from compembed.embedding import EmbeddingCollection, FeatureConfig, FusedEmbeddingCollection
-from compembed.embedding.dhe import DHEEmbeddingBag, dhe_parameters
+from compembed.embedding.dhe import DHE_ACTIVATIONS, DHEEmbeddingBag, dhe_parameters
 from compembed.embedding.robe import PRIME
 
 from embedding.ops import count_ops, slow_bags
@@ -50,6 +50,25 @@ def test_encoding_matches_a_slow_computation(gaussian):
     codes = module.encode(torch.tensor(ids))
     torch.testing.assert_close(codes, torch.tensor([slow_encoding(module, x) for x in ids], dtype=torch.float64))
     assert codes.shape == (4, 6) and (gaussian or codes.abs().max() <= 1.0)
+
+
+@pytest.mark.parametrize("buckets", [10**6, 2**25 + 1])
+def test_float32_encoding_is_the_exact_one_rounded_and_finite(buckets):
+    """A float32 MLP gets its encoding computed in float32 (float64 when m > 2**24, where float32
+    cannot hold every hash + 1): within float32 rounding of the exact values, never NaN."""
+    module = DHEEmbeddingBag(2**31 - 1, 4, num_hashes=64, hidden_dims=(), buckets=buckets, seed=3)
+    ids = [0, 5, 2**31 - 2, 123_456_789]
+    codes = module.encode(torch.tensor(ids))
+    assert codes.dtype == torch.float32 and torch.isfinite(codes).all()
+    exact = torch.tensor([slow_encoding(module, x) for x in ids], dtype=torch.float64)
+    torch.testing.assert_close(codes.double(), exact, rtol=1e-5, atol=2e-5)
+
+
+def test_mish_is_torch_mish():
+    x = torch.linspace(-30, 30, 2001, dtype=torch.float64, requires_grad=True)
+    ours, theirs = DHE_ACTIVATIONS["mish"]()(x), torch.nn.functional.mish(x)
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(torch.autograd.grad(ours.sum(), x)[0], torch.autograd.grad(theirs.sum(), x)[0])
 
 
 def test_gaussian_encoding_is_close_to_standard_normal():
