@@ -158,3 +158,22 @@ def test_a_budget_below_the_cce_index_bytes_is_refused():
     assert smallest == 2 * 256 + 15_000 * 2 + 2 * (16 * 2 + 8)
     assert match_budget("cce", cards, smallest, threshold=0)[1] == smallest
     assert match_budget("cce", cards, smallest - 1, threshold=0) is None
+
+
+def test_small_features_are_compressed_only_where_their_full_tables_leave_nothing_that_fits():
+    from compembed.data.synthetic import scaled_cardinalities
+    from compembed.planning import budget_for_compression, match_budget
+
+    cards = scaled_cardinalities(0.05)  # the methods study's features: 15 of 26 have <= 200 categories
+    small_full = sum(n for n in cards if n <= 200) * 16 * 4 * 2
+    budget = budget_for_compression(cards, 10_000)
+    assert small_full > budget  # their full tables alone exceed a 10,000x budget
+    for method in ("hashing", "robe", "dhe"):
+        features, size, _ = match_budget(method, cards, budget)
+        configs = [FeatureConfig(f"C{j + 1}", n, **features[f"C{j + 1}"]) for j, n in enumerate(cards)]
+        assert size == sum(feature_bytes(c, "adagrad") for c in configs) <= budget
+        assert any(c.scheme != "full" for c in configs if c.num_embeddings <= 200)
+    assert match_budget("qr", cards, budget) is None  # QR's smallest (2 sqrt(n) rows) exceeds it even so
+    # where the threshold leaves a fit, small features keep full tables, as before
+    features, _, _ = match_budget("hashing", cards, budget_for_compression(cards, 1000))
+    assert all(features[f"C{j + 1}"]["scheme"] == "full" for j, n in enumerate(cards) if n <= 200)

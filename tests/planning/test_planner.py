@@ -58,8 +58,11 @@ def test_coverage_is_the_share_of_occurrences_on_own_rows():
 
 
 def test_budget_below_the_minimum_names_the_minimum():
-    with pytest.raises(PlanError, match=r"below the smallest plan: .* rows of D=16 with adagrad state"):
-        plan_tables(CARDS, COUNTS, 1000)
+    # 4 rows of D=16 with Adagrad (128 bytes each) for 5 features: not even one hashed row each
+    with pytest.raises(PlanError, match=r"below the smallest plan: 640 B \(5 rows of D=16 with adagrad state: "
+                                        r"one hashed row per feature\)"):
+        plan_tables(CARDS, COUNTS, 4 * 128 + 100)
+    assert plan_tables(CARDS, COUNTS, 5 * 128).bytes == 5 * 128
 
 
 def test_value_ordered_counts_are_refused():
@@ -84,3 +87,32 @@ def test_plan_overrides_build_the_same_tables():
         tables = build_collection(model, info, fused=fused, device="meta")
         assert tables.num_bytes * 2 == plan.bytes  # adagrad state doubles it
     assert model.label().startswith("planned[")
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "rowwise_adagrad"])
+def test_below_every_composition_the_cold_ids_are_hashed_and_hot_ids_keep_rows(optimizer):
+    row_bytes = 16 * 4 * (1 + {"adagrad": 1, "rowwise_adagrad": 1 / 16}[optimizer])
+    from compembed.planning.planner import _floor_rows
+
+    assert sum(_floor_rows(n) for n in CARDS) > 60  # the unique compositions' minimum, where step 4 starts
+    budget = int(60 * row_bytes)
+    plan = plan_tables(CARDS, COUNTS, budget, optimizer=optimizer)
+    configs = plan.configs()
+    assert {c.cold_scheme if c.scheme == "hybrid" else c.scheme for c in configs} <= {"hashing", "full"}
+    assert sum(f.hot_rows for f in plan.features if f.config.scheme == "hybrid") > 0
+    collection = EmbeddingCollection(configs, device="meta")
+    state = {"adagrad": 1, "rowwise_adagrad": 1 / 16}[optimizer]
+    assert plan.bytes == pytest.approx(collection.num_bytes * (1 + state), abs=len(CARDS)) and plan.bytes <= budget
+    assert sum(sum(r.table_sizes) for r in collection.report()) <= 60
+    # the hot rows are still the globally most frequent ids
+    cut_in = [c[f.hot_rows - 1] for f, c in zip(plan.features, COUNTS) if 0 < f.hot_rows < len(c)]
+    cut_out = [c[f.hot_rows] for f, c in zip(plan.features, COUNTS) if 0 < f.hot_rows < len(c)]
+    assert min(cut_in) >= max(cut_out)
+    assert "hashing/" in plan.summary()
+    assert all("num_collisions" in o for o in plan.overrides().values() if o["scheme"] != "full")
+
+
+def test_plans_above_the_compositions_minimum_do_not_hash():
+    for ratio in (2, 16, 64):
+        plan = plan_tables(CARDS, COUNTS, budget_for_compression(CARDS, ratio))
+        assert all((c.cold_scheme if c.scheme == "hybrid" else c.scheme) != "hashing" for c in plan.configs())

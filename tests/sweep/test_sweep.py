@@ -148,7 +148,7 @@ def test_budget_cells_match_bytes_and_report_unreachable_budgets():
 
 def test_budget_sweep_end_to_end(tmp_path, capsys):
     out = tmp_path / "budget"
-    args = ["sweep", "--preset", "tiny", "--studies", "budget", "--budgets", "4,64", "--budget-methods",
+    args = ["sweep", "--preset", "tiny", "--studies", "budget", "--budgets", "4,100000", "--budget-methods",
             "planner,hashing", "--seeds", "0,1", "--id-order", "frequency", "--out", str(out)]
     assert main(args) == 0
     report = (out / "report.md").read_text()
@@ -156,11 +156,11 @@ def test_budget_sweep_end_to_end(tmp_path, capsys):
     assert (out / "loss_vs_bytes_dlrm.png").stat().st_size > 10_000
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert {r["method"] for r in rows} == {"full", "planner", "hashing", "qr"}
-    # seeds x (full, planner and hashing at 4x, qr and hashing at 2x): at 64x neither fits this tiny data,
-    # whose 200-or-fewer-category features alone (full tables) take more, and the report says so.
+    # seeds x (full, planner and hashing at 4x, qr and hashing at 2x): at 100,000x neither fits, not even
+    # with one hashed row per feature, and the report says so.
     assert len(rows) == 2 * 5
-    assert "- planner (hybrid) at 64x: a budget of 33.1 KiB is below the smallest plan" in report
-    assert "- hashing trick at 64x: its smallest configuration exceeds" in report
+    assert "- planner (hybrid) at 100000x: a budget of 21 B is below the smallest plan" in report
+    assert "- hashing trick at 100000x: its smallest configuration exceeds" in report
 
 
 def _session_processes(sid: int) -> set[int]:

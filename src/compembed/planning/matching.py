@@ -24,7 +24,10 @@ every method gets (up to its knob's granularity) the same bytes:
   width 1, is about ``n`` values per feature, so ``md`` cannot go below about D-fold compression.
 
 Features with at most ``threshold`` categories keep full tables (the paper's rule, DLRM's default
-200), as the uniform methods are used in practice. The knob is the smallest that fits; the bytes it
+200), as the uniform methods are used in practice, unless those full tables alone leave no
+configuration within the budget: then every feature is compressed (threshold 0), as the field's
+methods do at their extreme ratios (e.g. 10,000x, where the small features' full tables are several
+times the whole budget). The knob is the smallest that fits; the bytes it
 leaves go to the largest features at one step finer (``c - 1``), so the methods end within a few
 percent of the budget instead of up to a knob step below it. The result is the ``ModelConfig.features``
 entry of every feature, so a run's config states every table exactly.
@@ -101,11 +104,19 @@ def match_budget(
 
     Returns ``(features, bytes, knob)``: the per-feature overrides, their bytes and the knob
     (``c``, ``m``, DHE's width ``w``, the TT-rank or the md base width); or None when even the
-    smallest configuration of ``method`` exceeds the budget.
+    smallest configuration of ``method``, with every feature compressed, exceeds the budget.
     """
     if method not in UNIFORM_METHODS:
         raise ValueError(f"method must be one of {UNIFORM_METHODS}, got {method!r}")
     names = list(names) if names is not None else [f"C{j + 1}" for j in range(len(cardinalities))]
+    found = _match(method, cardinalities, budget, names, embedding_dim, optimizer, itemsize, threshold)
+    if found is None and threshold > 0:  # the small features' full tables do not fit: compress them too
+        found = _match(method, cardinalities, budget, names, embedding_dim, optimizer, itemsize, 0)
+    return found
+
+
+def _match(method, cardinalities, budget, names, embedding_dim, optimizer, itemsize, threshold):
+    """``match_budget`` with features of at most ``threshold`` categories kept full."""
     largest = max(int(n) for n in cardinalities)
 
     def build(knob: int) -> tuple[list[FeatureConfig], int]:

@@ -18,11 +18,15 @@ The rule, fixed before any study ran (its one knob, ``hot_share``, was not tuned
    its own vector.
 3. A feature whose ids all get hot rows, or whose cold part would need as many rows as ids, keeps a
    full table. If the cold parts' minimum does not fit beside the hot rows, hot rows are given up
-   first; a budget below the cold parts' minimum with no hot rows at all is refused, naming that
-   minimum.
+   first.
+4. Below the smallest unique composition of every feature (e.g. 10,000x, where no complementary
+   partition fits), the cold ids are hashed instead: the hashing trick at one collision count ``c``
+   for all features (``ceil((n - K) / c)`` rows each), with steps 1-3 otherwise unchanged, so the
+   hot ids still keep rows of their own. This was added before any run at such a budget; above it
+   plans are unchanged. A budget below one row per feature is refused, naming that minimum.
 
-Each feature becomes a ``FeatureConfig``: ``full``, ``qr``/``gqr`` (no hot rows) or ``hybrid`` with
-``hot_rows = K``. Bytes are counted by ``budget.feature_bytes`` on exactly those configs, the same
+Each feature becomes a ``FeatureConfig``: ``full``, ``qr``/``gqr``/``hashing`` (no hot rows) or
+``hybrid`` with ``hot_rows = K``. Bytes are counted by ``budget.feature_bytes`` on exactly those configs, the same
 arithmetic the tests check against the allocated collection.
 """
 from __future__ import annotations
@@ -73,7 +77,7 @@ class FeaturePlan:
         cold = c.cold_scheme if c.scheme == "hybrid" else c.scheme
         if cold in ("qr", "gqr"):
             out["operation"] = c.operation
-        if cold == "qr":
+        if cold in ("qr", "hashing"):
             out["num_collisions"] = c.num_collisions
         if cold == "gqr":
             out["factors"] = list(c.factors)
@@ -81,7 +85,8 @@ class FeaturePlan:
 
     def describe(self) -> str:
         c = self.config
-        cold = {"qr": f"qr-{c.operation}/{c.num_collisions}", "gqr": f"gqr-{c.operation}{list(c.factors or ())}"}
+        cold = {"qr": f"qr-{c.operation}/{c.num_collisions}", "gqr": f"gqr-{c.operation}{list(c.factors or ())}",
+                "hashing": f"hashing/{c.num_collisions}"}
         if c.scheme == "full":
             return "full"
         if c.scheme == "hybrid":
@@ -208,29 +213,31 @@ def plan_tables(
                             f"occurrences, id {at - 1} only {c[at - 1]}); prepare the data with --id-order frequency")
     row_bytes = embedding_dim * itemsize * (1.0 + state_factor(optimizer, embedding_dim))
     rows = int(budget // row_bytes)
-    make = _Maker(names, sizes, embedding_dim, operation)
+    hashed = sum(sizes) > rows and rows < sum(_floor_rows(n) for n in sizes)  # step 4: no composition fits
+    cold_rows, floor_rows = (_hashed_rows, _one_row) if hashed else (_cold_rows, _floor_rows)
+    make = _Maker(names, sizes, embedding_dim, operation, hashed)
 
     if rows >= sum(sizes):
         hot = list(sizes)
         collisions = 1
     else:
-        minimum = sum(_floor_rows(n) for n in sizes)
+        minimum = sum(floor_rows(n) for n in sizes)
         if rows < minimum:
             raise PlanError(f"a budget of {format_bytes(budget)} is below the smallest plan: "
                             f"{format_bytes(minimum * row_bytes)} ({minimum:,} rows of D={embedding_dim} with "
-                            f"{optimizer} state: every feature's smallest composition)")
+                            f"{optimizer} state: one hashed row per feature)")
         allowance = int(hot_share * rows)
         while True:
             hot = _hottest(counts, allowance)
-            cold_min = sum(_floor_rows(n - k) for n, k in zip(sizes, hot))
+            cold_min = sum(floor_rows(n - k) for n, k in zip(sizes, hot))
             if sum(hot) + cold_min <= rows or allowance == 0:
                 break
             allowance = max(0, allowance - (sum(hot) + cold_min - rows))
-        collisions = _smallest_collisions([n - k for n, k in zip(sizes, hot)], rows - sum(hot))
+        collisions = _smallest_collisions([n - k for n, k in zip(sizes, hot)], rows - sum(hot), cold_rows)
         # The collision level moves in steps, so rows are often left over: they become hot rows too
         # (more hot rows leave fewer cold ids, whose rows at the same level can only shrink).
         for _ in range(8):
-            left = rows - sum(hot) - sum(_cold_rows(n - k, collisions) for n, k in zip(sizes, hot))
+            left = rows - sum(hot) - sum(cold_rows(n - k, collisions) for n, k in zip(sizes, hot))
             more = _hottest(counts, sum(hot) + left)
             if left <= 0 or more == hot:
                 break
@@ -294,14 +301,24 @@ def _cold_rows(n: int, c: int) -> int:
     return _floor_rows(n)
 
 
-def _smallest_collisions(cold: Sequence[int], rows: int) -> int:
+def _hashed_rows(n: int, c: int) -> int:
+    """Rows of ``n`` cold ids hashed at ``c`` collisions (step 4)."""
+    return -(-n // c) if n > 0 else 0
+
+
+def _one_row(n: int) -> int:
+    """The fewest rows of ``n`` hashed ids: one."""
+    return 1 if n > 0 else 0
+
+
+def _smallest_collisions(cold: Sequence[int], rows: int, cold_rows=_cold_rows) -> int:
     """The smallest collision level whose cold rows fit in ``rows`` (the caller made the largest fit)."""
     lo, hi = 1, max(2, max(cold, default=2))
-    if sum(_cold_rows(n, lo) for n in cold) <= rows:
+    if sum(cold_rows(n, lo) for n in cold) <= rows:
         return lo
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if sum(_cold_rows(n, mid) for n in cold) <= rows:
+        if sum(cold_rows(n, mid) for n in cold) <= rows:
             hi = mid
         else:
             lo = mid
@@ -316,16 +333,19 @@ class _Maker:
     sizes: list[int]
     embedding_dim: int
     operation: str
+    hashed: bool = False  # step 4: cold ids hashed
 
     def config(self, j: int, hot: int, collisions: int) -> FeatureConfig:
         n, name = self.sizes[j], self.names[j]
         base = FeatureConfig(name=name, num_embeddings=n, embedding_dim=self.embedding_dim, scheme="full",
                              operation=self.operation)
         cold = n - hot
-        rows = _cold_rows(cold, collisions)
+        rows = (_hashed_rows if self.hashed else _cold_rows)(cold, collisions)
         if cold == 0 or rows >= cold:
             return base
-        if collisions * collisions <= cold:
+        if self.hashed:
+            scheme = dict(scheme="hashing", num_collisions=collisions)
+        elif collisions * collisions <= cold:
             scheme = dict(scheme="qr", num_collisions=collisions)
         elif rows == _qr_rows(cold, math.isqrt(cold - 1) + 1):
             scheme = dict(scheme="qr", num_collisions=math.isqrt(cold - 1) + 1)
