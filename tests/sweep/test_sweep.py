@@ -13,6 +13,7 @@ import pytest
 from compembed.cli.main import main
 from compembed.sweep import SweepSpec, judge_claims, preset, run_sweep, summarize
 from compembed.sweep.report import Summary
+from compembed.sweep.runner import tuned_lrs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -317,6 +318,35 @@ def test_sweep_runs_the_tuning_phase_first_then_the_chosen_recipe(tmp_path):
     assert {r["role"] for r in rows} == {"tune", ""}
     order.clear()
     assert len(run_sweep(spec, tmp_path, fake, progress=False, info=data.info)) == len(rows) and order == []
+
+
+def test_when_the_tuning_budget_moves_only_the_new_tuning_cells_vote(tmp_path):
+    # A study tuned at 4x (then its nearest budget to 16x), rerun with 16x added: the 4x tuning rows
+    # stay on disk; they must neither choose the recipe nor count as tuning rows.
+    from compembed.data.synthetic import SyntheticConfig, SyntheticCTR
+
+    data = SyntheticCTR(SyntheticConfig(num_rows=3000, cardinality_scale=0.0005, seed=0, id_order="frequency"))
+    spec = dataclasses.replace(preset("methods"), base=preset("tiny").base, archs=("dlrm",), budgets=(4,),
+                               budget_methods=("hashing",), seeds=(0,), tune_lrs=(0.01, 0.1, 0.3))
+
+    def fake(cell, workdir):  # best lr: 0.3 at 4x (and for full tables), 0.1 at 16x
+        lr = cell.config.optim.embedding_lr
+        loss = abs(lr - 0.1) + 0.05 if cell.target == 16 else abs(lr - 0.3)
+        return {"embedding_parameters": 10, "parameters": 20, "bytes": 40, "full_embedding_parameters": 30,
+                "compression_ratio": 3.0, "val_loss": loss, "test_loss": 0.5, "test_accuracy": 0.7,
+                "test_auc": 0.6, "bayes_loss": 0.4, "train_samples": 100, "samples_per_s": 1000.0}
+
+    run_sweep(spec, tmp_path, fake, progress=False, info=data.info)
+    assert tuned_lrs(spec, tmp_path / "cells", data.info)["hashing"] == 0.3
+    moved = dataclasses.replace(spec, budgets=(4, 16))
+    rows = run_sweep(moved, tmp_path, fake, progress=False, info=data.info)
+    assert tuned_lrs(moved, tmp_path / "cells", data.info)["hashing"] == 0.1
+    hashing = [r for r in rows if r["method"] == "hashing"]
+    assert {(r["target_compression"], r["table_lr"]) for r in hashing if r["role"] == "tune"} == \
+        {(16.0, 0.01), (16.0, 0.1), (16.0, 0.3)}
+    assert {(r["target_compression"], r["table_lr"]) for r in hashing if r["role"] != "tune"} == {(4.0, 0.1)}
+    # the old 4x run at lr 0.1 is that main cell now: no new run, and its row says so
+    assert len(list((tmp_path / "cells").glob("*.json"))) == 3 + 3 + 3  # full, hashing at 4x, hashing at 16x
 
 
 def test_a_rebuilt_report_names_the_command_that_ran_the_cells():

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..sweep import PRESETS, STUDIES, judge_claims, make_plots, preset, run_sweep, summarize, train_cell, write_report
-from ..sweep.results import load_rows, write_table
+from ..sweep.results import write_table
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -117,9 +117,9 @@ def run(args: argparse.Namespace) -> int:
         from ..training.loop import open_data
 
         info = open_data(spec.base.data).info
-    from ..sweep.runner import tuned_lrs
+    from ..sweep.runner import rows_of, tuned_lrs
 
-    cells = spec.cells(info, tuned=tuned_lrs(spec, out / "cells"))
+    cells = spec.cells(info, tuned=tuned_lrs(spec, out / "cells", info))
     if args.list:
         for c in cells:
             m = c.config.model
@@ -132,13 +132,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"sweep '{args.preset}': {len(cells)} runs -> {out}", file=sys.stderr)
     if args.report_only:
-        keys = {c.key for c in cells}
-        rows = [r for r in load_rows(out / "cells") if r["key"] in keys]
+        rows = rows_of(cells, out / "cells")
         if rows:
             write_table(rows, out)  # the table matches the rebuilt report
     else:
         rows = run_sweep(spec, out, train_cell, jobs=args.jobs, info=info, only=args.only, part=args.part)
-        cells = spec.cells(info, tuned=tuned_lrs(spec, out / "cells"))
+        cells = spec.cells(info, tuned=tuned_lrs(spec, out / "cells", info))
     if not rows:
         print(f"no finished runs in {out}/cells", file=sys.stderr)
         return 1

@@ -20,7 +20,7 @@ from ..io import write_json_atomic
 from .grid import Cell, SweepSpec
 from .results import load_rows, write_table
 
-__all__ = ["run_sweep", "cell_row", "select_cells", "tuned_lrs"]
+__all__ = ["run_sweep", "cell_row", "rows_of", "select_cells", "tuned_lrs"]
 
 # Runs one cell in a scratch folder and returns what it measured (the keys of results.COLUMNS).
 RunCell = Callable[[Cell, Path], dict[str, Any]]
@@ -78,7 +78,7 @@ def run_sweep(
     bar = tqdm(unit="run", desc="sweep", disable=not progress)
     tried: set[str] = set()
     while True:
-        cells = spec.cells(info, tuned=tuned_lrs(spec, cells_dir))
+        cells = spec.cells(info, tuned=tuned_lrs(spec, cells_dir, info))
         done = {p.stem for p in cells_dir.glob("*.json")}
         mine = select_cells(cells, only, part)
         todo = [c for c in mine if c.key not in done and c.key not in tried]
@@ -91,18 +91,22 @@ def run_sweep(
     bar.close()
     if scratch.exists() and not any(scratch.iterdir()):
         scratch.rmdir()
-    rows = _rows_of(cells, cells_dir)
+    rows = rows_of(cells, cells_dir)
     write_table(rows, out_dir)
     return rows
 
 
-def tuned_lrs(spec: SweepSpec, cells_dir: Path) -> dict[str, float]:
-    """The recipes chosen so far by the finished tuning cells under ``cells_dir`` (method -> table lr)."""
+def tuned_lrs(spec: SweepSpec, cells_dir: Path, info=None) -> dict[str, float]:
+    """The recipes chosen so far by this spec's finished tuning cells under ``cells_dir`` (method -> table lr).
+
+    Only the tuning cells of this grid count: when a method's tuning budget moves (a budget that did
+    not fit before does now), the old budget's tuning rows stay on disk and must not vote.
+    """
     if not spec.tune_lrs:
         return {}
     from .tuning import choose_lrs
 
-    return choose_lrs(load_rows(cells_dir) if cells_dir.exists() else [], spec.tune_lrs)
+    return choose_lrs(rows_of(spec.tune_cells(info), cells_dir), spec.tune_lrs)
 
 
 def _run_cells(todo: list[Cell], cells: list[Cell], cells_dir: Path, scratch: Path, run_cell: RunCell, jobs: int,
@@ -110,7 +114,7 @@ def _run_cells(todo: list[Cell], cells: list[Cell], cells_dir: Path, scratch: Pa
     def finish(cell: Cell, measured: dict[str, Any]) -> None:
         write_json_atomic(cells_dir / f"{cell.key}.json", cell_row(cell, measured))
         shutil.rmtree(scratch / cell.key, ignore_errors=True)
-        write_table(_rows_of(cells, cells_dir), cells_dir.parent)
+        write_table(rows_of(cells, cells_dir), cells_dir.parent)
         bar.set_postfix_str(f"last: {cell.config.model.arch} {cell.label} t={cell.config.model.threshold} "
                             f"{cell.config.optim.name} seed={cell.config.seed}")
         bar.update()
@@ -167,10 +171,17 @@ def _timed(run_cell: RunCell, cell: Cell, workdir: Path) -> dict[str, Any]:
     return measured
 
 
-def _rows_of(cells: list[Cell], cells_dir: Path) -> list[dict[str, Any]]:
-    # Only this spec's cells: an output folder reused with another grid keeps its other rows on disk.
-    keys = {c.key for c in cells}
-    return [r for r in load_rows(cells_dir) if r["key"] in keys]
+def rows_of(cells: list[Cell], cells_dir: Path) -> list[dict[str, Any]]:
+    """The finished rows of ``cells`` under ``cells_dir``, each with the role the grid gives its cell.
+
+    Only these cells' rows: a folder reused with another grid keeps its other rows on disk. A row's
+    stored role can be stale: a tuning run of an old tuning budget whose config is a main cell now
+    (cells are keyed by config) is that main cell, not a tuning result.
+    """
+    if not cells_dir.exists():
+        return []
+    roles = {c.key: c.role for c in cells}
+    return [{**r, "role": roles[r["key"]]} for r in load_rows(cells_dir) if r["key"] in roles]
 
 
 def train_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
