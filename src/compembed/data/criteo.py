@@ -460,12 +460,16 @@ def read_criteo(
         # One parsing thread: the compiled parser (or NumPy) runs without the GIL while the caller handles
         # the block before, as pyarrow.csv's reader uses threads; the yielded blocks are the same.
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="criteo-parse")
-        submit, depth = pool.submit, 2
+        depth = 2
     else:
+        # An executor, not multiprocessing.Pool: Pool.terminate() on an error with blocks still queued
+        # could hang for good (its task thread stuck writing a block that no worker reads; seen under
+        # load in tests/data/test_criteo.py), and a dead worker makes the executor raise, not hang.
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(workers)
-        submit, depth = (lambda *args: _Job(pool.apply_async(args[0], args[1:]))), 2 * workers
-    with pool:
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx)
+        depth = 2 * workers
+    submit = pool.submit
+    try:
         pending: deque = deque()
         last_sync = time.monotonic()
 
@@ -487,16 +491,8 @@ def read_criteo(
                 yield finish()
         while pending:
             yield finish(synced=len(pending) == 1)
-
-
-class _Job:
-    """A process pool's result with a future's ``result()``."""
-
-    def __init__(self, job) -> None:
-        self.job = job
-
-    def result(self):
-        return self.job.get()
+    finally:  # an error, or a consumer that stopped early: drop the queued blocks, wait for the running ones
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _parse_task(data: bytes, path: str, first_line: int, skip: bool, num_lines: int,
