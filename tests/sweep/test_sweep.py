@@ -13,7 +13,7 @@ import pytest
 from compembed.cli.main import main
 from compembed.sweep import SweepSpec, judge_claims, preset, run_sweep, summarize
 from compembed.sweep.report import Summary
-from compembed.sweep.runner import tuned_lrs
+from compembed.sweep.runner import cell_train_config, train_cell, tuned_lrs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,6 +68,39 @@ def _summary(label, loss, arch="dlrm", threshold=1, scheme="qr", operation="mult
     return Summary(arch=arch, label=label, scheme=scheme, operation=operation, num_collisions=c, path_hidden=0,
                    threshold=threshold, optimizer="adagrad", seeds=3, parameters=params, embedding_parameters=params,
                    loss=loss, loss_std=0.001, accuracy=0.78, accuracy_std=0.001, auc=0.8, bayes_loss=None)
+
+
+def test_a_cell_cut_short_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_path):
+    from compembed.training.loop import open_data, train
+
+    spec = dataclasses.replace(preset("tiny"), studies=("collisions",), collisions=(4,))
+    cell = next(c for c in spec.cells() if c.label == "qr-mult/4")
+    assert cell.config.checkpoint_every == 0  # the preset checkpoints only at the end of its single epoch
+    config = cell_train_config(cell, checkpoint_every=2)
+    assert config.checkpoint_every == 2 and cell_train_config(cell, 0) == cell.config
+    assert dataclasses.replace(config, checkpoint_every=0) == cell.config  # nothing else changes
+
+    def stop_at_step_5(state):
+        if state["step"] == 5:
+            raise Killed
+
+    for every, kept in ((0, False), (2, True)):
+        with pytest.raises(Killed):
+            train(cell_train_config(cell, every), dataset=open_data(cell.config.data), out_dir=tmp_path / f"cut{every}",
+                  progress=False, on_step=stop_at_step_5)
+        assert (tmp_path / f"cut{every}" / "checkpoint.safetensors").exists() == kept
+
+    resumed = train_cell(cell, tmp_path / "cut2", checkpoint_every=2)
+    whole = train_cell(cell, tmp_path / "whole", checkpoint_every=0)
+    assert resumed["train_samples"] == whole["train_samples"] > 5 * cell.config.batch_size
+    for k in ("val_loss", "test_loss", "test_auc"):
+        assert resumed[k] == whole[k], k
+
+
+def test_sweep_checkpoint_cadence_must_be_a_whole_number_of_steps(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--preset", "tiny", "--checkpoint-every", "-1"])
+    assert "--checkpoint-every: must be >= 0, got -1" in capsys.readouterr().err
 
 
 def test_claims_are_judged_from_the_numbers():

@@ -3,15 +3,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
 from ..sweep import PRESETS, STUDIES, judge_claims, make_plots, preset, run_sweep, summarize, train_cell, write_report
 from ..sweep.results import write_table
+from ..sweep.runner import CHECKPOINT_EVERY
 
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v)
+
+
+def _steps(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -77,6 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (0: torch's default)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once, each in its own process (use --threads 1 with it; 2 suits 2 cores)")
+    p.add_argument("--checkpoint-every", type=_steps, default=CHECKPOINT_EVERY, metavar="N",
+                   help="steps between the checkpoints of each run (0: as the preset says); an interrupted sweep "
+                        "resumes the runs in flight from them")
     p.add_argument("--list", action="store_true", help="print the cells and exit without training")
     p.add_argument("--report-only", action="store_true", help="rebuild the table, plots and report from finished cells")
     p.set_defaults(func=run, resume_hint=_resume_hint)
@@ -136,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         if rows:
             write_table(rows, out)  # the table matches the rebuilt report
     else:
-        rows = run_sweep(spec, out, train_cell, jobs=args.jobs, info=info, only=args.only, part=args.part)
+        run_cell = functools.partial(train_cell, checkpoint_every=args.checkpoint_every)
+        rows = run_sweep(spec, out, run_cell, jobs=args.jobs, info=info, only=args.only, part=args.part)
         cells = spec.cells(info, tuned=tuned_lrs(spec, out / "cells", info))
     if not rows:
         print(f"no finished runs in {out}/cells", file=sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import multiprocessing
 import os
 import shutil
@@ -20,7 +21,7 @@ from ..io import write_json_atomic
 from .grid import Cell, SweepSpec
 from .results import load_rows, write_table
 
-__all__ = ["run_sweep", "cell_row", "rows_of", "select_cells", "tuned_lrs"]
+__all__ = ["run_sweep", "cell_row", "cell_train_config", "rows_of", "select_cells", "train_cell", "tuned_lrs"]
 
 # Runs one cell in a scratch folder and returns what it measured (the keys of results.COLUMNS).
 RunCell = Callable[[Cell, Path], dict[str, Any]]
@@ -184,11 +185,30 @@ def rows_of(cells: list[Cell], cells_dir: Path) -> list[dict[str, Any]]:
     return [{**r, "role": roles[r["key"]]} for r in load_rows(cells_dir) if r["key"] in roles]
 
 
-def train_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
-    """Train and evaluate one cell with ``compembed.training`` (resuming its own checkpoint if any)."""
+# Steps between a sweep cell's checkpoints (see train_cell).
+CHECKPOINT_EVERY = 1000
+
+
+def cell_train_config(cell: Cell, checkpoint_every: int = CHECKPOINT_EVERY):
+    """The config ``train_cell`` trains ``cell`` with: the cell's, checkpointed every ``checkpoint_every``
+    steps (0: as the cell's config says).
+
+    A checkpoint does not change a run's result (a resumed run equals an uninterrupted one), so the
+    cadence is the runner's choice, not the grid's: the cell keeps its key, and a sweep cut short in
+    the middle of a long cell resumes it from its last checkpoint instead of from step 0.
+    """
+    if not checkpoint_every:
+        return cell.config
+    return dataclasses.replace(cell.config, checkpoint_every=checkpoint_every)
+
+
+def train_cell(cell: Cell, workdir: Path, checkpoint_every: int = CHECKPOINT_EVERY) -> dict[str, Any]:
+    """Train and evaluate one cell with ``compembed.training``, resuming its own checkpoint if any
+    (``cell_train_config`` gives the config). A resumed cell's ``wall_s`` is its last part's."""
     from ..training.loop import train
 
-    result = train(cell.config, dataset=_dataset(cell.config), out_dir=workdir, resume=True, progress=False)
+    config = cell_train_config(cell, checkpoint_every)
+    result = train(config, dataset=_dataset(config), out_dir=workdir, resume=True, progress=False)
     val, test, memory = result.evals["val"], result.evals["test"], result.memory
     return {
         "embedding_parameters": memory.embedding_parameters, "bytes": memory.embedding_bytes,
