@@ -59,6 +59,21 @@ def test_plan_by_compression(criteo, capsys):
 
 
 @needs_shared
+def test_plan_with_robe_cold_parts_fits_and_trains(criteo, tmp_path, capsys):
+    data, plan_toml = criteo / "frequency", tmp_path / "plan.toml"
+    assert main(["plan", str(data), "--compression", "256", "--cold", "robe", "--dim", "8", "--out", str(plan_toml)]) == 0
+    out = capsys.readouterr().out
+    ratio = float(out.split("\ntotal")[1].split("x smaller")[0].split()[-1])
+    assert "robe[" in out and 255.0 <= ratio <= 257.0  # met to the value, not a knob step below it
+    config = load_config(plan_toml)
+    colds = {f.get("cold_scheme", f["scheme"]) for f in config.model.features.values()}
+    assert "robe" in colds and colds <= {"robe", "full"}
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(plan_toml), "--out", str(run), "--max-steps", "5", *TRAIN]) == 0
+    assert json.loads((run / "summary.json").read_text())["memory"]["compression_ratio"] > 200
+
+
+@needs_shared
 def test_plan_errors_name_the_problem(criteo, capsys):
     assert main(["plan", str(criteo / "value"), "--budget", "1MiB"]) == 2
     assert "ids are in value order" in capsys.readouterr().err

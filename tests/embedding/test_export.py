@@ -37,6 +37,8 @@ MODULES = {
     "hybrid": lambda **kw: HybridEmbeddingBag(N, D, 10, QuotientRemainder(N - 10, 4), **kw),
     "hybrid-mean": lambda **kw: HybridEmbeddingBag(N, D, 10, ChineseRemainder(N - 10, (9, 10)), mode="mean", **kw),
     "robe": lambda **kw: ROBEEmbeddingBag(N, D, size=40, block_size=4, **kw),
+    "hybrid-robe": lambda **kw: HybridEmbeddingBag(
+        N, D, 10, ROBEEmbeddingBag(N - 10, D, size=30, block_size=4, device=kw.get("device")), **kw),
     "robe-signs": lambda **kw: ROBEEmbeddingBag(N, D, size=40, block_size=4, signs=True, padding_idx=0, **kw),
     "dhe": lambda **kw: DHEEmbeddingBag(N, D, num_hashes=8, hidden_dims=(8,), buckets=1000, **kw),
     "tt": lambda **kw: TTEmbeddingBag(N, D, rank=2, **kw),
@@ -83,7 +85,7 @@ def test_per_id_module_and_bags_with_offsets_export():
         program.module()(values, torch.tensor([0, 3, 2, 5]), weights)
 
 
-@pytest.mark.parametrize("name", ["qr", "path", "hybrid", "robe", "dhe", "tt-cache", "md", "cce"])
+@pytest.mark.parametrize("name", ["qr", "path", "hybrid", "hybrid-robe", "robe", "dhe", "tt-cache", "md", "cce"])
 def test_bags_export_with_dynamic_ids_and_bags(name):
     torch.manual_seed(0)
     bag = MODULES[name]()

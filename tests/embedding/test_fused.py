@@ -344,3 +344,17 @@ def test_only_path_features_leave_nothing_to_gather():
     reference, fused = _pair(configs, sparse=True)
     assert not fused.weights and not fused.groups
     _check_equal(reference, fused, _ids(configs, 5))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_hybrid_with_a_robe_cold_part_keeps_its_own_module(sparse):
+    configs = [FeatureConfig("r", 3000, 8, scheme="hybrid", hot_rows=40, cold_scheme="robe", robe_size=501),
+               FeatureConfig("q", 900, 8, scheme="hybrid", hot_rows=30, cold_scheme="qr"),
+               FeatureConfig("o", 700, 8, scheme="robe", robe_size=300)]
+    reference, fused = _pair(configs, sparse=sparse)
+    assert set(fused.embeddings) == {"r", "o"}  # the robe hybrid runs as it is; the qr hybrid is fused
+    assert any(g.select for g in fused.groups)
+    ids = _boundary_ids(configs, hot_rows=40)
+    assert torch.equal(fused(ids), reference(ids))  # one seed gives one model, whichever collection builds it
+    _check_equal(reference, fused, ids)
+    assert fused.num_bytes == reference.num_bytes

@@ -8,6 +8,7 @@ from compembed.embedding import (
     FeatureConfig,
     FullEmbeddingBag,
     HybridEmbeddingBag,
+    ROBEEmbeddingBag,
     build_embedding_bag,
     combine,
     default_std,
@@ -239,3 +240,66 @@ def test_a_given_cold_module_is_used_as_is():
     module = HybridEmbeddingBag(100, 6, 10, cold)
     assert module.cold is cold and module.weights[1:] == list(cold.weights)
     assert torch.equal(module.embed(torch.tensor([10, 99])), cold.embed(torch.tensor([0, 89])))
+
+
+# ---- a ROBE-Z cold part (the planner's ``cold="robe"``) ------------------------------------------
+
+def _robe_hybrid(n=100, k=10, size=37, z=2, mode="sum", sparse=False, signs=True) -> HybridEmbeddingBag:
+    torch.manual_seed(0)
+    cold = ROBEEmbeddingBag(n - k, 6, size, block_size=z, signs=signs, mode=mode, sparse=sparse, seed=3)
+    return HybridEmbeddingBag(n, 6, k, cold, mode=mode, sparse=sparse)
+
+
+def _slow_robe_vector(module: HybridEmbeddingBag, x: int) -> torch.Tensor:
+    """e(x) by the definition: the hot row, or the cold id's D/Z blocks read from the array with wrap-around."""
+    if x < module.hot_rows:
+        return module.hot[x]
+    robe, y = module.cold, x - module.hot_rows
+    values = []
+    for i in range(robe.num_blocks):
+        start = ((int(robe.hash_a[i]) * y + int(robe.hash_b[i])) % (2**31 - 1)) % robe.size
+        sign = 1 - 2 * (((int(robe.sign_a[i]) * y + int(robe.sign_b[i])) % (2**31 - 1)) % 2) if robe.signs else 1
+        values += [sign * robe.weight[(start + j) % robe.size, 0] for j in range(robe.block_size)]
+    return torch.stack(values)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_robe_cold_part_equals_the_definition(mode):
+    module = _robe_hybrid(mode=mode)
+    ids = torch.tensor([[0, 9, 10], [99, 9, 9], [55, 10, 3], [98, 97, 96]])
+    slow = torch.stack([{"sum": v.sum(0), "mean": v.mean(0), "max": v.max(0).values}[mode]
+                        for v in (torch.stack([_slow_robe_vector(module, x) for x in bag]) for bag in ids.tolist())])
+    with torch.no_grad():
+        torch.testing.assert_close(module(ids), slow)
+        # a cold id reads what the ROBE module itself gives its shifted id
+        torch.testing.assert_close(module.embed(torch.tensor([10, 99])), module.cold.embed(torch.tensor([0, 89])))
+
+
+def test_robe_cold_part_gradients_reach_only_what_was_read():
+    module = _robe_hybrid(sparse=True)
+    module(torch.tensor([[0, 1], [2, 2]])).sum().backward()  # hot ids only
+    assert module.cold.weight.grad is None or module.cold.weight.grad.coalesce().values().abs().sum() == 0
+    assert set(module.hot.grad.coalesce().indices()[0].tolist()) == {0, 1, 2}
+    module.zero_grad()
+    module(torch.tensor([[50]])).sum().backward()  # one cold id: its D/Z blocks of Z values
+    read = set(module.cold.positions(torch.tensor([40])).flatten().tolist())
+    assert set(module.cold.weight.grad.coalesce().indices()[0].tolist()) == read
+    assert module.hot.grad is None or module.hot.grad.coalesce().values().abs().sum() == 0
+
+
+def test_robe_cold_part_from_a_config_counts_its_bytes():
+    config = FeatureConfig("f", 1000, 16, scheme="hybrid", hot_rows=40, cold_scheme="robe", robe_size=777, block_size=8)
+    module = build_embedding_bag(config)
+    assert isinstance(module.cold, ROBEEmbeddingBag) and module.cold.num_embeddings == 960
+    assert module.table_sizes == (40, 777) and module.num_parameters == 40 * 16 + 777
+    report = EmbeddingCollection([config]).report()[0]
+    assert report.scheme == "hybrid[40]+robe-8" and report.parameters == 40 * 16 + 777
+    # without robe_size, the array holds the hashing trick's values of the cold ids: ceil(960 * 16 / 4)
+    assert build_embedding_bag(FeatureConfig("f", 1000, 16, scheme="hybrid", hot_rows=40,
+                                             cold_scheme="robe")).cold.size == 3840
+    with pytest.raises(ValueError, match=r"feature 'f': block_size Z=5 must divide embedding_dim D=16"):
+        FeatureConfig("f", 1000, 16, scheme="hybrid", hot_rows=40, cold_scheme="robe", block_size=5)
+    with pytest.raises(ValueError, match="a ROBE cold part has no max_norm or scale_grad_by_freq"):
+        HybridEmbeddingBag(100, 6, 10, ROBEEmbeddingBag(90, 6, 30), max_norm=1.0)
+    with pytest.raises(ValueError, match="sparse=True"):
+        HybridEmbeddingBag(100, 6, 10, ROBEEmbeddingBag(90, 6, 30), sparse=True)

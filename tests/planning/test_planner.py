@@ -116,3 +116,68 @@ def test_plans_above_the_compositions_minimum_do_not_hash():
     for ratio in (2, 16, 64):
         plan = plan_tables(CARDS, COUNTS, budget_for_compression(CARDS, ratio))
         assert all((c.cold_scheme if c.scheme == "hybrid" else c.scheme) != "hashing" for c in plan.configs())
+
+
+def _allocated(collection, optimizer: str) -> int:
+    """Bytes of the collection's parameters and of the state ``optimizer`` keeps for them (row-wise
+    Adagrad: one value per row of each parameter, a ROBE array's rows being single values)."""
+    total = 0
+    for p in collection.parameters():
+        state = {"sgd": 0, "adagrad": p.numel(), "amsgrad": 3 * p.numel(), "rowwise_adagrad": p.shape[0]}[optimizer]
+        total += (p.numel() + state) * p.element_size()
+    return total
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "rowwise_adagrad"])
+@pytest.mark.parametrize("ratio", [2, 16, 256, 10_000])
+def test_robe_plan_meets_the_budget_by_the_collections_own_count(optimizer, ratio):
+    budget = budget_for_compression(CARDS, ratio, optimizer=optimizer)
+    plan = plan_tables(CARDS, COUNTS, budget, optimizer=optimizer, cold="robe")
+    collection = EmbeddingCollection(plan.configs())
+    assert plan.bytes == pytest.approx(_allocated(collection, optimizer), abs=len(CARDS))
+    assert plan.bytes <= budget
+    row_bytes = 16 * 4 * (1 + {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 1 / 16}[optimizer])
+    assert budget - plan.bytes < row_bytes  # the arrays take every value left: met to the value, not a knob step
+
+
+def test_robe_plan_keeps_the_hot_rows_of_step_1_and_shares_the_rest_by_cold_ids():
+    budget = budget_for_compression(CARDS, 64)
+    plan = plan_tables(CARDS, COUNTS, budget, cold="robe")
+    schemes = [(c.scheme, c.cold_scheme) for c in plan.configs()]
+    assert schemes[0] == ("full", "qr") and schemes[4] == ("hybrid", "robe")  # 3 frequent ids: all hot
+    # step 1 as the composition planner: half the budget's rows go to the globally most frequent ids
+    rows = budget // (16 * 4 * 2)
+    assert sum(f.hot_rows for f in plan.features) == rows // 2
+    cut_in = [c[f.hot_rows - 1] for f, c in zip(plan.features, COUNTS) if 0 < f.hot_rows < len(c)]
+    cut_out = [c[f.hot_rows] for f, c in zip(plan.features, COUNTS) if 0 < f.hot_rows < len(c)]
+    assert min(cut_in) >= max(cut_out)
+    # one compression level for every cold part: values per cold id equal up to rounding (the one
+    # block minimum aside)
+    per_id = [(c.robe_size, c.num_embeddings - c.hot_rows) for c in plan.configs()
+              if c.scheme == "hybrid" and c.robe_size > 16]
+    assert len(per_id) >= 2
+    levels = [size / cold for size, cold in per_id]
+    assert max(levels) - min(levels) < 2 / min(cold for _, cold in per_id) + 1e-9
+    assert plan.overrides()["C5"] == {"scheme": "hybrid", "hot_rows": plan.features[4].hot_rows, "cold_scheme": "robe",
+                                      "robe_size": plan.configs()[4].robe_size, "block_size": 16}
+    assert "robe[" in plan.summary()
+
+
+def test_robe_plan_below_one_block_per_feature_names_the_minimum():
+    with pytest.raises(PlanError, match=r"below the smallest plan: 640 B \(one ROBE block of D=16 values with "
+                                        r"adagrad state per feature\)"):
+        plan_tables(CARDS, COUNTS, 5 * 128 - 1, cold="robe")
+    plan = plan_tables(CARDS, COUNTS, 5 * 128, cold="robe")
+    assert [c.robe_size for c in plan.configs()] == [16] * 5 and plan.bytes == 5 * 128
+    with pytest.raises(PlanError, match=r"cold must be one of \('composition', 'robe'\), got 'tt'"):
+        plan_tables(CARDS, COUNTS, 10**6, cold="tt")
+
+
+def test_robe_plan_overrides_build_the_same_tables():
+    plan = plan_tables(CARDS, COUNTS, budget_for_compression(CARDS, 256), cold="robe")
+    info = DatasetInfo(dense_names=["I1"], categorical_names=[f"C{j + 1}" for j in range(len(CARDS))],
+                       cardinalities=CARDS)
+    model = ModelConfig(features=plan.overrides(), threshold=0)
+    for fused in (False, True):
+        tables = build_collection(model, info, fused=fused)
+        assert _allocated(tables, "adagrad") == plan.bytes

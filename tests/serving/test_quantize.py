@@ -118,3 +118,11 @@ def test_int8_accuracy_of_a_small_trained_model() -> None:
     assert abs(int8.auc - fp32.auc) < 0.005
     ratio = embedding_bytes(quantized.embeddings) / embedding_bytes(model.embeddings)
     assert math.isclose(ratio, (8 + 8) / (8 * 4))  # d = 8: 8 codes + 8 bytes of scale and bias vs 32 bytes
+
+
+def test_a_hybrid_with_a_robe_cold_part_has_no_int8_form() -> None:
+    info = DatasetInfo(dense_names=["I1"], categorical_names=["C1"], cardinalities=[500])
+    model = build_model(ModelConfig(features={"C1": {"scheme": "hybrid", "hot_rows": 20, "cold_scheme": "robe",
+                                                     "robe_size": 100}}, threshold=0), info)
+    with pytest.raises(TypeError, match="no int8 form of a HybridEmbeddingBag with a ROBEEmbeddingBag cold part"):
+        quantize_int8(model)

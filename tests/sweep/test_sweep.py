@@ -267,18 +267,27 @@ def test_budget_study_sizes_robe_and_dhe_cells():
 
 def test_methods_preset_lists_tuning_cells_then_every_method_budget_and_seed():
     from compembed.data.synthetic import SyntheticConfig, SyntheticCTR
-    from compembed.planning import UNIFORM_METHODS
+    from compembed.embedding import FeatureConfig
+    from compembed.planning import UNIFORM_METHODS, budget_for_compression, feature_bytes
 
     spec = preset("methods")
     assert spec.budgets == (2, 4, 16, 64, 256, 1000, 10000) and spec.dcn_budgets == (16, 256, 10000)
     assert len(spec.seeds) >= 3 and len(spec.tune_lrs) >= 2 and spec.archs == ("dlrm", "dcn")
-    assert spec.budget_methods[:4] == ("planner", "hashing", "qr", "gqr")
-    assert set(spec.budget_methods[4:]) == set(UNIFORM_METHODS) - {"hashing", "qr", "gqr"}
+    assert spec.budget_methods[:5] == ("planner", "planner-robe", "hashing", "qr", "gqr")
+    assert set(spec.budget_methods[5:]) == set(UNIFORM_METHODS) - {"hashing", "qr", "gqr"}
     spec = dataclasses.replace(spec, base=preset("tiny").base, budgets=(4, 16, 64), dcn_budgets=(16,), tune_lrs=(0.01, 0.1))
     data = SyntheticCTR(SyntheticConfig(num_rows=3000, cardinality_scale=0.0005, seed=0, id_order="frequency"))
     models, _ = spec.budget_models(data.info, "adagrad")
     fitting = {m for m, _, _ in models}
-    assert {"full", "hashing", "planner", "robe"} <= fitting
+    assert {"full", "hashing", "planner", "planner-robe", "robe"} <= fitting
+    # the planners' cells carry their plans: hot rows plus compositions, or plus ROBE arrays
+    for method, cold in (("planner", {"qr", "gqr", "hashing"}), ("planner-robe", {"robe"})):
+        for _, ratio, overrides in (m for m in models if m[0] == method and m[1] > 1):
+            colds = {f.get("cold_scheme", f["scheme"]) for f in overrides["features"].values()} - {"full"}
+            assert colds and colds <= cold, (method, ratio, colds)
+            planned = sum(feature_bytes(FeatureConfig(name, n, **f), "adagrad") for (name, f), n
+                          in zip(overrides["features"].items(), data.info.cardinalities))
+            assert planned <= budget_for_compression(data.info.cardinalities, ratio)
     # Before any tuning finished: the tuning cells only, each method x candidate once, seed 0, DLRM,
     # at the method's fitting budget nearest 16x (full tables at 1x).
     tune = spec.cells(data.info)

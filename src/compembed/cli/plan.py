@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from ..planning.planner import COLD_PARTS
 from .train import add_config_options, config_from_args
 
 
@@ -14,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="choose each feature's embedding scheme for a memory budget, from the data's id counts",
         description="Reads a dataset's per-id training counts (ids in frequency order) and chooses, per "
         "feature, a full table or hot rows for the most frequent ids plus a quotient-remainder / mixed-radix "
-        "composition for the rest, so that the tables and their optimizer state fit the budget. Prints the "
+        "composition (or, with --cold robe, a ROBE-Z array) for the rest, so that the tables and their "
+        "optimizer state fit the budget. Prints the "
         "choice with the bytes per feature and writes a config that `compembed train --config` takes.",
         epilog="example: compembed plan data/criteo --budget 64MiB --out plan.toml && "
         "compembed train --config plan.toml --out runs/plan",
@@ -28,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="instead: X times smaller than full tables (with the same optimizer state)")
     p.add_argument("--hot-share", metavar="S", type=float, default=0.5,
                    help="share of the budget for rows of their own for the most frequent ids (default: 0.5)")
+    p.add_argument("--cold", choices=COLD_PARTS, default="composition",
+                   help="what the other ids share: complementary compositions (every id keeps a unique vector) "
+                        "or one ROBE-Z array per feature")
     p.add_argument("--out", metavar="TOML", default=None, help="write the run config here (default: print only)")
     add_config_options(p, skip=("--data",))
     p.set_defaults(func=run_plan)
@@ -45,7 +50,8 @@ def run_plan(args: argparse.Namespace) -> int:
     info, dim, optimizer = dataset.info, config.model.embedding_dim, config.optim.name
     budget = (parse_bytes(args.budget) if args.budget is not None
               else budget_for_compression(info.cardinalities, args.compression, dim, optimizer))
-    plan = plan_for_dataset(info, budget, embedding_dim=dim, optimizer=optimizer, hot_share=args.hot_share)
+    plan = plan_for_dataset(info, budget, embedding_dim=dim, optimizer=optimizer, hot_share=args.hot_share,
+                            cold=args.cold)
     print(plan.summary())
     model = dataclasses.replace(config.model, features=plan.overrides(), threshold=0)
     config = dataclasses.replace(config, model=model)

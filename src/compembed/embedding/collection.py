@@ -30,8 +30,8 @@ from .robe import ROBEEmbeddingBag
 
 __all__ = ["SCHEMES", "COLD_SCHEMES", "BUILDERS", "FeatureConfig", "FeatureReport", "EmbeddingCollection", "build_embedding_bag", "feature_configs"]
 
-# The schemes a hybrid's cold ids may use: the operation-based ones.
-COLD_SCHEMES = ("full", "hashing", "qr", "gqr", "crt")
+# The schemes a hybrid's cold ids may use: the operation-based ones and ROBE-Z.
+COLD_SCHEMES = ("full", "hashing", "qr", "gqr", "crt", "robe")
 
 # A bag input for one feature: ids (B, L), or 1-D ids with offsets, optionally with per-sample weights.
 FeatureInput = Tensor | tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]
@@ -61,9 +61,11 @@ class FeatureConfig:
         hot_rows: K for ``hybrid``: ids ``x < K`` (the most frequent, with frequency-ordered ids)
             get rows of their own; ``K >= n`` makes a full table.
         cold_scheme: for ``hybrid``, the scheme of the other ids, shifted to ``x - K``: one of
-            ``COLD_SCHEMES``, with this config's operation, num_collisions, num_partitions, factors.
+            ``COLD_SCHEMES``, with this config's operation, num_collisions, num_partitions, factors (and
+            the robe options for a ``robe`` cold part).
         robe_size: ``robe``'s shared array length in values (0: ``ceil(n * D / num_collisions)``, the
-            hashing trick's bytes, and at least one block).
+            hashing trick's bytes, and at least one block; for a hybrid's robe cold part, n is its
+            ``n - hot_rows`` cold ids).
         block_size: ``robe``'s Z, contiguous values per hashed block; divides D (0: Z = D).
         robe_signs: ``robe`` multiplies each block by a hashed sign.
         dhe_hashes: ``dhe``'s k, the hash encoding's size (even when ``dhe_gaussian``).
@@ -181,7 +183,8 @@ class FeatureConfig:
             positive("dhe_hidden sizes", h, 1)
         if self.dhe_activation not in DHE_ACTIVATIONS:
             raise ValueError(f"{where}: dhe_activation must be one of {tuple(DHE_ACTIVATIONS)}, got {self.dhe_activation!r}")
-        if self.scheme == "robe":
+        if self.scheme == "robe" or (self.scheme == "hybrid" and self.cold_scheme == "robe"
+                                     and self.hot_rows < self.num_embeddings):
             z, size = self.block_z, self.robe_values
             if self.embedding_dim % z:
                 raise ValueError(f"{where}: block_size Z={z} must divide embedding_dim D={self.embedding_dim}")
@@ -197,8 +200,10 @@ class FeatureConfig:
 
     @property
     def robe_values(self) -> int:
-        """ROBE's array length: ``robe_size``, or when 0 ``ceil(n * D / num_collisions)`` but at least one block."""
-        return self.robe_size or max(self.block_z, -(-self.num_embeddings * self.embedding_dim // self.num_collisions))
+        """ROBE's array length: ``robe_size``, or when 0 ``ceil(n * D / num_collisions)`` but at least one block
+        (n: the ids ROBE embeds, ``num_embeddings - hot_rows`` for a hybrid's cold part)."""
+        n = max(0, self.num_embeddings - self.hot_rows) if self.scheme == "hybrid" else self.num_embeddings
+        return self.robe_size or max(self.block_z, -(-n * self.embedding_dim // self.num_collisions))
 
     @property
     def hash_seed_of_feature(self) -> int:

@@ -16,7 +16,7 @@ ids ``(B, F)`` needs:
 
 The combine uses ``combine`` of ``compositional`` on the same operands in the same order, so the
 result and its gradients equal ``EmbeddingCollection``'s. Path-based features keep their own
-modules.
+modules, as do the field's schemes (robe, dhe, tt, md, cce) and hybrids with a ROBE cold part.
 
 Hybrid features (``HybridEmbeddingBag``) are fused too: the hot table and the cold tables are
 fused tables whose ids are a range ``[low, high)`` (hot ``[0, K)``, cold ``[K, n)``), indexed by
@@ -140,7 +140,7 @@ class FusedEmbeddingCollection(EmbeddingCollection):
         self.sparse = sparse
         layout = dict(self.embeddings)
         self.embeddings = nn.ModuleDict()
-        self._fused = [isinstance(m, (CompositionalEmbeddingBag, HybridEmbeddingBag)) for m in layout.values()]
+        self._fused = [_fusable(m) for m in layout.values()]
         self._specs = {j: _spec(m) for j, m in enumerate(layout.values()) if self._fused[j]}
         self._build_groups(layout)
         self.weights = nn.ParameterDict(
@@ -475,6 +475,14 @@ class FusedEmbeddingCollection(EmbeddingCollection):
                     device=param.device, dtype=param.dtype)
         fused.load_collection_state_dict(collection.state_dict())
         return fused
+
+
+def _fusable(module: nn.Module) -> bool:
+    """Operation-based bags and their hybrids are fused; other schemes (and a hybrid with a ROBE cold
+    part) keep their own modules."""
+    if isinstance(module, HybridEmbeddingBag):
+        return module.cold is None or isinstance(module.cold, CompositionalEmbeddingBag)
+    return isinstance(module, CompositionalEmbeddingBag)
 
 
 def _spec(module: CompositionalEmbeddingBag | HybridEmbeddingBag) -> _Spec:

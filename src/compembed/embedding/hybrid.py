@@ -3,7 +3,7 @@
 With frequency-ordered ids (id 0 the most frequent value of the feature), the ``K`` most frequent
 ids ("hot", ``x < K``) each own one row of a full table ``H`` of ``K`` rows, and the other
 ``n - K`` ids ("cold") are shifted to ``x - K`` in ``[0, n - K)`` and embedded by any
-operation-based scheme (full, hashing, qr, gqr, crt)::
+operation-based scheme (full, hashing, qr, gqr, crt) or by a ROBE-Z array (``embedding.robe``)::
 
     e(x) = H[x]          if x < K
     e(x) = cold(x - K)   otherwise
@@ -23,6 +23,7 @@ from ..validation import has_values, tracing
 from .bag import BagModule, check_int_in, check_mode
 from .compositional import CompositionalEmbedding, CompositionalEmbeddingBag, check_norm_args, lookup_repr
 from .init import uniform_
+from .robe import ROBEEmbeddingBag
 
 __all__ = ["HybridEmbeddingBag", "assemble"]
 
@@ -37,12 +38,13 @@ class HybridEmbeddingBag(BagModule):
             cold scheme over all ids; ``K = n`` is a full table (and needs ``cold=None``).
         cold: the embedding of the ``n - K`` cold ids: a ``Partition`` of ``n - K`` ids (a
             ``CompositionalEmbeddingBag`` with ``operation`` is built over it) or an already built
-            ``CompositionalEmbedding`` / ``CompositionalEmbeddingBag`` of ``n - K`` ids and width D.
+            ``CompositionalEmbedding`` / ``CompositionalEmbeddingBag`` / ``ROBEEmbeddingBag`` of ``n - K``
+            ids and width D.
         operation: how a ``cold`` partition's tables combine: ``mult``, ``add`` or ``concat``.
 
     Keyword-only, with ``nn.EmbeddingBag``'s names and defaults:
         max_norm, norm_type, scale_grad_by_freq: as ``nn.EmbeddingBag``, for the hot rows and a
-            single-table cold part (full or hashing); a composed cold part raises ``ValueError``.
+            single-table cold part (full or hashing); a composed or ROBE cold part raises ``ValueError``.
             A cold module built from a partition gets them; a given one must have the same.
         mode: bag pooling, ``sum``, ``mean`` (default) or ``max`` (each id's vector is composed first).
         sparse: sparse gradients for the hot table (and for a cold module built from a partition;
@@ -53,7 +55,8 @@ class HybridEmbeddingBag(BagModule):
             module built from a partition composes to it. Default ``1/sqrt(3n)``, a full table's.
 
     Parameters: ``hot`` ``(K, D)`` (absent when ``K = 0``) and the cold module's tables
-    (``cold.weights``). ``weights`` lists them all, hot first; ``table_sizes`` gives their rows.
+    (``cold.weights``, or a ROBE cold part's array ``cold.weight`` ``(size, 1)``). ``weights`` lists them
+    all, hot first; ``table_sizes`` gives their rows.
 
     Shape:
         ``forward``: ``nn.EmbeddingBag``'s (see ``BagModule``). ``embed(input)``: ids ``(*)`` -> ``(*, D)``.
@@ -94,7 +97,7 @@ class HybridEmbeddingBag(BagModule):
         else:
             self.register_parameter("hot", None)
 
-    def _cold_module(self, cold, operation, device, dtype) -> CompositionalEmbedding | None:
+    def _cold_module(self, cold, operation, device, dtype) -> CompositionalEmbedding | ROBEEmbeddingBag | None:
         num_cold = self.num_embeddings - self.hot_rows
         if num_cold == 0:
             if cold is not None:
@@ -102,8 +105,9 @@ class HybridEmbeddingBag(BagModule):
             return None
         if cold is None:
             raise ValueError(f"cold is needed for the {num_cold} cold ids (num_embeddings - hot_rows)")
-        if not isinstance(cold, (Partition, CompositionalEmbedding)):
-            raise TypeError(f"cold must be a Partition or a CompositionalEmbedding(Bag), got {type(cold).__name__}")
+        if not isinstance(cold, (Partition, CompositionalEmbedding, ROBEEmbeddingBag)):
+            raise TypeError(f"cold must be a Partition, a CompositionalEmbedding(Bag) or a ROBEEmbeddingBag, "
+                            f"got {type(cold).__name__}")
         if cold.num_embeddings != num_cold:
             raise ValueError(
                 f"cold covers {cold.num_embeddings} ids but there are num_embeddings - hot_rows = "
@@ -119,6 +123,10 @@ class HybridEmbeddingBag(BagModule):
             raise ValueError(f"cold has embedding_dim {cold.embedding_dim}, the hybrid {self.embedding_dim}")
         if cold.padding_idx is not None or cold.sparse != self.sparse:
             raise ValueError(f"cold must have no padding_idx and sparse={self.sparse}")
+        if isinstance(cold, ROBEEmbeddingBag):
+            if self.max_norm is not None or self.scale_grad_by_freq:
+                raise ValueError("a ROBE cold part has no max_norm or scale_grad_by_freq (its vectors are hashed blocks)")
+            return cold
         mine = (self.max_norm, self.norm_type, self.scale_grad_by_freq)
         if (cold.max_norm, cold.norm_type, cold.scale_grad_by_freq) != mine:
             raise ValueError(f"cold must have the hybrid's max_norm={mine[0]}, norm_type={mine[1]}, "
@@ -135,7 +143,11 @@ class HybridEmbeddingBag(BagModule):
     @property
     def weights(self) -> list[Tensor]:
         """Every table ``(rows_t, d_t)``: the hot table (when ``K > 0``), then the cold tables."""
-        return ([self.hot] if self.hot is not None else []) + (list(self.cold.weights) if self.cold is not None else [])
+        if self.cold is None:
+            cold = []
+        else:
+            cold = [self.cold.weight] if isinstance(self.cold, ROBEEmbeddingBag) else list(self.cold.weights)
+        return ([self.hot] if self.hot is not None else []) + cold
 
     @property
     def table_sizes(self) -> tuple[int, ...]:

@@ -65,10 +65,13 @@ def feature_rows(config: FeatureConfig) -> int:
 
 
 def feature_values(config: FeatureConfig) -> int:
-    """Learned values of one feature's embedding: its tables' rows x D, ``robe``'s array, ``dhe``'s MLP,
-    the closed form of ``tt`` (three cores and a cache) and ``md`` (blocks and projections), or ``cce``'s
-    two tables per column (``2 c k`` rows of ``D / c``: ``2 k D``; its index bytes are not values)."""
+    """Learned values of one feature's embedding: its tables' rows x D, ``robe``'s array (a hybrid's
+    robe cold part: ``K D`` hot values plus the array), ``dhe``'s MLP, the closed form of ``tt`` (three
+    cores and a cache) and ``md`` (blocks and projections), or ``cce``'s two tables per column (``2 c k``
+    rows of ``D / c``: ``2 k D``; its index bytes are not values)."""
     n, dim = config.num_embeddings, config.embedding_dim
+    if _robe_cold(config):
+        return config.hot_rows * dim + config.robe_values
     if config.scheme == "cce":
         return 2 * config.cce_k * dim
     if config.scheme == "robe":
@@ -101,11 +104,18 @@ def feature_bytes(config: FeatureConfig, optimizer: str = "sgd", itemsize: int =
         return int(round(values * itemsize * (1.0 + state_factor(optimizer, config.embedding_dim)))) + index
     if config.scheme == "robe" and optimizer == "rowwise_adagrad":
         return values * itemsize * 2
+    if _robe_cold(config) and optimizer == "rowwise_adagrad":  # hot rows: one value per row; the array: per value
+        return (config.hot_rows * (config.embedding_dim + 1) + 2 * config.robe_values) * itemsize
     if config.scheme == "dhe" and optimizer == "rowwise_adagrad":
         dims = (config.dhe_hashes, *config.dhe_hidden, config.embedding_dim)
         rows = sum(2 * o for o in dims[1:]) + (2 * sum(config.dhe_hidden) if config.dhe_batchnorm else 0)
         return (values + rows) * itemsize
     return int(round(values * itemsize * (1.0 + state_factor(optimizer, config.embedding_dim))))
+
+
+def _robe_cold(config: FeatureConfig) -> bool:
+    """A hybrid whose cold ids (there are some) read a ROBE array."""
+    return config.scheme == "hybrid" and config.cold_scheme == "robe" and config.hot_rows < config.num_embeddings
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,

@@ -25,8 +25,18 @@ The rule, fixed before any study ran (its one knob, ``hot_share``, was not tuned
    hot ids still keep rows of their own. This was added before any run at such a budget; above it
    plans are unchanged. A budget below one row per feature is refused, naming that minimum.
 
-Each feature becomes a ``FeatureConfig``: ``full``, ``qr``/``gqr``/``hashing`` (no hot rows) or
-``hybrid`` with ``hot_rows = K``. Bytes are counted by ``budget.feature_bytes`` on exactly those configs, the same
+With ``cold="robe"`` (``compembed plan --cold robe``, the study's ``planner-robe``), step 1 is the
+same and steps 2-4 are one: the bytes left after the hot rows become one ROBE-Z array per feature
+(Z = D, as the study's ROBE method), its length in proportion to the feature's cold ids (one
+compression level for every cold part, as the hashing trick at one ``c``), at least one block. The
+array can be any length, so the budget is met to the value. The hot ids keep rows of their own;
+ROBE shares values between the cold ids only. A feature whose array would hold its cold ids' full
+table keeps a full table. This variant (CAFE's design: hot ids exact, the rest in a hashed store,
+with ROBE-Z as the store) was added after the loss-vs-bytes study showed ROBE-Z ahead of the
+compositions at several budgets; its rule has the same one knob, untuned.
+
+Each feature becomes a ``FeatureConfig``: ``full``, ``qr``/``gqr``/``hashing``/``robe`` (no hot rows)
+or ``hybrid`` with ``hot_rows = K``. Bytes are counted by ``budget.feature_bytes`` on exactly those configs, the same
 arithmetic the tests check against the allocated collection.
 """
 from __future__ import annotations
@@ -43,7 +53,10 @@ from ..embedding import FeatureConfig
 from ..partitions import GeneralizedQuotientRemainder, choose_divisors
 from .budget import feature_bytes, format_bytes, state_factor
 
-__all__ = ["FeaturePlan", "Plan", "PlanError", "plan_tables", "plan_for_dataset", "budget_for_compression"]
+__all__ = ["COLD_PARTS", "FeaturePlan", "Plan", "PlanError", "plan_tables", "plan_for_dataset", "budget_for_compression"]
+
+# What the cold ids share (``plan_tables``' ``cold``): complementary compositions (steps 2-4) or ROBE-Z arrays.
+COLD_PARTS = ("composition", "robe")
 
 
 class PlanError(ValueError):
@@ -75,6 +88,8 @@ class FeaturePlan:
         if c.scheme == "hybrid":
             out.update(hot_rows=c.hot_rows, cold_scheme=c.cold_scheme)
         cold = c.cold_scheme if c.scheme == "hybrid" else c.scheme
+        if cold == "robe":
+            out.update(robe_size=c.robe_size, block_size=c.block_size)
         if cold in ("qr", "gqr"):
             out["operation"] = c.operation
         if cold in ("qr", "hashing"):
@@ -86,7 +101,7 @@ class FeaturePlan:
     def describe(self) -> str:
         c = self.config
         cold = {"qr": f"qr-{c.operation}/{c.num_collisions}", "gqr": f"gqr-{c.operation}{list(c.factors or ())}",
-                "hashing": f"hashing/{c.num_collisions}"}
+                "hashing": f"hashing/{c.num_collisions}", "robe": f"robe[{c.robe_size:,}]"}
         if c.scheme == "full":
             return "full"
         if c.scheme == "hybrid":
@@ -181,6 +196,7 @@ def plan_tables(
     itemsize: int = 4,
     hot_share: float = 0.5,
     operation: str = "mult",
+    cold: str = "composition",
 ) -> Plan:
     """Plan every feature's embedding within ``budget`` bytes (see the module doc for the rule).
 
@@ -194,6 +210,8 @@ def plan_tables(
             ``rowwise_adagrad`` 1/D).
         hot_share: share of the budget's rows for hot rows, in [0, 1].
         operation: how the cold compositions combine (``mult`` or ``add``).
+        cold: what the cold ids share: ``composition`` (steps 2-4) or ``robe`` (one ROBE-Z array per
+            feature; see the module doc).
     """
     names = list(names) if names is not None else [f"C{j + 1}" for j in range(len(cardinalities))]
     sizes = [int(n) for n in cardinalities]
@@ -202,6 +220,8 @@ def plan_tables(
         raise PlanError(f"{len(names)} names, {len(sizes)} cardinalities and {len(counts)} count arrays")
     if not 0.0 <= hot_share <= 1.0:
         raise PlanError(f"hot_share must lie in [0, 1], got {hot_share}")
+    if cold not in COLD_PARTS:
+        raise PlanError(f"cold must be one of {COLD_PARTS}, got {cold!r}")
     if operation not in ("mult", "add"):
         raise PlanError(f"operation must be 'mult' or 'add' (cold tables of one width), got {operation!r}")
     for name, n, c in zip(names, sizes, counts):
@@ -212,6 +232,8 @@ def plan_tables(
             raise PlanError(f"feature {name!r}: ids are not in frequency order (id {at} has {c[at]} training "
                             f"occurrences, id {at - 1} only {c[at - 1]}); prepare the data with --id-order frequency")
     row_bytes = embedding_dim * itemsize * (1.0 + state_factor(optimizer, embedding_dim))
+    if cold == "robe":
+        return _robe_plan(names, sizes, counts, int(budget), embedding_dim, optimizer, itemsize, hot_share)
     rows = int(budget // row_bytes)
     hashed = sum(sizes) > rows and rows < sum(_floor_rows(n) for n in sizes)  # step 4: no composition fits
     cold_rows, floor_rows = (_hashed_rows, _one_row) if hashed else (_cold_rows, _floor_rows)
@@ -242,9 +264,15 @@ def plan_tables(
             if left <= 0 or more == hot:
                 break
             hot = more
+    configs = [make.config(j, k, collisions) for j, k in enumerate(hot)]
+    return _assemble(configs, counts, budget, optimizer, embedding_dim, itemsize, hot_share)
+
+
+def _assemble(configs: list[FeatureConfig], counts: Sequence[np.ndarray], budget: float, optimizer: str,
+              embedding_dim: int, itemsize: int, hot_share: float) -> Plan:
     features = []
-    for j, (n, k, c) in enumerate(zip(sizes, hot, counts)):
-        config = make.config(j, k, collisions)
+    for config, c in zip(configs, counts):
+        n = config.num_embeddings
         own = n if config.scheme == "full" else (config.hot_rows if config.scheme == "hybrid" else 0)
         features.append(FeaturePlan(config=config, hot_rows=own, occurrences=int(c.sum()),
                                     hot_occurrences=int(c[:own].sum()),
@@ -252,6 +280,67 @@ def plan_tables(
     plan = Plan(tuple(features), int(budget), optimizer, embedding_dim, itemsize, hot_share)
     assert plan.bytes <= budget, (plan.bytes, budget)  # the search above only admits plans that fit
     return plan
+
+
+def _robe_plan(names: list[str], sizes: list[int], counts: list[np.ndarray], budget: int, dim: int, optimizer: str,
+               itemsize: int, hot_share: float) -> Plan:
+    """``plan_tables`` with ``cold="robe"``: step 1, then one ROBE-Z array (Z = D) per feature's cold ids."""
+    row_bytes = dim * itemsize * (1.0 + state_factor(optimizer, dim))
+    # an array value and its optimizer state (row-wise Adagrad: the array's rows are single values)
+    value_bytes = itemsize * (2.0 if optimizer == "rowwise_adagrad" else 1.0 + state_factor(optimizer, dim))
+    rows = int(budget // row_bytes)
+    if rows >= sum(sizes):
+        hot = list(sizes)
+    else:
+        minimum = len(sizes) * dim * value_bytes
+        if budget < minimum:
+            raise PlanError(f"a budget of {format_bytes(budget)} is below the smallest plan: {format_bytes(minimum)} "
+                            f"(one ROBE block of D={dim} values with {optimizer} state per feature)")
+        allowance = int(hot_share * rows)
+        while True:  # hot rows are given up first where the arrays' minimum does not fit beside them
+            hot = _hottest(counts, allowance)
+            need = sum(dim for n, k in zip(sizes, hot) if k < n) * value_bytes
+            over = sum(hot) * row_bytes + need - budget
+            if over <= 0 or allowance == 0:
+                break
+            allowance = max(0, allowance - math.ceil(over / row_bytes))
+    values = int((budget - sum(hot) * row_bytes) // value_bytes)
+    arrays = _robe_arrays([n - k for n, k in zip(sizes, hot)], values, dim)
+    configs = []
+    for name, n, k, size in zip(names, sizes, hot, arrays):
+        base = FeatureConfig(name=name, num_embeddings=n, embedding_dim=dim, scheme="full")
+        if k >= n or size >= (n - k) * dim:  # no cold ids, or an array as large as their full table
+            configs.append(base)
+        elif k == 0:
+            configs.append(dataclasses.replace(base, scheme="robe", robe_size=size, block_size=dim))
+        else:
+            configs.append(dataclasses.replace(base, scheme="hybrid", hot_rows=k, cold_scheme="robe",
+                                               robe_size=size, block_size=dim))
+    return _assemble(configs, counts, budget, optimizer, dim, itemsize, hot_share)
+
+
+def _robe_arrays(cold: Sequence[int], values: int, dim: int) -> list[int]:
+    """Array lengths for features with ``cold`` cold ids that sum to at most ``values``: in proportion to
+    the cold ids, each at least one block of ``dim`` values (a feature whose share falls below it gets
+    one block and the others share the rest); the values the rounding leaves go to the largest feature."""
+    arrays = [0] * len(cold)
+    free = [j for j, c in enumerate(cold) if c > 0]
+    small: list[int] = []
+    while free:
+        rest, total = values - dim * len(small), sum(cold[j] for j in free)
+        below = [j for j in free if rest * cold[j] < dim * total]
+        if not below:
+            break
+        small += below
+        free = [j for j in free if j not in below]
+    for j in small:
+        arrays[j] = dim
+    if free:
+        rest, total = values - dim * len(small), sum(cold[j] for j in free)
+        for j in free:
+            arrays[j] = rest * cold[j] // total
+        arrays[max(free, key=lambda j: cold[j])] += rest - sum(arrays[j] for j in free)
+    return arrays
 
 
 def _hottest(counts: Sequence[np.ndarray], allowance: int) -> list[int]:

@@ -145,6 +145,8 @@ class Int8PathEmbeddingBag(nn.Module):
 
 def _int8_module(module: nn.Module, weights: list[Tensor]) -> nn.Module:
     if isinstance(module, HybridEmbeddingBag):
+        if module.cold is not None and not isinstance(module.cold, CompositionalEmbeddingBag):
+            raise TypeError(f"no int8 form of a HybridEmbeddingBag with a {type(module.cold).__name__} cold part")
         return Int8HybridEmbeddingBag(module, weights)
     if isinstance(module, CompositionalEmbeddingBag):
         return Int8CompositionalEmbeddingBag(module, weights)

@@ -13,6 +13,8 @@ __all__ = ["STUDIES", "SweepSpec", "Cell", "PRESETS", "cell_key"]
 
 PAPER_STUDIES = ("collisions", "generalized", "path", "threshold")
 STUDIES = (*PAPER_STUDIES, "budget")
+# The budget study's planner methods and what their cold ids share (``planning.plan_tables``' ``cold``).
+PLANNERS = {"planner": "composition", "planner-robe": "robe"}
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ class SweepSpec:
         path: path-based QR at ``path_collisions`` with each hidden size.
         threshold: QR at ``path_collisions`` collisions with every operation and every threshold.
         budget: at each compression in ``budgets``, every method of ``budget_methods`` sized to the
-            same bytes (tables plus optimizer state): ``planner`` (``compembed plan``) and the
+            same bytes (tables plus optimizer state): ``planner`` and ``planner-robe`` (``compembed plan
+            [--cold robe]``) and the
             uniform ``qr``, ``gqr``, ``hashing``, ``tt`` and ``md`` of ``planning.match_budget``; also ``qr`` and
             ``hashing`` at each compression of ``budget_collisions``, the (method, compression)
             pairs of ``budget_extra``, and full tables. It needs the
@@ -144,9 +147,9 @@ class SweepSpec:
         for method, ratio in wanted:
             budget = budget_for_compression(info.cardinalities, ratio, dim, optimizer)
             name = f"{method}@{ratio:g}x"
-            if method == "planner":
+            if method in PLANNERS:
                 try:
-                    plan = plan_for_dataset(info, budget, embedding_dim=dim, optimizer=optimizer)
+                    plan = plan_for_dataset(info, budget, embedding_dim=dim, optimizer=optimizer, cold=PLANNERS[method])
                 except PlanError as err:
                     missing.append((method, ratio, str(err)))
                     continue

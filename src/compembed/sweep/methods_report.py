@@ -27,7 +27,7 @@ __all__ = ["Verdict", "recipe_rows", "best_compembed", "verdicts", "parity", "pl
            "NAMES"]
 
 ORDER = ("full", *COMPEMBED_METHODS, *FIELD_METHODS)
-NAMES = {"full": "full tables", "planner": "planner (hybrid)", "hashing": "hashing trick", "qr": "QR-mult",
+NAMES = {"full": "full tables", "planner": "planner (hybrid)", "planner-robe": "planner (hot rows + ROBE)", "hashing": "hashing trick", "qr": "QR-mult",
          "gqr": "mixed radix k=3", "robe": "ROBE-Z", "dhe": "DHE", "tt": "TT-Rec", "md": "mixed dimensions",
          "cce": "CCE"}
 

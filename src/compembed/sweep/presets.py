@@ -47,7 +47,7 @@ def _budget() -> SweepSpec:
 
 # The loss-vs-bytes study's methods in chart order: compembed's (the paper's family and the planner),
 # then the field's; a method enters once ``planning.UNIFORM_METHODS`` offers it.
-COMPEMBED_METHODS = ("planner", "hashing", "qr", "gqr")
+COMPEMBED_METHODS = ("planner", "planner-robe", "hashing", "qr", "gqr")
 FIELD_METHODS = ("robe", "dhe", "tt", "md", "cce")
 
 
