@@ -1,7 +1,7 @@
 """The loss-vs-bytes study's report: every method at every budget, against compembed's best configuration.
 
 Rows are those of each method's tuned recipe (``sweep.tuning``). "Compembed's configurations" are the
-paper's family and the planner (``presets.COMPEMBED_METHODS``); at each budget its best configuration is
+paper's family and the planners (``presets.COMPEMBED_METHODS``); at each budget its best configuration is
 the one with the lowest mean test loss. The target: at every budget, that best configuration is at
 least as good as every single method within the seed std, i.e. its mean test loss exceeds no other
 method's by more than the larger of the two seed stds.
@@ -187,7 +187,7 @@ def write_methods_report(rows: Sequence[dict[str, Any]], candidates: Sequence[fl
                                   f"{dataset}, {arch.upper()}: test loss vs embedding bytes"))
         lines += ["", f"## {arch.upper()}: the target", "",
                   "At every budget, compembed's best configuration (the best of hashing, QR-mult, mixed radix and the "
-                  "planner/hybrid) is at least as good as every single method within the seed std (its mean exceeds "
+                  "two planners: hot rows plus compositions, or plus ROBE arrays) is at least as good as every single method within the seed std (its mean exceeds "
                   "no method's by more than the larger seed std).", ""]
         lines += _verdict_lines(points, arch)
         lines += ["", f"## {arch.upper()}: test loss per budget", "",
