@@ -215,6 +215,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
             _collection(FusedEmbeddingCollection, backend="fused", scheme="path", hidden_dims=(64,))),
     Variant("robe", "ROBE-Z (Z = D): one array per feature of n*D/4 values (hashing's bytes), per-feature modules",
             _collection(FusedEmbeddingCollection, scheme="robe")),
+    Variant("hybrid-robe", "planner-robe's layout: the 1% most frequent ids of a feature own rows, the rest a ROBE-Z "
+                           "array (Z = D) of (n - K)*D/4 values, per-feature modules",
+            _collection(FusedEmbeddingCollection, per_feature=lambda n: dict(hot_rows=n // 100), scheme="hybrid",
+                        cold_scheme="robe")),
     Variant("dhe", "DHE, no tables: 64 Gaussian hash values -> MLP 64-64-D per feature (Mish), per-feature modules",
             _collection(FusedEmbeddingCollection, scheme="dhe", dhe_hashes=64, dhe_hidden=(64,))),
     Variant("tt", "TT-Rec: 3 TT cores of rank 8 per feature (dense core gradients), per-feature modules",
