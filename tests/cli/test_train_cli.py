@@ -256,9 +256,11 @@ def test_bf16_precision_and_device_options(tmp_path, capsys, monkeypatch):
     ("tt", ["--tt-rank", "3", "--tt-cache-rows", "10"], "adagrad", dict(tt_rank=3, tt_cache_rows=10), "tt/r3+cache10"),
     ("md", ["--md-alpha", "0.5", "--md-blocks", "3", "--md-base-dim", "4"], "rowwise_adagrad",
      dict(md_alpha=0.5, md_blocks=3, md_base_dim=4), "md/a0.5/b3/d4"),
+    ("hybrid", ["--hot-rows", "5", "--cold-scheme", "robe", "--robe-size", "300", "--block-size", "4"], "rowwise_adagrad",
+     dict(hot_rows=5, cold_scheme="robe", robe_size=300, block_size=4), "hybrid5+robe-z4-300"),
 ])
 def test_compressed_schemes_train_resume_exactly_and_evaluate(tmp_path, scheme, options, optimizer, stored, label):
-    """robe, dhe, cce, tt and md from the CLI: the options reach the stored config, the run trains, a run
+    """robe, dhe, cce, tt, md and a hybrid with a robe cold part from the CLI: the options reach the stored config, the run trains, a run
     stopped after a checkpoint and resumed ends bit for bit where the uninterrupted one does, and it evaluates."""
     from compembed.training import train
 
@@ -278,7 +280,8 @@ def test_compressed_schemes_train_resume_exactly_and_evaluate(tmp_path, scheme, 
     assert main(["train", "--out", str(cut), "--resume", "--no-progress"]) == 0
     a, b = load_file(whole / "checkpoint.safetensors"), load_file(cut / "checkpoint.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "optim.")))
-    own = {"robe": ".hash_a", "dhe": ".hash_a", "cce": ".assignment", "tt": ".core1", "md": ".projections.0"}[scheme]
+    own = {"robe": ".hash_a", "dhe": ".hash_a", "cce": ".assignment", "tt": ".core1", "md": ".projections.0",
+           "hybrid": ".cold.hash_a"}[scheme]
     assert any(k.endswith(own) for k in a)  # the scheme's own tensors (hash functions, clustering, cores) are saved
     if scheme == "cce":  # re-clustered (16 steps: every 4, at most 3 rounds by default; every 3, at most 4) and saved
         assert {int(a[k]) for k in a if k.endswith(".round")} == {4 if "--cce-rounds" in options else 3}
