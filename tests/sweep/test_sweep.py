@@ -417,3 +417,26 @@ def test_a_share_of_a_tuned_studys_budgets_keeps_its_tuning_cells():
     args = build_parser().parse_args(["sweep", "--preset", "methods", "--budgets", "64"])
     spec = build_spec(args)
     assert spec.budgets == (64.0,) and spec.tune_budgets == preset("methods").budgets
+
+
+def test_a_share_of_a_tuned_studys_archs_or_seeds_tunes_where_the_whole_study_does():
+    # --archs dcn once tuned every method on DCN (the share's first arch): 3 extra runs per method, and
+    # DCN cells under DCN-chosen recipes, not the study's.
+    from compembed.cli.main import build_parser
+    from compembed.cli.sweep import build_spec
+    from compembed.data.synthetic import SyntheticConfig, SyntheticCTR
+
+    data = SyntheticCTR(SyntheticConfig(num_rows=3000, cardinality_scale=0.0005, seed=0))
+    whole = dataclasses.replace(preset("methods"), base=preset("tiny").base, budget_methods=("hashing", "robe"))
+    tune = {c.key for c in whole.tune_cells(data.info)}
+    assert {c.config.model.arch for c in whole.tune_cells(data.info)} == {"dlrm"}
+    for share in (dict(archs=("dcn",)), dict(seeds=(2,)), dict(archs=("dcn",), seeds=(1, 2))):
+        kept = dataclasses.replace(whole, **share, tune_run=("dlrm", "adagrad", 0))
+        assert {c.key for c in kept.tune_cells(data.info)} == tune
+        assert {c.key for c in dataclasses.replace(whole, **share).tune_cells(data.info)} != tune  # without tune_run
+        main_cells = [c for c in kept.cells(data.info, tuned={"hashing": 0.05}) if c.role != "tune"]
+        assert main_cells and all(c.config.model.arch in kept.archs and c.config.seed in kept.seeds for c in main_cells)
+    for argv, run in ((["--archs", "dcn"], ("dlrm", "adagrad", 0)), (["--seeds", "1,2"], ("dlrm", "adagrad", 0)),
+                      ([], None), (["--budgets", "16"], None)):
+        spec = build_spec(build_parser().parse_args(["sweep", "--preset", "methods", *argv]))
+        assert spec.tune_run == run

@@ -121,6 +121,9 @@ def build_spec(args: argparse.Namespace):
                                           "budgets", "budget_methods", "tune_lrs") if getattr(args, k) is not None}
     if "budgets" in grid and spec.tune_lrs and spec.tune_budgets is None:
         grid["tune_budgets"] = spec.budgets  # a share of the budgets: the same tuning cells as the whole study
+    if {"archs", "optimizers", "seeds"} & set(grid) and spec.tune_lrs and spec.tune_run is None:
+        # a share of the archs, optimizers or seeds: tuned where the whole study tunes (e.g. DLRM for --archs dcn)
+        grid["tune_run"] = (spec.archs[0], spec.optimizers[0], spec.seeds[0])
     return dataclasses.replace(spec, base=base, **grid)
 
 

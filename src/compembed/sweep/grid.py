@@ -101,6 +101,10 @@ class SweepSpec:
     # The budgets a method's tuning budget is chosen among (None: ``budgets``). Running a share of a
     # tuned study's budgets (``--budgets``) keeps the preset's here, so its tuning cells stay the same.
     tune_budgets: tuple[float, ...] | None = None
+    # The (arch, optimizer, seed) the tuning phase runs on (None: the first of ``archs``, ``optimizers``
+    # and ``seeds``). Running a share of a tuned study's archs, optimizers or seeds (``--archs dcn``)
+    # keeps the preset's here, so its tuning cells (and the recipes they choose) stay the same.
+    tune_run: tuple[str, str, int] | None = None
     dcn_budgets: tuple[float, ...] | None = None
     dhe_max_width: int = 1024
 
@@ -176,10 +180,11 @@ class SweepSpec:
         return {m: min(rs, key=lambda r: (abs(math.log(r / self.tune_target)), r)) for m, rs in fits.items()}
 
     def tune_cells(self, info) -> list[Cell]:
-        """The tuning phase: every method x ``tune_lrs`` at its tuning budget, on the first arch, optimizer and seed."""
+        """The tuning phase: every method x ``tune_lrs`` at its tuning budget, on ``tune_run`` (default: the first
+        arch, optimizer and seed)."""
         if not self.tune_lrs:
             return []
-        arch, optimizer, seed = self.archs[0], self.optimizers[0], self.seeds[0]
+        arch, optimizer, seed = self.tune_run or (self.archs[0], self.optimizers[0], self.seeds[0])
         tuning = self if self.tune_budgets is None else dataclasses.replace(self, budgets=self.tune_budgets)
         models = tuning.budget_models(info, optimizer)[0]
         targets = self.tune_targets(models)
