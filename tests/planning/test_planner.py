@@ -1,4 +1,6 @@
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 
 from compembed.data.dataset import DatasetInfo
@@ -181,3 +183,23 @@ def test_robe_plan_overrides_build_the_same_tables():
     for fused in (False, True):
         tables = build_collection(model, info, fused=fused)
         assert _allocated(tables, "adagrad") == plan.bytes
+
+
+@settings(max_examples=200, deadline=None)
+@given(cold=st.lists(st.integers(0, 10**6), min_size=1, max_size=12), dim=st.sampled_from([1, 4, 16]),
+       spare=st.integers(0, 10**7))
+def test_robe_arrays_spend_the_values_in_proportion_with_one_block_each(cold, dim, spare):
+    from compembed.planning.planner import _robe_arrays
+
+    need = dim * sum(c > 0 for c in cold)
+    values = need + spare
+    arrays = _robe_arrays(cold, values, dim)
+    assert all((a == 0) == (c == 0) for a, c in zip(arrays, cold))  # an array for every feature with cold ids
+    assert all(a >= dim for a, c in zip(arrays, cold) if c)
+    assert sum(arrays) == (values if need else 0)  # every value spent
+    # Above the one-block minimum, one level L (values per cold id): a_j = floor(L c_j), and the largest
+    # feature also takes what the floors left (less than one value per feature).
+    free = [j for j, (a, c) in enumerate(zip(arrays, cold)) if a > dim]
+    if free:
+        level = (values - dim * (need // dim - len(free))) / sum(cold[j] for j in free)
+        assert all(abs(arrays[j] - level * cold[j]) <= len(cold) + 1 for j in free)
