@@ -45,8 +45,9 @@ def _budget() -> SweepSpec:
                      budgets=(4, 16, 64, 256, 1000), budget_extra=(("planner", 100),))
 
 
-# The loss-vs-bytes study's methods in chart order: compembed's (the paper's family and the planner),
-# then the field's; a method enters once ``planning.UNIFORM_METHODS`` offers it.
+# The loss-vs-bytes study's methods in chart order: compembed's (the planners, hot rows plus compositions
+# or plus ROBE-Z arrays, and the paper's family), then the field's; a method enters once
+# ``planning.UNIFORM_METHODS`` offers it.
 COMPEMBED_METHODS = ("planner", "planner-robe", "hashing", "qr", "gqr")
 FIELD_METHODS = ("robe", "dhe", "tt", "md", "cce")
 
