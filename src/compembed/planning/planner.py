@@ -233,7 +233,7 @@ def plan_tables(
                             f"occurrences, id {at - 1} only {c[at - 1]}); prepare the data with --id-order frequency")
     row_bytes = embedding_dim * itemsize * (1.0 + state_factor(optimizer, embedding_dim))
     if cold == "robe":
-        return _robe_plan(names, sizes, counts, int(budget), embedding_dim, optimizer, itemsize, hot_share)
+        return _robe_plan(names, sizes, counts, int(budget), embedding_dim, optimizer, itemsize, hot_share, row_bytes)
     rows = int(budget // row_bytes)
     hashed = sum(sizes) > rows and rows < sum(_floor_rows(n) for n in sizes)  # step 4: no composition fits
     cold_rows, floor_rows = (_hashed_rows, _one_row) if hashed else (_cold_rows, _floor_rows)
@@ -283,9 +283,9 @@ def _assemble(configs: list[FeatureConfig], counts: Sequence[np.ndarray], budget
 
 
 def _robe_plan(names: list[str], sizes: list[int], counts: list[np.ndarray], budget: int, dim: int, optimizer: str,
-               itemsize: int, hot_share: float) -> Plan:
-    """``plan_tables`` with ``cold="robe"``: step 1, then one ROBE-Z array (Z = D) per feature's cold ids."""
-    row_bytes = dim * itemsize * (1.0 + state_factor(optimizer, dim))
+               itemsize: int, hot_share: float, row_bytes: float) -> Plan:
+    """``plan_tables`` with ``cold="robe"``: step 1, then one ROBE-Z array (Z = D) per feature's cold ids
+    (``row_bytes``: a hot row and its optimizer state, as ``plan_tables`` computed it)."""
     # an array value and its optimizer state (row-wise Adagrad: the array's rows are single values)
     value_bytes = itemsize * (2.0 if optimizer == "rowwise_adagrad" else 1.0 + state_factor(optimizer, dim))
     rows = int(budget // row_bytes)
