@@ -5,7 +5,8 @@ import torch
 from torch.export import Dim
 
 from compembed.embedding import CCEEmbeddingBag, EmbeddingCollection, FeatureConfig, FusedEmbeddingCollection
-from compembed.embedding.cce import cce_index_bytes, kmeans
+from compembed.embedding import cce
+from compembed.embedding.cce import cce_index_bytes, kmeans, nearest
 from compembed.embedding.robe import PRIME
 from compembed.planning import feature_bytes
 from compembed.training import reset_optimizer_state
@@ -199,6 +200,27 @@ def test_kmeans_on_a_subsample_still_assigns_every_id():
     vectors = m.embed(torch.arange(N)).view(N, C, D // C)
     for i in range(C):
         torch.testing.assert_close(vectors[:, i], m.clustered[i * K + m.assignment[:, i].long()])
+
+
+def test_nearest_is_the_argmin_of_squared_distances_whatever_the_chunks(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    # small integers: every distance is exact, and there are ties (the lowest index wins)
+    points = torch.randint(-3, 4, (57, 3), generator=g).float()
+    centroids = torch.randint(-3, 4, (23, 3), generator=g).float()
+    squared = ((points[:, None, :] - centroids[None, :, :]) ** 2).sum(2)
+    expected = [min(range(23), key=lambda j: (float(row[j]), j)) for row in squared]
+    assert any((row == row.min()).sum() > 1 for row in squared)  # ties are exercised
+    for values in (2**20, 23 * 5, 23, 1):  # one chunk; 5 points per chunk; one point per chunk
+        monkeypatch.setattr(cce, "_DISTANCE_VALUES", values)
+        assert nearest(points, centroids).tolist() == expected
+
+
+def test_nearest_distances_are_the_bits_of_the_two_pass_form():
+    # p @ (-2 c) + ||c||^2 is ||c||^2 - 2 (p @ c) exactly: scaling by -2 is exact in floating point
+    g = torch.Generator().manual_seed(4)
+    points, centroids = torch.randn(40, 8, generator=g) * 0.01, torch.randn(1000, 8, generator=g) * 0.01
+    norms = (centroids * centroids).sum(1)
+    assert torch.equal((points @ (-2.0 * centroids).T).add_(norms), norms - 2.0 * points @ centroids.T)
 
 
 def test_kmeans_finds_separated_clusters():
