@@ -16,7 +16,7 @@ from ..embedding.md import md_feature_layout, md_num_parameters
 from ..embedding.tt import tt_feature_layout, tt_num_parameters
 from ..partitions import ChineseRemainder, GeneralizedQuotientRemainder, QuotientRemainder, choose_divisors, choose_moduli
 
-__all__ = ["STATE_FACTORS", "state_factor", "feature_rows", "feature_values", "feature_bytes", "parse_bytes", "format_bytes"]
+__all__ = ["STATE_FACTORS", "state_factor", "robe_value_bytes", "feature_rows", "feature_values", "feature_bytes", "parse_bytes", "format_bytes"]
 
 # Optimizer state per parameter, in parameters: Adagrad keeps one sum of squares per value, Adam two
 # moments, AMSGrad also the running maximum, row-wise Adagrad one value per row (1/D per value).
@@ -88,6 +88,12 @@ def feature_values(config: FeatureConfig) -> int:
     return feature_rows(config) * dim
 
 
+def robe_value_bytes(optimizer: str, embedding_dim: int, itemsize: int = 4) -> float:
+    """Bytes of one value of a ROBE array with its optimizer state. Row-wise Adagrad keeps one value per
+    row, and the array's rows are single values: one accumulator per value."""
+    return itemsize * (2.0 if optimizer == "rowwise_adagrad" else 1.0 + state_factor(optimizer, embedding_dim))
+
+
 def feature_bytes(config: FeatureConfig, optimizer: str = "sgd", itemsize: int = 4) -> int:
     """Bytes of one feature's tables (or ``robe`` array, or ``dhe`` MLP) plus their optimizer state.
 
@@ -102,10 +108,11 @@ def feature_bytes(config: FeatureConfig, optimizer: str = "sgd", itemsize: int =
         if optimizer == "rowwise_adagrad":
             return (values + 2 * config.cce_columns * config.cce_k) * itemsize + index
         return int(round(values * itemsize * (1.0 + state_factor(optimizer, config.embedding_dim)))) + index
-    if config.scheme == "robe" and optimizer == "rowwise_adagrad":
-        return values * itemsize * 2
+    if config.scheme == "robe":
+        return int(round(values * robe_value_bytes(optimizer, config.embedding_dim, itemsize)))
     if _robe_cold(config) and optimizer == "rowwise_adagrad":  # hot rows: one value per row; the array: per value
-        return (config.hot_rows * (config.embedding_dim + 1) + 2 * config.robe_values) * itemsize
+        hot = config.hot_rows * (config.embedding_dim + 1) * itemsize
+        return hot + int(config.robe_values * robe_value_bytes(optimizer, config.embedding_dim, itemsize))
     if config.scheme == "dhe" and optimizer == "rowwise_adagrad":
         dims = (config.dhe_hashes, *config.dhe_hidden, config.embedding_dim)
         rows = sum(2 * o for o in dims[1:]) + (2 * sum(config.dhe_hidden) if config.dhe_batchnorm else 0)

@@ -51,7 +51,7 @@ import numpy as np
 
 from ..embedding import FeatureConfig
 from ..partitions import GeneralizedQuotientRemainder, choose_divisors
-from .budget import feature_bytes, format_bytes, state_factor
+from .budget import feature_bytes, format_bytes, robe_value_bytes, state_factor
 
 __all__ = ["COLD_PARTS", "FeaturePlan", "Plan", "PlanError", "plan_tables", "plan_for_dataset", "budget_for_compression"]
 
@@ -286,8 +286,7 @@ def _robe_plan(names: list[str], sizes: list[int], counts: list[np.ndarray], bud
                itemsize: int, hot_share: float, row_bytes: float) -> Plan:
     """``plan_tables`` with ``cold="robe"``: step 1, then one ROBE-Z array (Z = D) per feature's cold ids
     (``row_bytes``: a hot row and its optimizer state, as ``plan_tables`` computed it)."""
-    # an array value and its optimizer state (row-wise Adagrad: the array's rows are single values)
-    value_bytes = itemsize * (2.0 if optimizer == "rowwise_adagrad" else 1.0 + state_factor(optimizer, dim))
+    value_bytes = robe_value_bytes(optimizer, dim, itemsize)
     rows = int(budget // row_bytes)
     if rows >= sum(sizes):
         hot = list(sizes)
