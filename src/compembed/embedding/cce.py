@@ -233,8 +233,8 @@ class CCEEmbeddingBag(BagModule):
 
         Deterministic: the subsample and the k-means starts come from a CPU generator seeded by
         ``(seed, round)``; the new hashes too. Cost: about ``n k D`` multiply-adds per k-means pass
-        (``kmeans_iterations`` passes over the sample, one over all ids), e.g. 40 s on one busy CPU
-        thread for n = 100,000, k = 12,500, D = 16.
+        (``kmeans_iterations`` passes over the sample, one over all ids), e.g. 15 s on one busy CPU
+        thread for n = 100,003, k = 12,730, D = 16, c = 2, 2 iterations over all ids.
         """
         next_round = int(self.round) + 1
         generator = torch.Generator().manual_seed(_seed(self.seed, next_round, "kmeans"))
