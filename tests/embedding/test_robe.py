@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from compembed.embedding import EmbeddingCollection, FeatureConfig, FusedEmbeddingCollection, build_embedding_bag
 from compembed.embedding.robe import PRIME, ROBEEmbeddingBag
@@ -114,9 +115,21 @@ def test_bytes_counted_equal_bytes_allocated(dtype):
         assert coll.num_bytes == sum(r.bytes for r in reports.values())
 
 
-def test_no_python_loop_over_ids():
+def test_dense_gradient_on_the_cpu_is_embeddings_bit_for_bit():
+    # dense on the CPU the array is read with index_select (a faster backward): the gradient of F.embedding
+    torch.manual_seed(1)
+    module = ROBEEmbeddingBag(5000, 8, size=300, block_size=4, mode="sum")
+    ids, upstream = torch.randint(0, 5000, (64, 5)), torch.randn(64, 8)
+    module(ids).backward(upstream)
+    weight = module.weight.detach().clone().requires_grad_()
+    F.embedding(module.positions(ids), weight).reshape(64, 5, 8).sum(1).backward(upstream)
+    assert torch.equal(module.weight.grad, weight.grad) and weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_no_python_loop_over_ids(sparse):
     """The ops torch runs for a forward and backward do not grow with the number of ids."""
-    module = ROBEEmbeddingBag(10**6, 16, size=10_000, block_size=4, signs=True, sparse=True)
+    module = ROBEEmbeddingBag(10**6, 16, size=10_000, block_size=4, signs=True, sparse=sparse)
 
     def ops(batch: int) -> int:
         return count_ops(module, torch.randint(0, 10**6, (batch, 3)))

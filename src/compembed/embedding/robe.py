@@ -125,7 +125,12 @@ class ROBEEmbeddingBag(BagModule):
 
     def embed(self, input: Tensor) -> Tensor:
         """Vectors ``(*, D)`` of ids ``(*)``, before padding and pooling."""
-        values = F.embedding(self.positions(input), self.weight, sparse=self.sparse)  # (*, D/Z, Z, 1)
+        positions = self.positions(input)
+        if self.sparse or positions.device.type != "cpu":
+            values = F.embedding(positions, self.weight, sparse=self.sparse)  # (*, D/Z, Z, 1)
+        else:  # dense on the CPU: index_select's backward (a serial index_add_) gives the same gradient as
+            # embedding's for rows of one value, measured 8x faster (n = 500,000, size = 2,000,000, 16,384 ids)
+            values = self.weight.view(-1).index_select(0, positions.reshape(-1)).view(*positions.shape, 1)
         if self.signs:
             sign = 1 - 2 * universal_hash(input, self.sign_a, self.sign_b, 2)  # (*, D/Z)
             values = values * sign.to(values.dtype)[..., None, None]
