@@ -158,6 +158,15 @@ def test_usage_data_and_unexpected_errors(tmp_path, capsys, monkeypatch):
     assert "unexpected RuntimeError: something broke" in line and "--debug" in line
 
 
+def test_a_model_too_large_for_the_memory_is_refused_before_anything_is_allocated(tmp_path, capsys):
+    # 10**11 values per array: 373 GiB a feature, far beyond this machine; torch's allocator would fail
+    # deep inside the module ("can't allocate memory"), or the OOM killer end the run
+    assert main(["train", *TINY, "--scheme", "robe", "--robe-size", str(10**11), "--out", str(tmp_path / "run")]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("error: the model needs at least") and "GiB" in line and "available" in line
+    assert not (tmp_path / "run").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path, capsys):
     assert main(["--debug", "train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 4
     err = capsys.readouterr().err

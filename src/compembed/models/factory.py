@@ -1,11 +1,13 @@
 """One place that turns a plain config into a model: swap the collection or the model here."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import torch
 from torch import nn
 
 from ..embedding import COLD_SCHEMES, SCHEMES, EmbeddingCollection, FeatureConfig, FusedEmbeddingCollection, feature_configs
@@ -239,18 +241,21 @@ def _override(feature: FeatureConfig, overrides: dict[str, Any]) -> FeatureConfi
         raise ValueError(f"model config: features.{feature.name}: {err}") from None
 
 
-def build_model(config: ModelConfig, info: FeatureSpec, sparse: bool = False, fused: bool = True) -> nn.Module:
+def build_model(config: ModelConfig, info: FeatureSpec, sparse: bool = False, fused: bool = True,
+                device: torch.device | str | None = None) -> nn.Module:
     """The DLRM or DCN that ``config`` describes, over ``info``'s features.
 
     ``sparse`` gives the embedding tables sparse gradients (for SGD, Adagrad, sparse Adam/AMSGrad);
-    ``fused`` chooses the collection (see ``build_collection``).
+    ``fused`` chooses the collection (see ``build_collection``); ``device`` is where its parameters
+    are made (``meta``: sizes only, nothing allocated).
     """
-    embeddings = build_collection(config, info, sparse=sparse, fused=fused)
+    embeddings = build_collection(config, info, sparse=sparse, fused=fused, device=device)
     num_dense = len(info.dense_names)
-    if config.arch == "dlrm":
-        return DLRM(embeddings, num_dense, bottom_mlp=config.bottom_mlp, top_mlp=config.top_mlp,
-                    dim=config.embedding_dim)
-    return DCN(embeddings, num_dense, cross_layers=config.cross_layers, deep_mlp=config.deep_mlp)
+    with torch.device(device) if device is not None else contextlib.nullcontext():  # the MLPs' layers
+        if config.arch == "dlrm":
+            return DLRM(embeddings, num_dense, bottom_mlp=config.bottom_mlp, top_mlp=config.top_mlp,
+                        dim=config.embedding_dim)
+        return DCN(embeddings, num_dense, cross_layers=config.cross_layers, deep_mlp=config.deep_mlp)
 
 
 def config_dict(config: ModelConfig) -> dict:

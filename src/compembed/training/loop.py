@@ -33,6 +33,7 @@ from .device import autocast, check_precision, grad_scaler, prefetch, resolve_de
 from .evaluate import EvalResult, evaluate
 from .hooks import TrainStepHooks
 from .liveness import DeadUnitsWarning, LiveUnits
+from .memory import check_memory
 from .metrics_log import MetricsLog
 from .optim import LinearWarmup, build_optimizers, uses_sparse_gradients
 from .report import MemoryReport, memory_report
@@ -171,6 +172,7 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
     torch.manual_seed(config.seed)
     # Sparse gradients are built by torch's own ops; say so explicitly, which also silences its warning.
     torch.sparse.check_sparse_tensor_invariants.disable()
+    check_memory(config, dataset.info, ctx.device)  # a clear error before the allocator's, or the OOM killer
     # on its device before the optimizers see it, so that a resumed optimizer state lands there too
     model = build_model(config.model, dataset.info, sparse=uses_sparse_gradients(config.optim)).to(ctx.device)
     optimizers = build_optimizers(model, config.optim)
