@@ -64,6 +64,10 @@ def test_a_model_larger_than_the_memory_available_is_refused_with_the_numbers():
     assert "the model needs at least" in message and "of adagrad state" in message
     assert "available (MemAvailable in a test)" in message and "compembed plan" in message
     assert isinstance(err.value, ValueError)  # the CLI's usage/config failure: exit code 2
+    # evaluating or serving a run needs no optimizer state
+    assert check_memory(config, INFO, "cpu", available=(need.model, "test"), training=False).total == need.model
+    with pytest.raises(InsufficientMemoryError, match=r"\(its parameters and buffers\), more than"):
+        check_memory(config, INFO, "cpu", available=(need.model - 1, "test"), training=False)
 
 
 def test_meminfo_and_cgroup_limits_are_read(tmp_path):

@@ -103,17 +103,20 @@ def available_memory(device: torch.device | str) -> tuple[int, str] | None:
 
 
 def check_memory(config: TrainConfig, info: FeatureSpec, device: torch.device | str,
-                 available: tuple[int, str] | None = None) -> ModelMemory:
-    """Refuse a run (``InsufficientMemoryError``) whose model and optimizer state alone exceed the memory
-    ``device`` has available (``available``: that memory, as ``available_memory`` gives it; read when None).
-    Returns the count."""
+                 available: tuple[int, str] | None = None, training: bool = True) -> ModelMemory:
+    """Refuse a run (``InsufficientMemoryError``) whose model, and optimizer state when ``training``, alone
+    exceed the memory ``device`` has available (``available``: that memory, as ``available_memory`` gives
+    it; read when None). Returns the count (``state`` 0 when not ``training``)."""
     need = model_memory(config, info)
+    if not training:  # evaluating or serving a run: no optimizer
+        need = ModelMemory(need.model, 0)
     available = available if available is not None else available_memory(device)
     if available is not None and need.total > available[0]:
         have, where = available
+        parts = (f"{format_bytes(need.model)} of parameters and buffers, {format_bytes(need.state)} of "
+                 f"{config.optim.name} state" if training else "its parameters and buffers")
         raise InsufficientMemoryError(
-            f"the model needs at least {format_bytes(need.total)} ({format_bytes(need.model)} of parameters and buffers, "
-            f"{format_bytes(need.state)} of {config.optim.name} state), more than the {format_bytes(have)} available ({where}); "
-            f"make the tables smaller: `compembed plan DATA --budget SIZE` fits them to a budget, or choose a "
-            f"smaller --robe-size, more --num-collisions or another --scheme")
+            f"the model needs at least {format_bytes(need.total)} ({parts}), more than the {format_bytes(have)} "
+            f"available ({where}); make the tables smaller: `compembed plan DATA --budget SIZE` fits them to a "
+            f"budget, or choose a smaller --robe-size, more --num-collisions or another --scheme")
     return need

@@ -168,6 +168,7 @@ def load_run(run_dir: str | Path, last: bool = False, data: str | None = None) -
     """
     from ..models import build_model
     from .datasets import open_data
+    from .memory import check_memory
 
     run_dir = Path(run_dir)
     if not run_dir.exists():
@@ -178,6 +179,7 @@ def load_run(run_dir: str | Path, last: bool = False, data: str | None = None) -
     if data:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=data))
     dataset = open_data(config.data)
+    check_memory(config, dataset.info, "cpu", training=False)
     model = build_model(config.model, dataset.info)
     best = run_dir / BEST
     checkpoint = best if best.exists() and not last else run_dir / CHECKPOINT
