@@ -2,17 +2,19 @@
 and the accuracy of a small trained model."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
 from compembed.data.dataset import DatasetInfo
-from compembed.embedding import HybridEmbeddingBag
+from compembed.embedding import HybridEmbeddingBag, ROBEEmbeddingBag
 from compembed.models import ModelConfig, build_model
 from compembed.partitions import QuotientRemainder
 from compembed.serving.export import export_model
-from compembed.serving.quantize import Int8HybridEmbeddingBag, Int8Table, embedding_bytes, quantize_int8
+from compembed.serving.quantize import (Int8HybridEmbeddingBag, Int8ROBEEmbeddingBag, Int8Table, embedding_bytes,
+                                        quantize_int8)
 from compembed.training.config import DataConfig, OptimConfig, TrainConfig
 from compembed.training.evaluate import evaluate
 from compembed.training.loop import train
@@ -120,9 +122,57 @@ def test_int8_accuracy_of_a_small_trained_model() -> None:
     assert math.isclose(ratio, (8 + 8) / (8 * 4))  # d = 8: 8 codes + 8 bytes of scale and bias vs 32 bytes
 
 
-def test_a_hybrid_with_a_robe_cold_part_has_no_int8_form() -> None:
-    info = DatasetInfo(dense_names=["I1"], categorical_names=["C1"], cardinalities=[500])
-    model = build_model(ModelConfig(features={"C1": {"scheme": "hybrid", "hot_rows": 20, "cold_scheme": "robe",
-                                                     "robe_size": 100}}, threshold=0), info)
-    with pytest.raises(TypeError, match="no int8 form of a HybridEmbeddingBag with a ROBEEmbeddingBag cold part"):
-        quantize_int8(model)
+def test_robe_arrays_dequantise_value_by_value_at_the_float_positions() -> None:
+    torch.manual_seed(0)
+    float_bag = ROBEEmbeddingBag(500, 8, size=1003, block_size=4, signs=True, mode="sum")
+    with torch.no_grad():  # values of very different ranges along the array
+        float_bag.weight.mul_(torch.logspace(-3, 1, 1003).unsqueeze(1))
+    int8_bag = Int8ROBEEmbeddingBag(float_bag, float_bag.weight)
+    rows = -(-1003 // 8)
+    hashes = sum(getattr(int8_bag, n).numel() * 8 for n in ("hash_a", "hash_b", "sign_a", "sign_b"))  # int64
+    assert embedding_bytes(int8_bag) - hashes == rows * (8 + 8) == 2016
+    # each value within half a step of its row of 8 consecutive values (the last row: 3 values)
+    values = float_bag.weight.detach().reshape(-1)
+    padded = torch.cat([values, values[-1:].expand(rows * 8 - 1003)]).view(rows, 8)
+    step = ((padded.max(1).values - padded.min(1).values) / 255).repeat_interleave(8)[:1003]
+    error = (int8_bag.dequantized().reshape(-1) - values).abs()
+    assert bool((error <= step / 2 + 1e-6 * values.abs().max()).all()) and error.max() > 0
+    # an id reads the float module's positions: the float bag over the dequantised array, bit for bit
+    reference = copy.deepcopy(float_bag)
+    with torch.no_grad():
+        reference.weight.copy_(int8_bag.dequantized())
+    ids, offsets = torch.randint(0, 500, (30,)), torch.tensor([0, 4, 4, 11, 29])
+    with torch.no_grad():
+        assert torch.equal(int8_bag(ids, offsets), reference(ids, offsets))
+        assert torch.equal(int8_bag.embed(ids.view(5, 6)), reference.embed(ids.view(5, 6)))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("scheme", [dict(scheme="robe"), dict(scheme="robe", block_size=2, robe_signs=True),
+                                    dict(scheme="hybrid", hot_rows=5, cold_scheme="robe")],
+                         ids=["robe", "robe-z2-signs", "hybrid-robe"])
+def test_robe_and_hybrid_robe_models_quantise_and_export(scheme: dict, fused: bool) -> None:
+    model = _model(fused, **scheme)
+    quantized = quantize_int8(model)
+    dense, ids, bags = _inputs()
+    with torch.no_grad():
+        for features in (ids, bags):
+            expected, got = model(dense, features), quantized(dense, features)
+            assert (got - expected).abs().max() < 0.02 * expected.abs().max() + 1e-4
+            assert not torch.equal(got, expected)
+    # the arrays' bytes: rows of D = 8 values, each 8 codes + fp32 scale and bias (hash buffers aside)
+    arrays = [w for name in model.embeddings.feature_names
+              for w in (model.embeddings.table_weights(name) or [model.embeddings.feature_module(name).weight])]
+    expected_bytes = sum(-(-w.numel() // 8) * 16 if w.shape[1] == 1 else w.shape[0] * (w.shape[1] + 8) for w in arrays)
+    hashes = sum(b.numel() * b.element_size() for n, b in quantized.embeddings.named_buffers()
+                 if n.rsplit(".", 1)[-1].startswith(("hash_", "sign_")))
+    assert embedding_bytes(quantized.embeddings) - hashes == expected_bytes
+    program = export_model(quantized, dense, ids)
+    dense2, ids2, _ = _inputs(5)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(dense2, ids2), quantized(dense2, ids2))
+
+
+def test_schemes_without_an_int8_form_say_so() -> None:
+    with pytest.raises(TypeError, match="no int8 form of TTEmbeddingBag"):
+        quantize_int8(_model(scheme="tt"))

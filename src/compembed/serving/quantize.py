@@ -12,6 +12,10 @@ gather with the dequantisation fused in), torch's own CPU kernel. It was chosen 
 fake-tensor kernel), and it never makes a float copy of a table. It has no CUDA kernel in torch
 itself (FBGEMM-GPU provides one), so int8 models run on CPU.
 
+A ROBE array (``robe``, and a hybrid's ROBE cold part) is read as rows of D consecutive values, each
+row quantised the same way (``Int8ROBEEmbeddingBag``: the same bytes, ``rows * (D + 8)``); its ids read
+single values at hashed positions, so it dequantises value by value with plain indexing.
+
 ``quantize_int8(model)`` returns a copy of a trained DLRM or DCN whose embedding collection is a
 per-feature ``EmbeddingCollection`` of int8 modules, whichever collection (fused or not) it was
 trained with; the path scheme's base table is quantised and its per-class MLPs stay float. The
@@ -29,10 +33,11 @@ from ..embedding.bag import BagModule
 from ..embedding.compositional import CompositionalEmbeddingBag, combine
 from ..embedding.hybrid import HybridEmbeddingBag
 from ..embedding.path import PathEmbeddingBag
+from ..embedding.robe import ROBEEmbeddingBag, universal_hash
 from ..partitions import check_ids
 
 __all__ = ["Int8Table", "Int8CompositionalEmbeddingBag", "Int8HybridEmbeddingBag", "Int8PathEmbeddingBag",
-           "quantize_int8", "quantize_collection", "embedding_bytes"]
+           "Int8ROBEEmbeddingBag", "quantize_int8", "quantize_collection", "embedding_bytes"]
 
 BYTES_PER_ROW_EXTRA = 8  # fp32 scale + fp32 bias
 
@@ -91,8 +96,66 @@ class Int8CompositionalEmbeddingBag(nn.Module):
     forward = BagModule.forward  # pools ``embed`` as every bag module does (padding_idx included)
 
 
+class Int8ROBEEmbeddingBag(nn.Module):
+    """``ROBEEmbeddingBag`` with an int8 array: the same hashed positions, each value dequantised on its own.
+
+    The array is read as rows of D consecutive values (the last row padded with the array's final
+    value, which leaves its range as it is); each row keeps a uint8 code per value plus an fp32 scale and
+    bias (its minimum), the byte-rowwise rule of the tables, so ``ceil(size / D) * (D + 8)`` bytes. A
+    value reads back as ``code * scale + bias``, within ``scale / 2`` of its float value.
+    Hand-written rather than ``Int8Table``'s kernel: that kernel returns whole rows, and an id's values
+    lie at hashed positions across rows (a row per value would gather D times the data).
+
+    Buffers: ``codes`` uint8 ``(R, D)``, ``scale`` and ``bias`` float32 ``(R,)``, and the float module's
+    hash coefficients. Shape: as ``ROBEEmbeddingBag``; ``embed(ids (*)) -> (*, D)``.
+    """
+
+    positions = ROBEEmbeddingBag.positions  # the float module's hashed positions (*, D/Z, Z), ids checked
+
+    def __init__(self, module: ROBEEmbeddingBag, weight: Tensor) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.size = module.num_embeddings, module.embedding_dim, module.size
+        self.block_size, self.num_blocks, self.signs = module.block_size, module.num_blocks, module.signs
+        self.mode, self.include_last_offset = module.mode, module.include_last_offset
+        self.padding_idx, self.sparse = module.padding_idx, False
+        for name in ("hash_a", "hash_b") + (("sign_a", "sign_b") if module.signs else ()):
+            self.register_buffer(name, getattr(module, name).detach().cpu().clone())
+        if not module.signs:
+            self.sign_a = self.sign_b = None
+        self.register_buffer("block", torch.arange(module.block_size), persistent=False)
+        flat = weight.detach().to("cpu", torch.float32).reshape(-1)
+        d, rows = self.embedding_dim, -(-self.size // self.embedding_dim)
+        padded = torch.cat([flat, flat[-1:].expand(rows * d - self.size)]).view(rows, d)
+        low, high = padded.min(1).values, padded.max(1).values
+        scale = (high - low) / 255
+        step = torch.where(scale > 0, scale, torch.ones_like(scale)).unsqueeze(1)  # a constant row: codes 0
+        self.register_buffer("codes", torch.round((padded - low.unsqueeze(1)) / step).clamp(0, 255).to(torch.uint8))
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", low)
+
+    def embed(self, input: Tensor) -> Tensor:
+        position = self.positions(input)  # (*, D/Z, Z)
+        row, column = position // self.embedding_dim, position % self.embedding_dim
+        values = self.codes[row, column].float() * self.scale[row] + self.bias[row]
+        if self.signs:
+            sign = 1 - 2 * universal_hash(input, self.sign_a, self.sign_b, 2)  # (*, D/Z)
+            values = values * sign.to(values.dtype).unsqueeze(-1)
+        return values.reshape(*input.shape, self.embedding_dim)
+
+    def dequantized(self) -> Tensor:
+        """The float32 array ``(size, 1)`` the codes stand for."""
+        values = self.codes.float() * self.scale.unsqueeze(1) + self.bias.unsqueeze(1)
+        return values.reshape(-1)[: self.size].unsqueeze(1)
+
+    forward = BagModule.forward  # pools ``embed`` as every bag module does (padding_idx included)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_embeddings}, {self.embedding_dim}, size={self.size}, block_size={self.block_size}, "
+                f"int8 rows of {self.embedding_dim} values")
+
+
 class Int8HybridEmbeddingBag(nn.Module):
-    """``HybridEmbeddingBag`` with an int8 hot table and int8 cold tables.
+    """``HybridEmbeddingBag`` with an int8 hot table and int8 cold tables (or an int8 ROBE array).
 
     Every id reads both the hot table and the cold scheme (an id outside one's range reads its row 0),
     and ``x < K`` selects: no data-dependent shapes, so it exports as one graph.
@@ -105,7 +168,7 @@ class Int8HybridEmbeddingBag(nn.Module):
         self.padding_idx = module.padding_idx
         first = 1 if module.hot is not None else 0
         self.hot = Int8Table(weights[0]) if first else None
-        self.cold = Int8CompositionalEmbeddingBag(module.cold, weights[first:]) if module.cold is not None else None
+        self.cold = None if module.cold is None else _int8_module(module.cold, weights[first:])
 
     def embed(self, input: Tensor) -> Tensor:
         check_ids(input, self.num_embeddings)
@@ -145,11 +208,11 @@ class Int8PathEmbeddingBag(nn.Module):
 
 def _int8_module(module: nn.Module, weights: list[Tensor]) -> nn.Module:
     if isinstance(module, HybridEmbeddingBag):
-        if module.cold is not None and not isinstance(module.cold, CompositionalEmbeddingBag):
-            raise TypeError(f"no int8 form of a HybridEmbeddingBag with a {type(module.cold).__name__} cold part")
         return Int8HybridEmbeddingBag(module, weights)
     if isinstance(module, CompositionalEmbeddingBag):
         return Int8CompositionalEmbeddingBag(module, weights)
+    if isinstance(module, ROBEEmbeddingBag):
+        return Int8ROBEEmbeddingBag(module, weights[0] if weights else module.weight)
     if isinstance(module, PathEmbeddingBag):
         return Int8PathEmbeddingBag(module)
     raise TypeError(f"no int8 form of {type(module).__name__}")
