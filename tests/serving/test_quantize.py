@@ -173,6 +173,36 @@ def test_robe_and_hybrid_robe_models_quantise_and_export(scheme: dict, fused: bo
         torch.testing.assert_close(program.module()(dense2, ids2), quantized(dense2, ids2))
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("scheme", ["cce", "md", "dhe"])
+def test_cce_mixed_dimension_and_dhe_models_quantise_and_export(scheme: str, fused: bool) -> None:
+    model = _model(fused, scheme=scheme)
+    quantized = quantize_int8(model)
+    dense, ids, bags = _inputs()
+    with torch.no_grad():
+        for features in (ids, bags):
+            expected, got = model(dense, features), quantized(dense, features)
+            assert (got - expected).abs().max() < 0.02 * expected.abs().max() + 1e-4
+            assert torch.equal(got, expected) == (scheme == "dhe")  # DHE has no table: the same float model
+    expected_bytes = 0
+    for name in model.embeddings.feature_names:
+        module = model.embeddings.feature_module(name)
+        if scheme == "cce":  # both tables int8; the assignment and hash coefficients as they were
+            expected_bytes += sum(t.shape[0] * (t.shape[1] + 8) for t in (module.clustered, module.hashed))
+            expected_bytes += sum(getattr(module, b).numel() * getattr(module, b).element_size()
+                                  for b in ("assignment", "hash_a", "hash_b"))
+        elif scheme == "md":  # block tables int8, projections float
+            expected_bytes += sum(t.shape[0] * (t.shape[1] + 8) for t in module.tables)
+            expected_bytes += sum(p.numel() * 4 for p in module.projections.values())
+        else:
+            expected_bytes += sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    assert embedding_bytes(quantized.embeddings) == expected_bytes
+    program = export_model(quantized, dense, ids)
+    dense2, ids2, _ = _inputs(5)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(dense2, ids2), quantized(dense2, ids2))
+
+
 def test_schemes_without_an_int8_form_say_so() -> None:
     with pytest.raises(TypeError, match="no int8 form of TTEmbeddingBag"):
         quantize_int8(_model(scheme="tt"))

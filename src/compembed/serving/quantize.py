@@ -14,7 +14,10 @@ itself (FBGEMM-GPU provides one), so int8 models run on CPU.
 
 A ROBE array (``robe``, and a hybrid's ROBE cold part) is read as rows of D consecutive values, each
 row quantised the same way (``Int8ROBEEmbeddingBag``: the same bytes, ``rows * (D + 8)``); its ids read
-single values at hashed positions, so it dequantises value by value with plain indexing.
+single values at hashed positions, so it dequantises value by value with plain indexing. CCE's two
+tables and mixed dimensions' block tables are quantised as tables (CCE keeps its assignment, mixed
+dimensions its float projections); DHE has no table and stays float. TT-Rec's cores are not tables of
+rows: it has no int8 form.
 
 ``quantize_int8(model)`` returns a copy of a trained DLRM or DCN whose embedding collection is a
 per-feature ``EmbeddingCollection`` of int8 modules, whichever collection (fused or not) it was
@@ -30,14 +33,17 @@ from torch import Tensor, nn
 
 from ..embedding import EmbeddingCollection
 from ..embedding.bag import BagModule
+from ..embedding.cce import CCEEmbeddingBag
 from ..embedding.compositional import CompositionalEmbeddingBag, combine
+from ..embedding.dhe import DHEEmbeddingBag
 from ..embedding.hybrid import HybridEmbeddingBag
+from ..embedding.md import MixedDimEmbeddingBag
 from ..embedding.path import PathEmbeddingBag
 from ..embedding.robe import ROBEEmbeddingBag, universal_hash
 from ..partitions import check_ids
 
 __all__ = ["Int8Table", "Int8CompositionalEmbeddingBag", "Int8HybridEmbeddingBag", "Int8PathEmbeddingBag",
-           "Int8ROBEEmbeddingBag", "quantize_int8", "quantize_collection", "embedding_bytes"]
+           "Int8ROBEEmbeddingBag", "Int8CCEEmbeddingBag", "Int8MixedDimEmbeddingBag", "quantize_int8", "quantize_collection", "embedding_bytes"]
 
 BYTES_PER_ROW_EXTRA = 8  # fp32 scale + fp32 bias
 
@@ -154,6 +160,70 @@ class Int8ROBEEmbeddingBag(nn.Module):
                 f"int8 rows of {self.embedding_dim} values")
 
 
+class Int8CCEEmbeddingBag(nn.Module):
+    """``CCEEmbeddingBag`` with its clustered and hashed tables in int8 (``c k`` rows of ``D / c`` each); the
+    assignment and the hash coefficients are kept as they are, so an id reads the same rows.
+
+    Shape: as ``CCEEmbeddingBag``; ``embed(ids (*)) -> (*, D)``.
+    """
+
+    rows = CCEEmbeddingBag.rows  # the float module's rows (*, c) in each table
+    _column_offsets = CCEEmbeddingBag._column_offsets
+
+    def __init__(self, module: CCEEmbeddingBag) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = module.num_embeddings, module.embedding_dim
+        self.num_rows, self.num_columns = module.num_rows, module.num_columns
+        self.mode, self.include_last_offset = module.mode, module.include_last_offset
+        self.padding_idx, self.sparse = module.padding_idx, False
+        for name in ("assignment", "hash_a", "hash_b"):
+            self.register_buffer(name, getattr(module, name).detach().cpu().clone())
+        self.clustered, self.hashed = Int8Table(module.clustered), Int8Table(module.hashed)
+
+    def embed(self, input: Tensor) -> Tensor:
+        check_ids(input, self.num_embeddings)
+        clustered, hashed = self.rows(input.long())
+        return (self.clustered(clustered) + self.hashed(hashed)).reshape(*input.shape, self.embedding_dim)
+
+    forward = BagModule.forward  # pools ``embed`` as every bag module does (padding_idx included)
+
+
+class Int8MixedDimEmbeddingBag(nn.Module):
+    """``MixedDimEmbeddingBag`` with each block's table ``(n_i, d_i)`` in int8; the projections to D stay
+    float (as the path scheme's MLPs do).
+
+    Every block looks up every id (clamped into its range) and each id keeps its own block's vector: no
+    data-dependent shapes, so it exports as one graph (the float module does the same when exported).
+
+    Shape: as ``MixedDimEmbeddingBag``; ``embed(ids (*)) -> (*, D)``.
+    """
+
+    def __init__(self, module: MixedDimEmbeddingBag) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = module.num_embeddings, module.embedding_dim
+        self.starts, self.block_dims = module.starts, module.block_dims
+        self.mode, self.include_last_offset = module.mode, module.include_last_offset
+        self.padding_idx, self.sparse = module.padding_idx, False
+        self.tables = nn.ModuleList(Int8Table(t) for t in module.tables)
+        self.projections = nn.ParameterDict({k: nn.Parameter(p.detach().cpu().clone(), requires_grad=False)
+                                             for k, p in module.projections.items()})
+        self.register_buffer("_cuts", module._cuts.detach().cpu().clone(), persistent=False)
+
+    def embed(self, input: Tensor) -> Tensor:
+        check_ids(input, self.num_embeddings)
+        ids = input.long().reshape(-1).contiguous()
+        blocks = torch.bucketize(ids, self._cuts, right=True)
+        out = None
+        for i, table in enumerate(self.tables):  # a loop over the few blocks, not over ids
+            vectors = table((ids - self.starts[i]).clamp(0, table.rows - 1))
+            if str(i) in self.projections:
+                vectors = vectors @ self.projections[str(i)]
+            out = vectors if out is None else torch.where((blocks == i).unsqueeze(-1), vectors, out)
+        return out.reshape(*input.shape, self.embedding_dim)
+
+    forward = BagModule.forward  # pools ``embed`` as every bag module does (padding_idx included)
+
+
 class Int8HybridEmbeddingBag(nn.Module):
     """``HybridEmbeddingBag`` with an int8 hot table and int8 cold tables (or an int8 ROBE array).
 
@@ -213,6 +283,12 @@ def _int8_module(module: nn.Module, weights: list[Tensor]) -> nn.Module:
         return Int8CompositionalEmbeddingBag(module, weights)
     if isinstance(module, ROBEEmbeddingBag):
         return Int8ROBEEmbeddingBag(module, weights[0] if weights else module.weight)
+    if isinstance(module, CCEEmbeddingBag):
+        return Int8CCEEmbeddingBag(module)
+    if isinstance(module, MixedDimEmbeddingBag):
+        return Int8MixedDimEmbeddingBag(module)
+    if isinstance(module, DHEEmbeddingBag):  # no table: its MLP stays float, as the path scheme's MLPs do
+        return copy.deepcopy(module).eval()
     if isinstance(module, PathEmbeddingBag):
         return Int8PathEmbeddingBag(module)
     raise TypeError(f"no int8 form of {type(module).__name__}")
