@@ -40,12 +40,18 @@ from ..embedding.hybrid import HybridEmbeddingBag
 from ..embedding.md import MixedDimEmbeddingBag
 from ..embedding.path import PathEmbeddingBag
 from ..embedding.robe import ROBEEmbeddingBag, universal_hash
+from ..embedding.tt import TTEmbeddingBag
 from ..partitions import check_ids
 
-__all__ = ["Int8Table", "Int8CompositionalEmbeddingBag", "Int8HybridEmbeddingBag", "Int8PathEmbeddingBag",
+__all__ = ["NoInt8FormError", "Int8Table", "Int8CompositionalEmbeddingBag", "Int8HybridEmbeddingBag", "Int8PathEmbeddingBag",
            "Int8ROBEEmbeddingBag", "Int8CCEEmbeddingBag", "Int8MixedDimEmbeddingBag", "quantize_int8", "quantize_collection", "embedding_bytes"]
 
 BYTES_PER_ROW_EXTRA = 8  # fp32 scale + fp32 bias
+
+
+class NoInt8FormError(TypeError, ValueError):
+    """A module with no int8 form (TT-Rec's). A ``TypeError`` (the module's type is the cause) and a
+    ``ValueError``, so that the command line reports it as a usage error (exit code 2), not as a bug."""
 
 
 class Int8Table(nn.Module):
@@ -291,7 +297,8 @@ def _int8_module(module: nn.Module, weights: list[Tensor]) -> nn.Module:
         return copy.deepcopy(module).eval()
     if isinstance(module, PathEmbeddingBag):
         return Int8PathEmbeddingBag(module)
-    raise TypeError(f"no int8 form of {type(module).__name__}")
+    reason = " (TT-Rec's cores are not tables of rows)" if isinstance(module, TTEmbeddingBag) else ""
+    raise NoInt8FormError(f"no int8 form of {type(module).__name__}{reason}")
 
 
 @torch.no_grad()
@@ -301,7 +308,10 @@ def quantize_collection(collection: EmbeddingCollection) -> EmbeddingCollection:
     # The per-feature modules are built on the meta device (no memory), then replaced.
     out = EmbeddingCollection(collection.configs, threshold=0, output=collection.output, device="meta")
     for name in collection.feature_names:
-        out.embeddings[name] = _int8_module(collection.feature_module(name), collection.table_weights(name))
+        try:
+            out.embeddings[name] = _int8_module(collection.feature_module(name), collection.table_weights(name))
+        except NoInt8FormError as err:
+            raise NoInt8FormError(f"feature {name!r}: {err}; serve this model in float32, without --int8") from None
     return out
 
 
