@@ -4,7 +4,7 @@ Layout: serving may import data, models and training; only the cli imports servi
 """
 from .export import ExportResult, export_run
 from .predict import ServedModel, load_served, predict_file
-from .quantize import embedding_bytes, quantize_collection, quantize_int8
+from .quantize import NoInt8FormError, embedding_bytes, quantize_collection, quantize_int8
 
-__all__ = ["quantize_int8", "quantize_collection", "embedding_bytes", "export_run", "ExportResult", "load_served",
+__all__ = ["quantize_int8", "quantize_collection", "embedding_bytes", "NoInt8FormError", "export_run", "ExportResult", "load_served",
            "ServedModel", "predict_file"]

@@ -43,8 +43,9 @@ from ..embedding.robe import ROBEEmbeddingBag, universal_hash
 from ..embedding.tt import TTEmbeddingBag
 from ..partitions import check_ids
 
-__all__ = ["NoInt8FormError", "Int8Table", "Int8CompositionalEmbeddingBag", "Int8HybridEmbeddingBag", "Int8PathEmbeddingBag",
-           "Int8ROBEEmbeddingBag", "Int8CCEEmbeddingBag", "Int8MixedDimEmbeddingBag", "quantize_int8", "quantize_collection", "embedding_bytes"]
+__all__ = ["NoInt8FormError", "Int8Table", "Int8CompositionalEmbeddingBag", "Int8HybridEmbeddingBag",
+           "Int8PathEmbeddingBag", "Int8ROBEEmbeddingBag", "Int8CCEEmbeddingBag", "Int8MixedDimEmbeddingBag",
+           "quantize_int8", "quantize_collection", "embedding_bytes"]
 
 BYTES_PER_ROW_EXTRA = 8  # fp32 scale + fp32 bias
 
