@@ -18,16 +18,12 @@ from torch import nn
 
 from ..models import build_model
 from ..models.factory import FeatureSpec
-from ..planning import format_bytes
+from ..planning import STATE_FACTORS, format_bytes
 from .config import TrainConfig
 from .optim import split_parameters, uses_sparse_gradients
 
 __all__ = ["InsufficientMemoryError", "ModelMemory", "model_memory", "available_memory", "check_memory"]
 
-# Optimizer state per parameter value (the module table of ``training.optim``): Adagrad one sum of squares,
-# Adam two moments, AMSGrad also their running maximum. Row-wise Adagrad's tables keep one value per row;
-# its dense layers use Adagrad.
-_STATE_PER_VALUE = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 1, "adam": 2, "amsgrad": 3}
 
 
 class InsufficientMemoryError(ValueError):
@@ -46,9 +42,12 @@ class ModelMemory:
 
 
 def _state_bytes(params: list[torch.Tensor], optimizer: str, rowwise: bool) -> int:
-    if rowwise:  # one accumulator per row (a 1-D parameter: per value)
+    """Optimizer-state bytes of ``params``: one accumulator per row (a 1-D parameter: per value) when
+    ``rowwise``, else ``planning.STATE_FACTORS`` values per value (row-wise Adagrad's dense layers use Adagrad)."""
+    if rowwise:
         return sum(p.shape[0] * p.element_size() for p in params)
-    return sum(p.numel() * p.element_size() * _STATE_PER_VALUE[optimizer] for p in params)
+    factor = STATE_FACTORS["adagrad" if optimizer == "rowwise_adagrad" else optimizer]
+    return int(sum(p.numel() * p.element_size() * factor for p in params))
 
 
 def model_memory(config: TrainConfig, info: FeatureSpec) -> ModelMemory:
