@@ -41,6 +41,27 @@ def _inputs(batch: int = 9) -> tuple[torch.Tensor, torch.Tensor, dict]:
     return dense, ids, bags
 
 
+def _assert_close_to_float(model: torch.nn.Module, quantized: torch.nn.Module, changed: bool = True) -> None:
+    """The int8 model's logits are within 2% of the float model's, on one-hot ids and on bags; ``changed``:
+    the tables did change (not the same logits bit for bit)."""
+    dense, ids, bags = _inputs()
+    with torch.no_grad():
+        for features in (ids, bags):
+            expected, got = model(dense, features), quantized(dense, features)
+            # logits of a random model are ~0.1: an int8 step of a table row is ~1/255 of its range
+            assert (got - expected).abs().max() < 0.02 * expected.abs().max() + 1e-4
+            assert torch.equal(got, expected) != changed
+
+
+def _assert_exports(quantized: torch.nn.Module) -> None:
+    """Exported on one batch, the program gives the model's logits on a batch of another size."""
+    dense, ids, _ = _inputs()
+    program = export_model(quantized, dense, ids)
+    dense2, ids2, _ = _inputs(5)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(dense2, ids2), quantized(dense2, ids2))
+
+
 def test_table_codes_within_half_a_step_of_each_row() -> None:
     w = torch.randn(40, 16) * torch.logspace(-3, 1, 40).unsqueeze(1)  # rows of very different ranges
     table = Int8Table(w)
@@ -57,13 +78,7 @@ def test_table_codes_within_half_a_step_of_each_row() -> None:
 def test_every_scheme_quantises_close_to_float_with_exact_bytes(scheme: dict, fused: bool) -> None:
     model = _model(fused, **scheme)
     quantized = quantize_int8(model)
-    dense, ids, bags = _inputs()
-    with torch.no_grad():
-        for features in (ids, bags):
-            expected, got = model(dense, features), quantized(dense, features)
-            # logits of a random model are ~0.1: an int8 step of a table row is ~1/255 of its range
-            assert (got - expected).abs().max() < 0.02 * expected.abs().max() + 1e-4
-            assert not torch.equal(got, expected)  # the tables did change
+    _assert_close_to_float(model, quantized)
     # bytes: every table rows * (d + 8); path MLPs stay float (4 bytes a value)
     expected_bytes = 0
     for name in model.embeddings.feature_names:
@@ -154,12 +169,7 @@ def test_robe_arrays_dequantise_value_by_value_at_the_float_positions() -> None:
 def test_robe_and_hybrid_robe_models_quantise_and_export(scheme: dict, fused: bool) -> None:
     model = _model(fused, **scheme)
     quantized = quantize_int8(model)
-    dense, ids, bags = _inputs()
-    with torch.no_grad():
-        for features in (ids, bags):
-            expected, got = model(dense, features), quantized(dense, features)
-            assert (got - expected).abs().max() < 0.02 * expected.abs().max() + 1e-4
-            assert not torch.equal(got, expected)
+    _assert_close_to_float(model, quantized)
     # the arrays' bytes: rows of D = 8 values, each 8 codes + fp32 scale and bias (hash buffers aside)
     arrays = [w for name in model.embeddings.feature_names
               for w in (model.embeddings.table_weights(name) or [model.embeddings.feature_module(name).weight])]
@@ -167,10 +177,7 @@ def test_robe_and_hybrid_robe_models_quantise_and_export(scheme: dict, fused: bo
     hashes = sum(b.numel() * b.element_size() for n, b in quantized.embeddings.named_buffers()
                  if n.rsplit(".", 1)[-1].startswith(("hash_", "sign_")))
     assert embedding_bytes(quantized.embeddings) - hashes == expected_bytes
-    program = export_model(quantized, dense, ids)
-    dense2, ids2, _ = _inputs(5)
-    with torch.no_grad():
-        torch.testing.assert_close(program.module()(dense2, ids2), quantized(dense2, ids2))
+    _assert_exports(quantized)
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -178,12 +185,7 @@ def test_robe_and_hybrid_robe_models_quantise_and_export(scheme: dict, fused: bo
 def test_cce_mixed_dimension_and_dhe_models_quantise_and_export(scheme: str, fused: bool) -> None:
     model = _model(fused, scheme=scheme)
     quantized = quantize_int8(model)
-    dense, ids, bags = _inputs()
-    with torch.no_grad():
-        for features in (ids, bags):
-            expected, got = model(dense, features), quantized(dense, features)
-            assert (got - expected).abs().max() < 0.02 * expected.abs().max() + 1e-4
-            assert torch.equal(got, expected) == (scheme == "dhe")  # DHE has no table: the same float model
+    _assert_close_to_float(model, quantized, changed=scheme != "dhe")  # DHE has no table: the same float model
     expected_bytes = 0
     for name in model.embeddings.feature_names:
         module = model.embeddings.feature_module(name)
@@ -197,10 +199,7 @@ def test_cce_mixed_dimension_and_dhe_models_quantise_and_export(scheme: str, fus
         else:
             expected_bytes += sum(t.numel() * t.element_size() for t in module.state_dict().values())
     assert embedding_bytes(quantized.embeddings) == expected_bytes
-    program = export_model(quantized, dense, ids)
-    dense2, ids2, _ = _inputs(5)
-    with torch.no_grad():
-        torch.testing.assert_close(program.module()(dense2, ids2), quantized(dense2, ids2))
+    _assert_exports(quantized)
 
 
 def test_schemes_without_an_int8_form_say_so() -> None:
