@@ -190,6 +190,21 @@ def test_demo_keeps_the_data_fixed_across_model_seeds(capsys):
     assert capsys.readouterr().out.split("Bayes-optimal test loss (true click probabilities): ")[1][:7] != bayes[0]
 
 
+def test_resume_with_the_dataset_moved_takes_its_new_path(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["synth", "--out", "ds", "--rows", "3000", "--scale", "0.0005", "--quiet"]) == 0
+    run = ["--out", "run", "--no-progress"]
+    assert main(["train", "--data", "ds", *run, *TINY[4:], "--max-steps", "4", "--checkpoint-every", "2"]) == 0
+    (tmp_path / "ds").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["train", "--resume", *run]) == 4  # the stored path is gone
+    assert "no such dataset directory" in capsys.readouterr().err
+    assert main(["train", "--resume", *run, "--data", "moved"]) == 0  # the same dataset (its identity)
+    assert load_config(tmp_path / "run" / "config.toml").data.source == str(tmp_path / "moved")
+    assert main(["train", "--resume", *run, "--lr", "0.3"]) == 2
+    assert "takes no --config or run options but --data (got --lr)" in capsys.readouterr().err
+
+
 def test_run_files_get_the_umask_mode_and_the_data_path_is_stored_absolute(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     old = os.umask(0o022)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from compembed.data import DatasetFormatError, DatasetInfo, SyntheticConfig, SyntheticCTR, open_dataset
 from compembed.data.export import save_synthetic
-from compembed.data.store import StoreBuilder
+from compembed.data.store import StoreBuilder, dataset_identity
 from compembed.data.table import TableSpec, prepare_table
 from compembed.data.transform import DenseTransform, load_dense_transforms
 from compembed.data.vocab import load_id_maps
@@ -66,3 +67,16 @@ def test_dataset_prepared_before_counts_still_opens(tmp_path: Path) -> None:
     assert maps["u"].missing_id == 0 and maps["u"].rare_id == 1
     np.testing.assert_array_equal(maps["u"].ids(["b", "a", "zz"]), [3, 2, 1])
     assert load_dense_transforms(tmp_path / "o") == {"n": DenseTransform("log1p")}
+
+
+def test_a_dataset_keeps_its_identity_when_moved_or_copied_and_another_has_another(tmp_path):
+    small = dict(num_rows=300, cardinality_scale=0.0005)
+    save_synthetic(SyntheticCTR(SyntheticConfig(**small, seed=0)), tmp_path / "a", progress=False)
+    identity = dataset_identity(tmp_path / "a")
+    assert identity is not None and identity.startswith("sha1:")
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    (tmp_path / "a").rename(tmp_path / "moved")
+    assert dataset_identity(tmp_path / "copy") == dataset_identity(tmp_path / "moved") == identity
+    assert dataset_identity(tmp_path / "a") is None  # nothing there any more
+    save_synthetic(SyntheticCTR(SyntheticConfig(**small, seed=1)), tmp_path / "other", progress=False)
+    assert dataset_identity(tmp_path / "other") not in (None, identity)

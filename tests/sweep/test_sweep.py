@@ -40,6 +40,12 @@ class Killed(Exception):
     pass
 
 
+def _fake_measure(cell, workdir):
+    return {"embedding_parameters": 10, "parameters": 20, "bytes": 40, "full_embedding_parameters": 30,
+            "compression_ratio": 3.0, "val_loss": 0.5, "test_loss": 0.5, "test_accuracy": 0.7,
+            "test_auc": 0.6, "bayes_loss": 0.4, "train_samples": 100, "samples_per_s": 1000.0}
+
+
 def test_finished_cells_are_not_rerun(tmp_path):
     spec = dataclasses.replace(preset("tiny"), studies=("collisions",))
     calls, kill_at = [], [3]
@@ -48,9 +54,7 @@ def test_finished_cells_are_not_rerun(tmp_path):
         calls.append(cell.key)
         if len(calls) == kill_at[0]:
             raise Killed  # the sweep is killed in its third cell
-        return {"embedding_parameters": 10, "parameters": 20, "bytes": 40, "full_embedding_parameters": 30,
-                "compression_ratio": 3.0, "val_loss": 0.5, "test_loss": 0.5, "test_accuracy": 0.7,
-                "test_auc": 0.6, "bayes_loss": 0.4, "train_samples": 100, "samples_per_s": 1000.0}
+        return _fake_measure(cell, workdir)
 
     with pytest.raises(Killed):
         run_sweep(spec, tmp_path, fake, progress=False)
@@ -62,6 +66,39 @@ def test_finished_cells_are_not_rerun(tmp_path):
     assert len(rows) == len(spec.cells())
     assert not set(calls[1:]) & set(first[:2]), "finished cells ran again"
     assert calls[0] == first[2]  # the interrupted cell is the first one redone
+
+
+def test_a_sweep_over_a_moved_dataset_keeps_its_cells_and_adopts_cells_keyed_by_path(tmp_path):
+    from compembed.data import SyntheticConfig, SyntheticCTR
+    from compembed.data.export import save_synthetic
+    from compembed.sweep.grid import legacy_cell_key
+    from compembed.training import DataConfig
+
+    save_synthetic(SyntheticCTR(SyntheticConfig(num_rows=300, cardinality_scale=0.0005)), tmp_path / "data",
+                   progress=False)
+
+    def spec_at(folder):
+        tiny = dataclasses.replace(preset("tiny"), studies=("collisions",))
+        return dataclasses.replace(tiny, base=dataclasses.replace(tiny.base, data=DataConfig(source=str(folder))))
+
+    def refuse(cell, workdir):
+        raise AssertionError(f"cell {cell.key} ran again")
+
+    spec = spec_at(tmp_path / "data")
+    rows, keys = run_sweep(spec, tmp_path / "out", _fake_measure, progress=False), [c.key for c in spec.cells()]
+    (tmp_path / "data").rename(tmp_path / "moved")
+    moved = spec_at(tmp_path / "moved")
+    assert [c.key for c in moved.cells()] == keys  # keyed by the data's identity, not its path
+    assert run_sweep(moved, tmp_path / "out", refuse, progress=False) == rows
+    # cells a sweep stored under their key of before (the data's path) are renamed, not rerun
+    cells = tmp_path / "out" / "cells"
+    for cell in moved.cells():
+        row = json.loads((cells / f"{cell.key}.json").read_text())
+        (cells / f"{cell.key}.json").unlink()
+        (cells / f"{legacy_cell_key(cell.config)}.json").write_text(json.dumps({**row, "key": "old"}))
+        assert legacy_cell_key(cell.config) != cell.key
+    assert run_sweep(moved, tmp_path / "out", refuse, progress=False) == rows
+    assert sorted(p.stem for p in cells.glob("*.json")) == sorted(c.key for c in moved.cells())
 
 
 def _summary(label, loss, arch="dlrm", threshold=1, scheme="qr", operation="mult", c=4, params=1000):

@@ -1,13 +1,17 @@
 """The training loop: learning, determinism, kill-and-resume equality, NaN stops, checkpoint safety."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from compembed.training import NonFiniteLossError, OptimConfig, train
+from compembed.data import SyntheticConfig, SyntheticCTR
+from compembed.data.export import save_synthetic
+from compembed.training import DataConfig, NonFiniteLossError, OptimConfig, train
 from compembed.training.checkpoint import load_checkpoint
 from compembed.training.loop import CHECKPOINT, METRICS, SUMMARY
 
@@ -89,6 +93,28 @@ def test_refuses_to_overwrite_or_resume_another_config(tmp_path):
     with pytest.raises(ValueError, match=r"\[optim\] lr: checkpoint 0.05, now 0.1"):
         train(config(max_steps=5, optim=OptimConfig(name="adagrad", lr=0.1)), dataset, out_dir=tmp_path, resume=True,
               progress=False)
+
+
+def test_a_run_resumes_with_its_dataset_moved_and_refuses_another_dataset_there(tmp_path):
+    small = dict(num_rows=2000, cardinality_scale=0.0005)
+    save_synthetic(SyntheticCTR(SyntheticConfig(**small, seed=0)), tmp_path / "data", progress=False)
+    cfg = config(data=DataConfig(source=str(tmp_path / "data")))
+    whole = train(cfg, out_dir=tmp_path / "whole", progress=False)
+    with pytest.raises(Interrupt):
+        train(cfg, out_dir=tmp_path / "cut", progress=False, on_step=interrupt_at(7))
+    (tmp_path / "data").rename(tmp_path / "moved")  # the same dataset, elsewhere
+    moved = dataclasses.replace(cfg, data=DataConfig(source=str(tmp_path / "moved")))
+    resumed = train(moved, out_dir=tmp_path / "cut", resume=True, progress=False)
+    pw, pr = params(whole.model), params(resumed.model)
+    assert all(torch.equal(pw[k], pr[k]) for k in pw) and whole.train_loss == resumed.train_loss
+    # a run whose dataset is replaced by another at the same path is refused (before, it resumed on it)
+    save_synthetic(SyntheticCTR(SyntheticConfig(**small, seed=1)), tmp_path / "data", progress=False)
+    with pytest.raises(Interrupt):
+        train(cfg, out_dir=tmp_path / "other", progress=False, on_step=interrupt_at(7))
+    shutil.rmtree(tmp_path / "data")
+    save_synthetic(SyntheticCTR(SyntheticConfig(**small, seed=2)), tmp_path / "data", progress=False)
+    with pytest.raises(ValueError, match="holds another dataset than the run's"):
+        train(cfg, out_dir=tmp_path / "other", resume=True, progress=False)
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):

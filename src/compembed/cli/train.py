@@ -217,12 +217,16 @@ def run_train(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.resume:
-        if args.config or given_options(args):
+        given = [flag for flag in given_options(args) if flag != "--data"]
+        if args.config or given:
             raise UsageError(f"--resume continues the run described by {out / CONFIG}; it takes no --config or "
-                             f"run options (got {', '.join(given_options(args)) or '--config'})")
+                             f"run options but --data (got {', '.join(given) or '--config'})")
         if not (out / CONFIG).exists():
             raise UsageError(f"--resume: {out} holds no run ({CONFIG} is missing)")
         config = load_config(out / CONFIG)
+        moved = getattr(args, "data.source", None)
+        if moved is not None:  # the run's dataset at another path: the checkpoint checks that it is the same
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=moved))
     else:
         config = config_from_args(args)
     if args.write_config:

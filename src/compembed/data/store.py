@@ -23,6 +23,8 @@ dataset that opens.
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -35,7 +37,7 @@ import numpy as np
 from ..io import fsync_dir, named_os_error, write_json_atomic
 from .dataset import SPLITS, ArrayDataset, DatasetInfo
 
-__all__ = ["FORMAT", "StoreBuilder", "open_dataset", "read_meta", "DatasetFormatError"]
+__all__ = ["FORMAT", "StoreBuilder", "open_dataset", "read_meta", "dataset_identity", "DatasetFormatError"]
 
 FORMAT = "compembed-ctr"
 VERSION = 1
@@ -207,6 +209,30 @@ def read_meta(path: str | os.PathLike) -> dict:
     if meta.get("version") != VERSION:
         raise DatasetFormatError(f"{meta_path}: version {meta.get('version')}, this compembed reads {VERSION}")
     return meta
+
+
+def dataset_identity(path: str | os.PathLike) -> str | None:
+    """What names a prepared dataset wherever its directory lies: ``sha1:`` and the digest of its
+    ``meta.json``, or None where ``path`` holds no ``meta.json``.
+
+    ``meta.json`` is written last, by ``prepare`` alone, and holds what the arrays are made of: the row
+    count, the splits, the cardinalities and value counts, the source files and their bytes, and the
+    preprocessing. So a moved or copied dataset keeps its identity, and one prepared from other data
+    (or otherwise) gets another. Runs and sweep cells use it instead of the directory's path
+    (``training.rundir``, ``sweep.grid.cell_key``).
+    """
+    meta = Path(path) / "meta.json"
+    try:
+        stat = meta.stat()
+    except OSError:
+        return None
+    return _identity(str(meta.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _identity(meta: str, mtime_ns: int, size: int) -> str:
+    """The digest of ``meta`` (read once per version of the file: a sweep asks for it per cell)."""
+    return "sha1:" + hashlib.sha1(Path(meta).read_bytes()).hexdigest()
 
 
 def open_dataset(path: str | os.PathLike, mmap: bool = True) -> ArrayDataset:

@@ -8,8 +8,9 @@ import math
 from dataclasses import dataclass, field
 
 from ..training.config import TrainConfig, config_to_dict
+from ..training.rundir import data_identity
 
-__all__ = ["STUDIES", "SweepSpec", "Cell", "PRESETS", "cell_key"]
+__all__ = ["STUDIES", "SweepSpec", "Cell", "PRESETS", "cell_key", "legacy_cell_key"]
 
 PAPER_STUDIES = ("collisions", "generalized", "path", "threshold")
 STUDIES = (*PAPER_STUDIES, "budget")
@@ -43,11 +44,25 @@ class Cell:
 def cell_key(config: TrainConfig) -> str:
     """A stable id of a run's config: finished cells are found again by it when a sweep resumes.
 
-    ``[data]`` keeps its synthetic settings even for a prepared dataset (which ``config_to_dict`` leaves
-    out), so that sweeps begun before that change find their cells again.
+    A prepared dataset is named by its identity (``training.rundir.data_identity``), not its path, so
+    a sweep resumes with its data moved, copied or mounted elsewhere. ``[data]`` keeps its synthetic
+    settings even for a prepared dataset (which ``config_to_dict`` leaves out), so that sweeps begun
+    before that change find their cells again.
     """
+    identity = data_identity(config.data)
+    return _key(config, config.data.source if identity is None else identity)
+
+
+def legacy_cell_key(config: TrainConfig) -> str:
+    """The key of ``config``'s cell before keys named a prepared dataset by its identity: by its path
+    (``runner.adopt_legacy_cells`` renames such cells)."""
+    return _key(config, config.data.source)
+
+
+def _key(config: TrainConfig, source: str) -> str:
     raw = config_to_dict(config)
     raw["data"] = {k: v for k, v in dataclasses.asdict(config.data).items() if v is not None and v != ""}
+    raw["data"]["source"] = source
     text = json.dumps(raw, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 

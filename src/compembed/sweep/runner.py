@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import json
 import multiprocessing
 import os
 import shutil
@@ -18,10 +19,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..io import write_json_atomic
-from .grid import Cell, SweepSpec
+from .grid import Cell, SweepSpec, legacy_cell_key
 from .results import load_rows, write_table
 
-__all__ = ["run_sweep", "cell_row", "cell_train_config", "rows_of", "select_cells", "train_cell", "tuned_lrs"]
+__all__ = ["run_sweep", "adopt_legacy_cells", "cell_row", "cell_train_config", "rows_of", "select_cells", "train_cell", "tuned_lrs"]
 
 # Runs one cell in a scratch folder and returns what it measured (the keys of results.COLUMNS).
 RunCell = Callable[[Cell, Path], dict[str, Any]]
@@ -80,6 +81,7 @@ def run_sweep(
     tried: set[str] = set()
     while True:
         cells = spec.cells(info, tuned=tuned_lrs(spec, cells_dir, info))
+        adopt_legacy_cells(cells, cells_dir, scratch)
         done = {p.stem for p in cells_dir.glob("*.json")}
         mine = select_cells(cells, only, part)
         todo = [c for c in mine if c.key not in done and c.key not in tried]
@@ -95,6 +97,28 @@ def run_sweep(
     rows = rows_of(cells, cells_dir)
     write_table(rows, out_dir)
     return rows
+
+
+def adopt_legacy_cells(cells: list[Cell], cells_dir: Path, scratch: Path) -> int:
+    """Rename the finished cells (and the scratch folders of cells cut short) that a sweep stored under
+    their key of before keys named a prepared dataset by its identity (``grid.legacy_cell_key``: by its
+    path; the data must still be there for this), so that they count under their key now. Returns how
+    many cells were renamed."""
+    adopted = 0
+    for cell in cells:
+        if cell.config.data.source == "synthetic":
+            continue  # synthetic data: the key is the one it always was
+        old = legacy_cell_key(cell.config)
+        if old == cell.key:
+            continue
+        stored, current = cells_dir / f"{old}.json", cells_dir / f"{cell.key}.json"
+        if stored.exists() and not current.exists():
+            write_json_atomic(current, {**json.loads(stored.read_text()), "key": cell.key})
+            stored.unlink()
+            adopted += 1
+        if (scratch / old).is_dir() and not (scratch / cell.key).exists():
+            (scratch / old).rename(scratch / cell.key)
+    return adopted
 
 
 def tuned_lrs(spec: SweepSpec, cells_dir: Path, info=None) -> dict[str, float]:

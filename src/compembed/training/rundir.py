@@ -1,8 +1,10 @@
 """A run's directory: its files, the loop state, and the checks that make a resume continue the same run.
 
 - ``config.toml``: the run's config, written at the start.
-- ``checkpoint.safetensors``: the last parameters, the optimizers' state, the loop state and the RNG;
-  written every ``checkpoint_every`` steps, at the end of each epoch and of the run.
+- ``checkpoint.safetensors``: the last parameters, the optimizers' state, the loop state, the RNG and
+  the prepared dataset's identity (``data.store.dataset_identity``: a run resumes with its dataset
+  moved or copied elsewhere); written every ``checkpoint_every`` steps, at the end of each epoch and
+  of the run.
 - ``best.safetensors``: the parameters of the lowest ``val`` loss so far (with ``keep_best``).
 - ``metrics.jsonl``: training and evaluation records, as they come (see ``MetricsLog``).
 - ``summary.json``: ``RunResult.to_dict()``, at the end.
@@ -21,12 +23,13 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
+from ..data.store import dataset_identity
 from ..distributed import DistContext
 from ..io import atomic_write_bytes
 from .checkpoint import CheckpointCorruptError, check_state, load_checkpoint, read_checkpoint_state, save_checkpoint
-from .config import LEFT_OUT_AT, TrainConfig, config_from_dict, config_to_dict, load_config, save_config
+from .config import LEFT_OUT_AT, DataConfig, TrainConfig, config_from_dict, config_to_dict, load_config, save_config
 
-__all__ = ["CHECKPOINT", "METRICS", "SUMMARY", "CONFIG", "BEST", "RunDir", "fresh_state", "check_resumable",
+__all__ = ["CHECKPOINT", "METRICS", "SUMMARY", "CONFIG", "BEST", "RunDir", "fresh_state", "check_resumable", "data_identity",
            "LOOP_SCHEMA", "BEST_SCHEMA",
            "TrainedRun", "load_run"]
 
@@ -59,10 +62,18 @@ LOOP_SCHEMA = {"epoch": int, "batch": int, "step": int, "samples": int, "loss_su
                        "stopped_early": bool}}
 
 
-def check_resumable(stored: dict[str, Any], config: TrainConfig, path: Path) -> None:
+def data_identity(data: DataConfig) -> str | None:
+    """The identity of a run's prepared dataset (``data.store.dataset_identity``); None for synthetic data
+    (its settings are the identity) or a directory without ``meta.json``."""
+    return None if data.source == "synthetic" else dataset_identity(data.source)
+
+
+def check_resumable(stored: dict[str, Any], config: TrainConfig, path: Path, same_data: bool = False) -> None:
     """Raise unless ``config`` gives the same result as the checkpoint's ``stored`` config (as a dict).
 
-    Keys the stored config lacks (written before they existed) count as their defaults.
+    Keys the stored config lacks (written before they existed) count as their defaults. ``same_data``:
+    the checkpoint's dataset has this run's identity, so a new path to it (moved, copied, mounted
+    elsewhere) is no difference.
     """
     try:
         stored = config_to_dict(config_from_dict(stored, where=str(path)))
@@ -75,7 +86,9 @@ def check_resumable(stored: dict[str, Any], config: TrainConfig, path: Path) -> 
         if section == "train":  # keys left out at their default: show the value
             a, b = {**LEFT_OUT_AT, **a}, {**LEFT_OUT_AT, **b}
         for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key) and not (section == "train" and key in _RESULT_NEUTRAL):
+            neutral = (section == "train" and key in _RESULT_NEUTRAL) or (section == "data" and key == "source"
+                                                                          and same_data)
+            if a.get(key) != b.get(key) and not neutral:
                 diffs.append(f"[{section}] {key}: checkpoint {a.get(key)!r}, now {b.get(key)!r}")
     if diffs:
         raise ValueError(f"cannot resume from {path}: the config differs, so the result would too:\n  " + "\n  ".join(diffs))
@@ -104,7 +117,8 @@ class RunDir:
 
         Raises:
             FileExistsError: the directory holds a run and ``resume`` is False.
-            ValueError: the checkpoint's config or world size differs from this run's.
+            ValueError: the checkpoint's config, dataset (its identity, wherever it lies now) or world
+                size differs from this run's.
         """
         state = fresh_state(self.ctx.world_size)
         if self.path is None:
@@ -118,7 +132,12 @@ class RunDir:
             check_state(stored, {"loop": dict, "config": dict}, ckpt, "state")
             if not all(isinstance(section, dict) for section in stored["config"].values()):
                 raise CheckpointCorruptError(ckpt, "its stored config is not a table of sections")
-            check_resumable(stored["config"], config, ckpt)
+            identity, then = data_identity(config.data), stored.get("data")
+            if identity is not None and then is not None and identity != then:
+                raise ValueError(f"cannot resume from {ckpt}: {config.data.source} holds another dataset than the "
+                                 f"run's ({identity}, the run's {then}: prepared from other data or otherwise), so "
+                                 f"the result would differ")
+            check_resumable(stored["config"], config, ckpt, same_data=identity is not None and then == identity)
             # keys a checkpoint lacks (written before they existed) start fresh; its world size is 1
             state = {**fresh_state(), **load_checkpoint(ckpt, model, optimizers)["loop"]}
             check_state(state, LOOP_SCHEMA, ckpt, "loop state")
@@ -135,7 +154,8 @@ class RunDir:
         """Save the last parameters, the optimizers' state and the loop state (main rank only)."""
         path = self.file(CHECKPOINT, writer=True)
         if path is not None:
-            save_checkpoint(path, model, optimizers, {"loop": state, "config": config_to_dict(config)})
+            save_checkpoint(path, model, optimizers, {"loop": state, "config": config_to_dict(config),
+                                                      "data": data_identity(config.data)})
 
     def last_checkpoint(self) -> Path | None:
         """The checkpoint on disk, if any (for error messages)."""
