@@ -283,6 +283,27 @@ def test_killed_sweep_leaves_no_worker_behind_and_resumes(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json") if p.name in kept} == kept
 
 
+def _killed_from_outside(cell, workdir):
+    os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer does
+
+
+def test_a_worker_killed_from_outside_is_named_and_the_cli_says_what_to_do(tmp_path, capsys, monkeypatch):
+    from compembed.cli import sweep as sweep_cli
+    from compembed.sweep.runner import WorkerDiedError
+
+    spec = dataclasses.replace(preset("tiny"), studies=("collisions",))
+    with pytest.raises(WorkerDiedError, match="a worker process died .* rerun the same command .* fewer --jobs"):
+        run_sweep(spec, tmp_path / "out", _killed_from_outside, progress=False, jobs=2)
+
+    def died(*args, **kwargs):
+        raise WorkerDiedError("a worker process died")
+
+    monkeypatch.setattr(sweep_cli, "run_sweep", died)
+    assert main(["sweep", "--preset", "tiny", "--out", str(tmp_path / "cli")]) == 1
+    err = capsys.readouterr().err
+    assert "error: a worker process died" in err and "unexpected" not in err and "a bug" not in err
+
+
 def test_budget_study_sizes_robe_and_dhe_cells():
     from compembed.data.synthetic import SyntheticConfig, SyntheticCTR
     from compembed.models import build_collection

@@ -5,8 +5,8 @@ to codes (the README lists them):
 
 ==== =====================================================================================
 0    success
-1    a check the command makes failed (``demo --memory``), or an unexpected error (a bug:
-     ``compembed --debug ...`` shows its traceback)
+1    a check the command makes failed (``demo --memory``), a sweep worker killed from outside,
+     or an unexpected error (a bug: ``compembed --debug ...`` shows its traceback)
 2    usage or config: a bad option, config key or value, an output that exists (without
      ``--overwrite`` or ``--resume``), a run that cannot be resumed with this config
 3    data: malformed input data (file, line, column), a directory that is not a complete

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..sweep import PRESETS, STUDIES, judge_claims, make_plots, preset, run_sweep, summarize, train_cell, write_report
 from ..sweep.results import write_table
-from ..sweep.runner import CHECKPOINT_EVERY
+from ..sweep.runner import CHECKPOINT_EVERY, WorkerDiedError
+from .errors import CommandError
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -155,7 +156,10 @@ def run(args: argparse.Namespace) -> int:
             write_table(rows, out)  # the table matches the rebuilt report
     else:
         run_cell = functools.partial(train_cell, checkpoint_every=args.checkpoint_every)
-        rows = run_sweep(spec, out, run_cell, jobs=args.jobs, info=info, only=args.only, part=args.part)
+        try:
+            rows = run_sweep(spec, out, run_cell, jobs=args.jobs, info=info, only=args.only, part=args.part)
+        except WorkerDiedError as err:  # not a bug of compembed: say so, with what to do
+            raise CommandError(str(err)) from None
         cells = spec.cells(info, tuned=tuned_lrs(spec, out / "cells", info))
     if not rows:
         print(f"no finished runs in {out}/cells", file=sys.stderr)

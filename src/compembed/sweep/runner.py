@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,11 @@ from ..io import write_json_atomic
 from .grid import Cell, SweepSpec, legacy_cell_key
 from .results import load_rows, write_table
 
-__all__ = ["run_sweep", "adopt_legacy_cells", "cell_row", "cell_train_config", "rows_of", "select_cells", "train_cell", "tuned_lrs"]
+__all__ = ["WorkerDiedError", "run_sweep", "adopt_legacy_cells", "cell_row", "cell_train_config", "rows_of", "select_cells", "train_cell", "tuned_lrs"]
+
+class WorkerDiedError(RuntimeError):
+    """A worker process of a parallel sweep died (killed from outside: the kernel's OOM killer, a signal)."""
+
 
 # Runs one cell in a scratch folder and returns what it measured (the keys of results.COLUMNS).
 RunCell = Callable[[Cell, Path], dict[str, Any]]
@@ -155,7 +160,17 @@ def _run_cells(todo: list[Cell], cells: list[Cell], cells_dir: Path, scratch: Pa
         futures = {pool.submit(_timed, run_cell, cell, scratch / cell.key): cell for cell in todo}
         try:
             for future in as_completed(futures):
-                finish(futures[future], future.result())
+                try:
+                    measured = future.result()
+                except BrokenProcessPool:
+                    cell = futures[future]
+                    raise WorkerDiedError(
+                        f"a worker process died (killed from outside: by the kernel's OOM killer, say, when "
+                        f"{jobs} runs at once need more memory than there is) while the sweep ran cells such as "
+                        f"{cell.config.model.arch} {cell.label} seed={cell.config.seed}. The finished cells are "
+                        f"kept and the others their last checkpoint: rerun the same command to go on, with "
+                        f"fewer --jobs if memory ran out") from None
+                finish(futures[future], measured)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
