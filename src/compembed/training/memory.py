@@ -11,6 +11,7 @@ top. So a run it refuses cannot fit, and a run it lets through may still be too 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,16 +26,16 @@ from .optim import split_parameters, uses_sparse_gradients
 __all__ = ["InsufficientMemoryError", "ModelMemory", "model_memory", "available_memory", "check_memory"]
 
 
-
 class InsufficientMemoryError(ValueError):
     """The run's model and optimizer state need more memory than its device has available."""
 
 
+@dataclass(frozen=True)
 class ModelMemory:
     """Bytes a run's model holds: ``model`` (parameters and buffers) and ``state`` (its optimizers' state)."""
 
-    def __init__(self, model: int, state: int) -> None:
-        self.model, self.state = model, state
+    model: int
+    state: int
 
     @property
     def total(self) -> int:
