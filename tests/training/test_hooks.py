@@ -72,6 +72,36 @@ def test_hooks_find_modules_and_reset_only_what_changed():
     assert not TrainStepHooks(torch.nn.Linear(2, 2), [opt])
 
 
+def test_a_module_that_says_it_is_due_is_announced_before_and_after_its_call():
+    class Slow(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2))
+
+        def due(self, step, epoch_end=False):
+            return step == 3
+
+        def on_train_step(self, step, epoch_end=False):
+            return [self.w] if self.due(step, epoch_end) else []
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), Slow())
+    notes = []
+    hooks = TrainStepHooks(model, [torch.optim.SGD(model.parameters(), lr=0.1)], notify=notes.append)
+    assert hooks(2) == [] and notes == []
+    assert hooks(3) == [model[1].w]
+    assert len(notes) == 2 and notes[0] == "step 3: 1 module(s) (Slow) update their parameters..."
+    assert notes[1].startswith("step 3: done in ") and notes[1].endswith(" s")
+
+
+def test_a_cce_run_announces_its_reclusterings_on_the_progress_bar(capsys):
+    train(cce_config(epochs=1), toy_dataset(), progress=True)
+    err = capsys.readouterr().err
+    # every 4 steps of the epoch's 24, and at its end: one line before each round, one after
+    announced = [line for line in err.replace("\r", "\n").splitlines() if "(CCEEmbeddingBag) update their" in line]
+    assert [line.split(":")[0] for line in announced] == [f"step {s}" for s in range(4, 25, 4)] + ["step 24"]
+    assert err.count("done in ") == len(announced)
+
+
 def test_a_cce_run_reclusters_at_its_steps_and_epoch_ends():
     result = train(cce_config(), toy_dataset(), progress=False)  # 2 epochs of 24 steps: every 4 steps, 2 epoch ends
     rounds = {k: int(v) for k, v in result.model.state_dict().items() if k.endswith(".round")}

@@ -264,10 +264,12 @@ class CCEEmbeddingBag(BagModule):
         at the end of an epoch, after its last step's call). Re-clusters when due; returns the
         re-initialised parameters (empty when nothing changed). The decision depends on ``step``,
         ``epoch_end`` and the ``round`` buffer only, so a resumed run repeats it exactly."""
+        return self.recluster() if self.due(step, epoch_end) else []
+
+    def due(self, step: int, epoch_end: bool = False) -> bool:
+        """Whether ``on_train_step(step, epoch_end)`` re-clusters (the loop announces it: it takes a while)."""
         due = self.at_epoch_end if epoch_end else bool(self.every_steps) and step % self.every_steps == 0
-        if not due or (self.max_rounds and int(self.round) >= self.max_rounds):
-            return []
-        return self.recluster()
+        return due and not (self.max_rounds and int(self.round) >= self.max_rounds)
 
     def extra_repr(self) -> str:
         s = (f"{self.num_embeddings}, {self.embedding_dim}, num_rows={self.num_rows}, "

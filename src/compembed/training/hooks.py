@@ -12,7 +12,8 @@ buffers only: the global step is in the checkpoint, and so are the module's buff
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -50,20 +51,32 @@ class TrainStepHooks:
     """The ``on_train_step`` methods of ``model``'s submodules, called with the optimizers to reset.
 
     ``hooks(step, epoch_end)`` calls each (in module order) and resets the optimizer state of the
-    parameters they re-initialised; it returns those parameters.
+    parameters they re-initialised; it returns those parameters. Modules that also have
+    ``due(step, epoch_end) -> bool`` (CCE: a re-clustering takes seconds to minutes) are announced to
+    ``notify``, one line before the step's calls and one after with the time they took, so that a
+    progress bar standing still is explained.
     """
 
-    def __init__(self, model: nn.Module, optimizers: Sequence[Optimizer]) -> None:
-        self.modules = [m for m in model.modules() if callable(getattr(m, "on_train_step", None))]
+    def __init__(self, model: nn.Module, optimizers: Sequence[Optimizer],
+                 notify: Callable[[str], None] | None = None) -> None:
+        self.modules = [(name, m) for name, m in model.named_modules() if callable(getattr(m, "on_train_step", None))]
         self.optimizers = list(optimizers)
+        self.notify = notify
 
     def __bool__(self) -> bool:
         return bool(self.modules)
 
     def __call__(self, step: int, epoch_end: bool = False) -> list[Tensor]:
+        due = [m for _, m in self.modules if callable(getattr(m, "due", None)) and m.due(step, epoch_end)]
+        if due and self.notify is not None:
+            kinds = ", ".join(sorted({type(m).__name__ for m in due}))
+            self.notify(f"step {step:,}: {len(due)} module(s) ({kinds}) update their parameters...")
+        start = time.perf_counter()
         changed: list[Tensor] = []
-        for module in self.modules:
+        for _, module in self.modules:
             changed.extend(module.on_train_step(step, epoch_end))
+        if due and self.notify is not None:
+            self.notify(f"step {step:,}: done in {time.perf_counter() - start:.1f} s")
         if changed:
             reset_optimizer_state(self.optimizers, changed)
         return changed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -199,7 +200,9 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
 
     net = wrap_model(model, ctx)  # DDP over the ranks (the model itself in one process)
     # modules that change their own parameters at set steps (CCE re-clusters); they reset the optimizer state
-    step_hooks = TrainStepHooks(model, optimizers)
+    # a CCE re-clustering (seconds to minutes) is announced above the progress bar, on its stream
+    notify = (lambda message: tqdm.write(message, file=sys.stderr)) if progress and ctx.is_main else None
+    step_hooks = TrainStepHooks(model, optimizers, notify=notify)
     live_units = LiveUnits(model)
     model.train()
     try:
