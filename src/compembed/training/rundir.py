@@ -29,9 +29,8 @@ from ..io import atomic_write_bytes
 from .checkpoint import CheckpointCorruptError, check_state, load_checkpoint, read_checkpoint_state, save_checkpoint
 from .config import LEFT_OUT_AT, DataConfig, TrainConfig, config_from_dict, config_to_dict, load_config, save_config
 
-__all__ = ["CHECKPOINT", "METRICS", "SUMMARY", "CONFIG", "BEST", "RunDir", "fresh_state", "check_resumable", "data_identity",
-           "LOOP_SCHEMA", "BEST_SCHEMA",
-           "TrainedRun", "load_run"]
+__all__ = ["CHECKPOINT", "METRICS", "SUMMARY", "CONFIG", "BEST", "RunDir", "fresh_state", "check_resumable",
+           "data_identity", "LOOP_SCHEMA", "BEST_SCHEMA", "TrainedRun", "load_run"]
 
 CHECKPOINT, METRICS, SUMMARY, CONFIG = "checkpoint.safetensors", "metrics.jsonl", "summary.json", "config.toml"
 BEST = "best.safetensors"
@@ -86,8 +85,8 @@ def check_resumable(stored: dict[str, Any], config: TrainConfig, path: Path, sam
         if section == "train":  # keys left out at their default: show the value
             a, b = {**LEFT_OUT_AT, **a}, {**LEFT_OUT_AT, **b}
         for key in sorted(set(a) | set(b)):
-            neutral = (section == "train" and key in _RESULT_NEUTRAL) or (section == "data" and key == "source"
-                                                                          and same_data)
+            neutral = ((section == "train" and key in _RESULT_NEUTRAL)
+                       or (section == "data" and key == "source" and same_data))
             if a.get(key) != b.get(key) and not neutral:
                 diffs.append(f"[{section}] {key}: checkpoint {a.get(key)!r}, now {b.get(key)!r}")
     if diffs:
