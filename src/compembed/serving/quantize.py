@@ -109,6 +109,16 @@ class Int8CompositionalEmbeddingBag(nn.Module):
     forward = BagModule.forward  # pools ``embed`` as every bag module does (padding_idx included)
 
 
+def _copy_bag(target: nn.Module, module: nn.Module, buffers: tuple[str, ...] = ()) -> None:
+    """Give an int8 module its float ``module``'s bag options (ids, D, pooling, padding; no sparse
+    gradients: it is not trained) and CPU copies of the float module's ``buffers`` (hashes, assignment)."""
+    target.num_embeddings, target.embedding_dim = module.num_embeddings, module.embedding_dim
+    target.mode, target.include_last_offset = module.mode, module.include_last_offset
+    target.padding_idx, target.sparse = module.padding_idx, False
+    for name in buffers:
+        target.register_buffer(name, getattr(module, name).detach().cpu().clone())
+
+
 class Int8ROBEEmbeddingBag(nn.Module):
     """``ROBEEmbeddingBag`` with an int8 array: the same hashed positions, each value dequantised on its own.
 
@@ -127,12 +137,9 @@ class Int8ROBEEmbeddingBag(nn.Module):
 
     def __init__(self, module: ROBEEmbeddingBag, weight: Tensor) -> None:
         super().__init__()
-        self.num_embeddings, self.embedding_dim, self.size = module.num_embeddings, module.embedding_dim, module.size
-        self.block_size, self.num_blocks, self.signs = module.block_size, module.num_blocks, module.signs
-        self.mode, self.include_last_offset = module.mode, module.include_last_offset
-        self.padding_idx, self.sparse = module.padding_idx, False
-        for name in ("hash_a", "hash_b") + (("sign_a", "sign_b") if module.signs else ()):
-            self.register_buffer(name, getattr(module, name).detach().cpu().clone())
+        _copy_bag(self, module, ("hash_a", "hash_b") + (("sign_a", "sign_b") if module.signs else ()))
+        self.size, self.block_size, self.num_blocks, self.signs = (module.size, module.block_size, module.num_blocks,
+                                                                   module.signs)
         if not module.signs:
             self.sign_a = self.sign_b = None
         self.register_buffer("block", torch.arange(module.block_size), persistent=False)
@@ -179,12 +186,8 @@ class Int8CCEEmbeddingBag(nn.Module):
 
     def __init__(self, module: CCEEmbeddingBag) -> None:
         super().__init__()
-        self.num_embeddings, self.embedding_dim = module.num_embeddings, module.embedding_dim
+        _copy_bag(self, module, ("assignment", "hash_a", "hash_b"))
         self.num_rows, self.num_columns = module.num_rows, module.num_columns
-        self.mode, self.include_last_offset = module.mode, module.include_last_offset
-        self.padding_idx, self.sparse = module.padding_idx, False
-        for name in ("assignment", "hash_a", "hash_b"):
-            self.register_buffer(name, getattr(module, name).detach().cpu().clone())
         self.clustered, self.hashed = Int8Table(module.clustered), Int8Table(module.hashed)
 
     def embed(self, input: Tensor) -> Tensor:
@@ -207,10 +210,8 @@ class Int8MixedDimEmbeddingBag(nn.Module):
 
     def __init__(self, module: MixedDimEmbeddingBag) -> None:
         super().__init__()
-        self.num_embeddings, self.embedding_dim = module.num_embeddings, module.embedding_dim
+        _copy_bag(self, module)
         self.starts, self.block_dims = module.starts, module.block_dims
-        self.mode, self.include_last_offset = module.mode, module.include_last_offset
-        self.padding_idx, self.sparse = module.padding_idx, False
         self.tables = nn.ModuleList(Int8Table(t) for t in module.tables)
         self.projections = nn.ParameterDict({k: nn.Parameter(p.detach().cpu().clone(), requires_grad=False)
                                              for k, p in module.projections.items()})
