@@ -6,7 +6,7 @@ from torch.export import Dim
 
 from compembed.embedding import CCEEmbeddingBag, EmbeddingCollection, FeatureConfig, FusedEmbeddingCollection
 from compembed.embedding import cce
-from compembed.embedding.cce import cce_index_bytes, kmeans, nearest
+from compembed.embedding.cce import cce_index_bytes, chunk_rows, kmeans, nearest
 from compembed.embedding.robe import PRIME
 from compembed.planning import feature_bytes
 from compembed.training import reset_optimizer_state
@@ -213,6 +213,13 @@ def test_nearest_is_the_argmin_of_squared_distances_whatever_the_chunks(monkeypa
     for values in (2**20, 23 * 5, 23, 1):  # one chunk; 5 points per chunk; one point per chunk
         monkeypatch.setattr(cce, "_DISTANCE_VALUES", values)
         assert nearest(points, centroids).tolist() == expected
+
+
+def test_distance_chunks_are_cache_sized_on_the_cpu_and_launch_sized_elsewhere():
+    assert chunk_rows(1000, torch.device("cpu")) == 2**20 // 1000
+    assert chunk_rows(1000, torch.device("cuda")) == chunk_rows(1000, "meta") == 2**26 // 1000
+    # k beyond the budget: a point per chunk on the CPU, still 64 per launch on an accelerator
+    assert chunk_rows(2**20 * 3, "cpu") == 1 and chunk_rows(2**20, "cuda") == 64
 
 
 def test_nearest_distances_are_the_bits_of_the_two_pass_form():

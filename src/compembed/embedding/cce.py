@@ -49,6 +49,18 @@ __all__ = ["CCEEmbeddingBag", "assignment_dtype", "cce_index_bytes", "check_cce_
 # against 2**22 on one thread, with the one-pass form of ``nearest``: 1.5-1.7x faster for k from 12,730 to
 # 101,838 (8 wide), with the same distances bit for bit (tests/embedding/test_cce.py).
 _DISTANCE_VALUES = 2**20
+# On an accelerator the cost of a small chunk is a kernel launch per chunk (and a Python step of
+# ``recluster`` per chunk of ids): with k in the hundreds of thousands, as CCE at Criteo's scale needs, a
+# chunk of 2**20 values is one or two points, i.e. millions of launches for the n k distances. Chunks of
+# 2**26 values (256 MiB in float32) make each launch a large matmul. Not measured here (no GPU was lent to
+# this project's sessions); it only changes how the work is cut, not the distances of a point.
+_DISTANCE_VALUES_ACCELERATOR = 2**26
+
+
+def chunk_rows(num_centroids: int, device: torch.device) -> int:
+    """Points per distance matrix against ``num_centroids`` centroids on ``device`` (at least one)."""
+    values = _DISTANCE_VALUES if torch.device(device).type == "cpu" else _DISTANCE_VALUES_ACCELERATOR
+    return max(1, values // num_centroids)
 
 
 def assignment_dtype(num_rows: int) -> torch.dtype:
@@ -70,8 +82,9 @@ def _seed(seed: int, round: int, what: str) -> int:
 
 def nearest(points: Tensor, centroids: Tensor) -> Tensor:
     """Index ``(m,)`` of the nearest centroid ``(k, w)`` of each point ``(m, w)`` (squared Euclidean; ties: the
-    lowest index), in chunks of points so that no distance matrix exceeds ``_DISTANCE_VALUES`` values."""
-    chunk = max(1, _DISTANCE_VALUES // centroids.shape[0])
+    lowest index), in chunks of points so that no distance matrix exceeds ``_DISTANCE_VALUES`` values
+    (``_DISTANCE_VALUES_ACCELERATOR`` off the CPU: ``chunk_rows``)."""
+    chunk = chunk_rows(centroids.shape[0], centroids.device)
     norms = (centroids * centroids).sum(1)
     # ||c||^2 - 2 p.c, written as p @ (-2 c) + ||c||^2: scaling by -2 is exact, so these are the bits of
     # ``norms - 2.0 * part @ centroids.T`` with one pass less over each distance matrix
@@ -244,7 +257,7 @@ class CCEEmbeddingBag(BagModule):
             sample = torch.randperm(n, generator=generator)[:sample_size].sort().values.to(device)
         else:
             sample = torch.arange(n, device=device)
-        chunk = max(1, _DISTANCE_VALUES // k)
+        chunk = chunk_rows(k, device)
         centroids, assignment = [], torch.empty_like(self.assignment)
         for column in range(self.num_columns):
             points = torch.cat([self._column_vectors(column, part) for part in sample.split(chunk)])
