@@ -118,5 +118,5 @@ def check_memory(config: TrainConfig, info: FeatureSpec, device: torch.device | 
         raise InsufficientMemoryError(
             f"the model needs at least {format_bytes(need.total)} ({parts}), more than the {format_bytes(have)} "
             f"available ({where}); make the tables smaller: `compembed plan DATA --budget SIZE` fits them to a "
-            f"budget, or choose a smaller --robe-size, more --num-collisions or another --scheme")
+            f"budget, or choose a smaller --robe-size, more --collisions or another --scheme")
     return need
