@@ -49,3 +49,19 @@ def test_two_process_ddp_equals_one_process(tmp_path, optimizer):
     assert tables, "the model has embedding tables"
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=f"parameter {key} differs")
+
+
+def test_broadcast_module_gives_every_rank_rank_0s_state_whatever_the_dtype(tmp_path):
+    # int16 (CCE's assignment for k = 441) is no dtype of gloo's or NCCL's collectives: it goes as bytes
+    from _broadcast_worker import modules
+
+    run([str(tmp_path)], nproc=2, worker="_broadcast_worker.py")
+    expected = {k: v for k, v in modules(seed=0).state_dict().items()}
+    other = modules(seed=1).state_dict()
+    assert [expected[f"k{k}.assignment"].dtype for k in (100, 441, 40_000)] == [torch.uint8, torch.int16, torch.int32]
+    for rank in (0, 1):
+        held = load_file(tmp_path / f"rank{rank}.st")
+        assert held.keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.equal(held[key], value), (rank, key)
+    assert not torch.equal(other["k441.assignment"], expected["k441.assignment"])  # rank 1 did start elsewhere

@@ -66,3 +66,62 @@ def test_torchrun_training_resumes_and_equals_one_process(tmp_path):
     assert sb["evals"]["test"]["loss"] == pytest.approx(sa["evals"]["test"]["loss"], rel=1e-5)
     assert sorted(p.name for p in two.iterdir()) == sorted([BEST, CHECKPOINT, CONFIG, METRICS, SUMMARY])
 
+
+
+# One feature per scheme of the field's methods (and planner-robe's hybrid), in one model: ROBE-Z, TT-Rec
+# with its cache, mixed dimensions, DHE, CCE re-clustered twice (k = 441: an int16 assignment, which
+# neither gloo nor NCCL carries) and hot rows plus a ROBE array.
+EVERY_SCHEME = """
+[model.features.C3]
+scheme = "robe"
+block_size = 4
+[model.features.C4]
+scheme = "tt"
+tt_rank = 4
+tt_cache_rows = 8
+[model.features.C12]
+scheme = "md"
+[model.features.C16]
+scheme = "dhe"
+[model.features.C21]
+scheme = "cce"
+cce_every = 2
+cce_rounds = 2
+[model.features.C24]
+scheme = "hybrid"
+hot_rows = 16
+cold_scheme = "robe"
+"""
+
+
+@pytest.mark.parametrize("update", ["sparse", "dense"])
+def test_torchrun_trains_every_scheme_as_one_process(tmp_path, update):
+    # Sparse: DHE's MLP inside the sparse fused collection is reduced by DDP, not by the sparse sync (it was
+    # taken for a sparse table: "has a dense gradient"), and CCE's int16 assignment is sent as bytes (DDP
+    # failed with "Invalid scalar type"). Dense: a rank's 32 rows leave some of mixed dimensions' blocks
+    # unused, which DDP must be told to expect (the ranks' collectives stopped matching).
+    config = tmp_path / "every.toml"
+    cli = ["train", "--scheme", "qr", "--dim", "8", "--bottom-mlp", "16", "--top-mlp", "16", "--threshold", "0",
+           "--optimizer", "sgd", "--lr", "0.1", "--rows", "421", "--scale", "0.0005", "--data-seed", "3",
+           "--epochs", "1", "--threads", "1", "--embedding-update", update]
+    run([*cli, "--batch-size", "64", "--write-config", str(config)], nproc=1, worker="-m compembed")
+    config.write_text(config.read_text() + EVERY_SCHEME)
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(["train", "--config", str(config), "--out", str(one), "--no-progress"], nproc=1, worker="-m compembed")
+    run(["train", "--config", str(config), "--batch-size", "32", "--out", str(two), "--no-progress"], nproc=2,
+        worker="-m compembed")
+    a, b = load_file(one / CHECKPOINT), load_file(two / CHECKPOINT)
+    assert a.keys() == b.keys()
+    cce = "model.embeddings.embeddings.C21."
+    assert a[cce + "assignment"].dtype == torch.int16 and int(a[cce + "round"]) == int(b[cce + "round"]) == 2
+    for key in a:
+        if a[key].is_floating_point():  # SGD: float noise only (a lost rank or a wrong scale moves them by ~lr)
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=f"{key} differs")
+        elif key != cce + "assignment":  # hash coefficients, rounds, step counters
+            assert torch.equal(b[key], a[key]), key
+    # Float noise may send an id to another of two (nearly) equal centroids: the assignments may differ in
+    # a few ids, but every id's clustered vector is the same (a wrong or unsynced clustering moves ~all).
+    columns = torch.arange(2) * (a[cce + "clustered"].shape[0] // 2)
+    vectors = [x[cce + "clustered"][x[cce + "assignment"].long() + columns] for x in (a, b)]  # (n, 2, D/2)
+    torch.testing.assert_close(vectors[1], vectors[0], rtol=1e-4, atol=1e-5)
+    assert (a[cce + "assignment"] == b[cce + "assignment"]).float().mean() > 0.99

@@ -139,6 +139,11 @@ def test_dhe_params_are_not_taken_for_sparse_ones_in_distributed_training():
     coll = EmbeddingCollection([FeatureConfig("d", 100, 8, scheme="dhe"), FeatureConfig("r", 100, 8, scheme="robe")],
                                sparse=True)
     assert [name for name, _ in sparse_parameters(coll)] == ["embeddings.r.weight"]
+    # the fused collection (the models' default) is sparse itself: DHE's MLP inside it is still dense
+    fused = FusedEmbeddingCollection([FeatureConfig("d", 100, 8, scheme="dhe"), FeatureConfig("q", 100, 8, scheme="qr")],
+                                     sparse=True)
+    names = [name for name, _ in sparse_parameters(fused)]
+    assert names and not any(".d." in name for name in names), names
 
 
 def test_hash_functions_are_buffers_drawn_from_the_seed():

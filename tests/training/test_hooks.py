@@ -72,6 +72,35 @@ def test_hooks_find_modules_and_reset_only_what_changed():
     assert not TrainStepHooks(torch.nn.Linear(2, 2), [opt])
 
 
+def test_sync_gets_every_module_that_changed_before_its_optimizer_state_is_reset():
+    class Every(torch.nn.Module):
+        def __init__(self, period):
+            super().__init__()
+            self.period = period
+            self.w = torch.nn.Parameter(torch.ones(2))
+
+        def on_train_step(self, step, epoch_end=False):
+            return [self.w] if step % self.period == 0 else []
+
+    model = torch.nn.Sequential(Every(2), Every(3))
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.1)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    synced = []
+
+    def sync(module):  # under torchrun: rank 0's result to every rank; the state is not reset yet
+        synced.append((module, float(opt.state[module.w]["sum"].sum())))
+
+    hooks = TrainStepHooks(model, [opt], sync=sync)
+    hooks(1)
+    assert synced == []
+    hooks(2)
+    assert synced == [(model[0], 2.0)]
+    hooks(6)
+    assert [m for m, _ in synced] == [model[0], model[0], model[1]]
+
+
 def test_a_module_that_says_it_is_due_is_announced_before_and_after_its_call():
     class Slow(torch.nn.Module):
         def __init__(self):

@@ -13,7 +13,9 @@ Typical use inside a training loop::
 from .context import DistContext, barrier, init_from_env, shutdown
 from .ddp import (
     all_reduce_sums,
+    broadcast_module,
     broadcast_object,
+    broadcast_tensor,
     global_batch_loss,
     global_count,
     sparse_parameters,
@@ -23,7 +25,7 @@ from .ddp import (
 )
 
 __all__ = [
-    "DistContext", "all_reduce_sums", "barrier", "broadcast_object", "global_batch_loss", "global_count",
+    "DistContext", "all_reduce_sums", "barrier", "broadcast_module", "broadcast_object", "broadcast_tensor", "global_batch_loss", "global_count",
     "init_from_env",
     "shutdown", "sparse_parameters", "sync_sparse_gradients", "unwrap_model", "wrap_model",
 ]

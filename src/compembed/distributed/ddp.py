@@ -20,20 +20,41 @@ from .context import DistContext
 
 __all__ = [
     "wrap_model", "unwrap_model", "sparse_parameters", "sync_sparse_gradients", "global_batch_loss", "global_count",
-    "all_reduce_sums", "broadcast_object",
+    "all_reduce_sums", "broadcast_object", "broadcast_tensor", "broadcast_module",
 ]
+
+# Dtypes that neither gloo nor NCCL collectives take ("Invalid scalar type"), e.g. CCE's int16 assignment
+# (k from 257 to 32768): they travel as their bytes.
+BYTES_ONLY = (torch.int16, torch.uint16, torch.uint32, torch.uint64)
 
 
 def sparse_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Parameters whose gradients are sparse: those of every module with ``sparse=True`` (compembed's
-    embedding modules, ``nn.Embedding(sparse=True)``), in a fixed name order (the same on every rank)."""
+    embedding modules and collections, ``nn.Embedding(sparse=True)``) but not of a module inside it whose
+    gradients are dense whatever ``sparse`` says (``dense_gradients = True``: DHE's MLP, in a sparse
+    collection); in a fixed name order (the same on every rank)."""
+    dense = {id(p) for m in model.modules() if getattr(m, "dense_gradients", False) for p in m.parameters()}
     names = {}
     for prefix, module in model.named_modules():
         if getattr(module, "sparse", False) is True:
             for name, param in module.named_parameters(prefix=prefix):
-                if param.requires_grad:
+                if param.requires_grad and id(param) not in dense:
                     names[name] = param
     return sorted(names.items())
+
+
+def broadcast_tensor(tensor: Tensor, src: int = 0) -> None:
+    """Overwrite ``tensor`` (contiguous) in place with rank ``src``'s, whatever its dtype (``BYTES_ONLY``
+    dtypes as their bytes)."""
+    with torch.no_grad():
+        dist.broadcast(tensor.view(-1).view(torch.uint8) if tensor.dtype in BYTES_ONLY else tensor, src=src)
+
+
+def broadcast_module(module: nn.Module, ctx: DistContext, src: int = 0) -> None:
+    """Give every rank rank ``src``'s parameters and buffers of ``module`` (in place; nothing in one process)."""
+    if ctx.distributed:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            broadcast_tensor(tensor, src)
 
 
 def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
@@ -42,21 +63,33 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
     DDP all-reduces the dense gradients during ``backward`` (overlapped with it, in buckets); it
     detects sparse gradients only for ``nn.Embedding``, so the sparse tables are left to
     :func:`sync_sparse_gradients`, to be called after ``backward``. Every rank starts from rank 0's
-    parameters.
+    parameters and buffers. DDP also re-sends rank 0's buffers before every forward, except those of a
+    ``BYTES_ONLY`` dtype, which it cannot send: they are sent once here, and a module that changes them
+    must keep the ranks equal itself (the training loop broadcasts a re-clustered CCE module).
+
+    A table trained with dense gradients (a module with ``sparse=False``) may go unused by one rank's
+    batch: mixed dimensions' blocks, TT-Rec's cache, a hybrid's hot rows look up only the ids they hold.
+    DDP then waits for a gradient that never comes, and the ranks' collectives no longer match. With
+    such tables DDP looks for unused parameters after every forward (``find_unused_parameters``, a
+    walk over the autograd graph); with sparse tables it has only the MLPs, always used, and does not.
     """
     model = model.to(ctx.device)
     if not ctx.distributed:
         return model
     sparse = sparse_parameters(model)
-    with torch.no_grad():
-        for _, param in sparse:  # DDP broadcasts only the parameters it manages
-            dist.broadcast(param, src=0)
+    bytes_only = [(name, b) for name, b in model.named_buffers() if b.dtype in BYTES_ONLY]
+    for _, tensor in sparse + bytes_only:  # DDP broadcasts only what it manages
+        broadcast_tensor(tensor)
     sparse_ids = {id(p) for _, p in sparse}
     if not any(p.requires_grad and id(p) not in sparse_ids for p in model.parameters()):
-        return model  # nothing dense to reduce: the sparse sync does it all
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, [n for n, _ in sparse])
+        for _, buffer in model.named_buffers():  # nothing dense to reduce: no DDP, so no buffer sync either
+            broadcast_tensor(buffer)
+        return model  # the sparse sync does it all
+    ignored = [n for n, _ in sparse] + [n for n, _ in bytes_only]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    dense_tables = any(getattr(m, "sparse", None) is False and any(True for _ in m.parameters()) for m in model.modules())
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=dense_tables)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

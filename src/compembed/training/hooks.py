@@ -54,14 +54,18 @@ class TrainStepHooks:
     parameters they re-initialised; it returns those parameters. Modules that also have
     ``due(step, epoch_end) -> bool`` (CCE: a re-clustering takes seconds to minutes) are announced to
     ``notify``, one line before the step's calls and one after with the time they took, so that a
-    progress bar standing still is explained.
+    progress bar standing still is explained. ``sync`` is called with every module that changed, before
+    the optimizer reset: under torchrun it makes every rank hold rank 0's result
+    (``distributed.broadcast_module``), so that ranks whose arithmetic differs (other CPUs, other GPUs)
+    cannot end up with other clusterings and silently train different models.
     """
 
     def __init__(self, model: nn.Module, optimizers: Sequence[Optimizer],
-                 notify: Callable[[str], None] | None = None) -> None:
+                 notify: Callable[[str], None] | None = None, sync: Callable[[nn.Module], None] | None = None) -> None:
         self.modules = [(name, m) for name, m in model.named_modules() if callable(getattr(m, "on_train_step", None))]
         self.optimizers = list(optimizers)
         self.notify = notify
+        self.sync = sync
 
     def __bool__(self) -> bool:
         return bool(self.modules)
@@ -74,7 +78,10 @@ class TrainStepHooks:
         start = time.perf_counter()
         changed: list[Tensor] = []
         for _, module in self.modules:
-            changed.extend(module.on_train_step(step, epoch_end))
+            params = module.on_train_step(step, epoch_end)
+            if params and self.sync is not None:
+                self.sync(module)
+            changed.extend(params)
         if due and self.notify is not None:
             self.notify(f"step {step:,}: done in {time.perf_counter() - start:.1f} s")
         if changed:

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from ..data.batch import Batch
 from ..data.dataset import CTRDataset
 from ..distributed import (
-    DistContext, barrier, global_batch_loss, global_count, init_from_env, shutdown, sync_sparse_gradients, wrap_model,
+    DistContext, barrier, broadcast_module, global_batch_loss, global_count, init_from_env, shutdown,
+    sync_sparse_gradients, wrap_model,
 )
 from ..models import build_model
 from .config import TrainConfig, config_to_dict
@@ -202,7 +203,8 @@ def _train(config: TrainConfig, dataset: CTRDataset, out_dir: str | Path | None,
     # modules that change their own parameters at set steps (CCE re-clusters); they reset the optimizer state
     # a CCE re-clustering (seconds to minutes) is announced above the progress bar, on its stream
     notify = (lambda message: tqdm.write(message, file=sys.stderr)) if progress and ctx.is_main else None
-    step_hooks = TrainStepHooks(model, optimizers, notify=notify)
+    sync = (lambda module: broadcast_module(module, ctx)) if ctx.distributed else None
+    step_hooks = TrainStepHooks(model, optimizers, notify=notify, sync=sync)
     live_units = LiveUnits(model)
     model.train()
     try:
