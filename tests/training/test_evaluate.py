@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -60,3 +61,22 @@ def test_one_class_split_has_no_auc():
     data = ArrayDataset(info, np.ones((8, 1), np.float32), np.zeros((8, 1), np.int64), np.ones(8, np.float32),
                         {"test": (0, 8)})
     assert evaluate(FixedScores(), data, "test").auc is None
+
+
+def test_a_loader_giving_more_rows_than_its_batches_is_refused_by_name():
+    n = 100
+    info = DatasetInfo(dense_names=["s"], categorical_names=["c"], cardinalities=[2])
+    data = ArrayDataset(info, np.zeros((n, 1), dtype=np.float32), np.zeros((n, 1), dtype=np.int64),
+                        np.zeros(n, dtype=np.float32), {"test": (0, n)})
+
+    class Overlong:  # says 2 batches of 64, then yields 3
+        info = data.info
+
+        def num_batches(self, split, batch_size, **kw):
+            return 2
+
+        def loader(self, split, batch_size, **kw):
+            yield from (data.take(slice(0, 64)) for _ in range(3))
+
+    with pytest.raises(ValueError, match=r"split 'test': the loader gave more than the 128 rows of its 2 batches"):
+        evaluate(FixedScores(), Overlong(), "test", batch_size=64)
