@@ -61,7 +61,7 @@ def test_bf16_forward_and_backward_of_every_scheme(arch, sparse):
         # the parameters (tables included) stay float32, so every gradient does, sparse ones too
         assert all(p.dtype == torch.float32 for p in model.parameters()), where
         assert all(g.dtype == torch.float32 for g in grads16.values()), where
-        if sparse:
+        if sparse and scheme != "dhe":  # DHE has no table: its gradients are dense
             assert any(g.is_sparse for g in grads16.values()), where
         a = torch.cat([_dense(grads16[n]) for n in grads32])
         b = torch.cat([_dense(grads32[n]) for n in grads32])

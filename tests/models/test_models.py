@@ -15,7 +15,7 @@ from .toy import toy_dataset
 
 SCHEMES = [("full", "mult"), ("hashing", "mult"), ("qr", "concat"), ("qr", "add"), ("qr", "mult"),
            ("gqr", "mult"), ("crt", "mult"), ("path", "mult"), ("hybrid", "mult"),
-           ("cce", "mult")]
+           ("cce", "mult"), ("robe", "mult"), ("dhe", "mult"), ("tt", "mult"), ("md", "mult")]
 SMALL = dict(threshold=0, embedding_dim=8, bottom_mlp=(32,), top_mlp=(32,), deep_mlp=(32, 16), cross_layers=2, num_collisions=4,
              num_partitions=2, path_hidden=(8,), hot_rows=5)
 

@@ -210,7 +210,9 @@ class MixedDimEmbeddingBag(BagModule):
         projection = self.projections[str(i)]
         if self.sparse:  # all d_i rows as a lookup, so that its gradient is sparse too
             projection = F.embedding(torch.arange(projection.shape[0], device=local.device), projection, sparse=True)
-        return rows @ projection
+        # in the tables' dtype whatever autocast made of the product (bf16), as the unprojected block is:
+        # the blocks' vectors share one output
+        return (rows @ projection).to(rows.dtype)
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.embedding_dim}, starts={self.starts}, block_dims={self.block_dims}, "
