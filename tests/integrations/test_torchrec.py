@@ -1,4 +1,6 @@
 """TorchRec form of compositional embeddings: id transform, compressed configs, outputs, DLRM, planner."""
+import re
+
 import pytest
 import torch
 
@@ -293,6 +295,18 @@ def test_fx_symbolic_trace_of_hybrid_tables():
 def test_hybrid_without_torchrec_form_names_feature_and_scheme():
     ours = EmbeddingCollection([FeatureConfig("top", 300, 4, "hybrid", hot_rows=20, mode="max")])
     with pytest.raises(ValueError, match="feature 'top': scheme 'hybrid' with mode 'max' has no TorchRec form"):
+        CompositionalEmbeddingBagCollection.from_collection(ours)
+
+
+@pytest.mark.parametrize("config,named", [
+    (dict(scheme="hybrid", hot_rows=20, cold_scheme="robe"), "scheme 'hybrid' (cold part 'robe')"),
+    (dict(scheme="robe"), "scheme 'robe'"), (dict(scheme="tt"), "scheme 'tt'"), (dict(scheme="md"), "scheme 'md'"),
+    (dict(scheme="dhe"), "scheme 'dhe'"), (dict(scheme="cce"), "scheme 'cce'"),
+])
+def test_the_fields_methods_are_refused_by_feature_and_scheme(config, named):
+    ours = EmbeddingCollection([FeatureConfig("f", 300, 4, mode="sum", **config)])
+    with pytest.raises(ValueError, match=rf"feature 'f': {re.escape(named)} with mode 'sum' has no TorchRec form"
+                                         r".*data-parallel"):
         CompositionalEmbeddingBagCollection.from_collection(ours)
 
 

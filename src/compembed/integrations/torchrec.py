@@ -455,10 +455,12 @@ class CompositionalEmbeddingBagCollection(EmbeddingBagCollectionInterface):
                 composed = module.cold  # None when every id is hot: then a full table
                 hot_rows[config.name] = module.hot_rows if composed is not None else 0
             if not isinstance(composed, (CompositionalEmbeddingBag, type(None))) or mode not in ("sum", "mean"):
+                cold_reason = composed is not module and not isinstance(composed, (CompositionalEmbeddingBag, type(None)))
+                scheme = repr(config.scheme) + (f" (cold part {config.cold_scheme!r})" if cold_reason else "")
                 raise ValueError(
-                    f"feature {config.name!r}: scheme {config.scheme!r} with mode {config.mode!r} has no "
+                    f"feature {config.name!r}: scheme {scheme} with mode {config.mode!r} has no "
                     "TorchRec form here (needs an operation-based scheme, or a hybrid of one, with sum or "
-                    "mean pooling)"
+                    "mean pooling); train such tables data-parallel (torchrun), replicated on every rank"
                 )
             if composed is not None and composed.padding_idx is not None:
                 raise ValueError(f"feature {config.name!r}: padding_idx has no TorchRec equivalent")
