@@ -77,14 +77,16 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
     if not ctx.distributed:
         return model
     sparse = sparse_parameters(model)
-    bytes_only = [(name, b) for name, b in model.named_buffers() if b.dtype in BYTES_ONLY]
-    for _, tensor in sparse + bytes_only:  # DDP broadcasts only what it manages
-        broadcast_tensor(tensor)
+    for _, param in sparse:  # DDP broadcasts only the parameters it manages
+        broadcast_tensor(param)
     sparse_ids = {id(p) for _, p in sparse}
     if not any(p.requires_grad and id(p) not in sparse_ids for p in model.parameters()):
-        for _, buffer in model.named_buffers():  # nothing dense to reduce: no DDP, so no buffer sync either
+        for buffer in model.buffers():  # nothing dense to reduce: no DDP, so no buffer sync either
             broadcast_tensor(buffer)
         return model  # the sparse sync does it all
+    bytes_only = [(name, b) for name, b in model.named_buffers() if b.dtype in BYTES_ONLY]
+    for _, buffer in bytes_only:  # buffers DDP cannot send
+        broadcast_tensor(buffer)
     ignored = [n for n, _ in sparse] + [n for n, _ in bytes_only]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
