@@ -112,17 +112,13 @@ def test_clear_errors(tmp_path, capsys):
     assert "comma-separated integers" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("optimizer", ["adagrad", "rowwise_adagrad"])
-def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, optimizer):
-    options = [*TINY, "--rows", "8000", "--checkpoint-every", "10", "--log-every", "10", "--eval-every", "15",
-               "--optimizer", optimizer]
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    assert main(["train", "--out", str(whole), *options]) == 0
-
+def kill_9_after_a_checkpoint(out: Path, options: list[str]) -> None:
+    """Start ``compembed train --out OUT OPTIONS`` in a process of its own and SIGKILL it once its first
+    checkpoint is on disk; the run must have been cut mid-epoch (8,000 rows: 6,400 train rows / 64 = 100 batches)."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    proc = subprocess.Popen([sys.executable, "-m", "compembed", "train", "--out", str(cut), *options], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "compembed", "train", "--out", str(out), *options], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = cut / "checkpoint.safetensors"
+    ckpt = out / "checkpoint.safetensors"
     deadline = time.monotonic() + 120
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -130,8 +126,16 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, optimizer):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = read_checkpoint_state(ckpt)["loop"]
-    assert not killed_at["done"] and 0 < killed_at["batch"] < 100  # 6,400 train rows / 64: mid-epoch
+    assert not killed_at["done"] and 0 < killed_at["batch"] < 100
 
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "rowwise_adagrad"])
+def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, optimizer):
+    options = [*TINY, "--rows", "8000", "--checkpoint-every", "10", "--log-every", "10", "--eval-every", "15",
+               "--optimizer", optimizer]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(["train", "--out", str(whole), *options]) == 0
+    kill_9_after_a_checkpoint(cut, options)
     assert main(["train", "--out", str(cut), "--resume", "--no-progress"]) == 0
     for name in ("checkpoint.safetensors", "best.safetensors"):
         a, b = load_file(whole / name), load_file(cut / name)
@@ -144,6 +148,33 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, optimizer):
     rows = sum(v.shape[0] for k, v in load_file(whole / "checkpoint.safetensors").items() if k.startswith("model.embeddings."))
     values = sa["memory"]["embedding_parameters"]
     assert state == 4 * (rows if optimizer == "rowwise_adagrad" else values)  # float32 accumulators: per row / per value
+
+
+@pytest.mark.parametrize("options,own", [
+    (["--scheme", "robe", "--block-size", "4", "--collisions", "3"], ".hash_a"),
+    (["--scheme", "tt", "--tt-rank", "3", "--tt-cache-rows", "10"], ".core1"),
+    (["--scheme", "md", "--md-base-dim", "4"], ".projections.0"),
+    (["--scheme", "dhe", "--dhe-hashes", "8", "--dhe-hidden", "12"], ".hash_a"),
+    (["--scheme", "cce", "--cce-columns", "2", "--cce-every", "7", "--collisions", "3"], ".assignment"),
+    (["--scheme", "hybrid", "--hot-rows", "5", "--cold-scheme", "robe", "--robe-size", "300", "--block-size", "4"],
+     ".cold.hash_a"),
+], ids=["robe", "tt", "md", "dhe", "cce", "hybrid-robe"])
+def test_field_schemes_kill_9_then_resume_equal_uninterrupted(tmp_path, options, own):
+    """Each of the field's schemes (and a hybrid with a ROBE cold part), killed with SIGKILL mid-epoch
+    after a checkpoint, resumes to the uninterrupted run bit for bit: parameters, optimizer state, the
+    scheme's own tensors (CCE's re-clusterings at steps 7, 14 and 21 straddle the checkpoint at 10) and
+    the evaluations."""
+    options = [*options, *TINY, "--rows", "8000", "--checkpoint-every", "10", "--log-every", "10",
+               "--eval-every", "40"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(["train", "--out", str(whole), *options]) == 0
+    kill_9_after_a_checkpoint(cut, options)
+    assert main(["train", "--out", str(cut), "--resume", "--no-progress"]) == 0
+    a, b = load_file(whole / "checkpoint.safetensors"), load_file(cut / "checkpoint.safetensors")
+    assert a.keys() == b.keys() and any(k.endswith(own) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "optim.")))
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
+    assert sa["evals"] == sb["evals"] and sa["train_loss"] == sb["train_loss"]
 
 
 @pytest.mark.skipif(not CRITEO.exists(), reason=f"real Criteo sample not present at {CRITEO} (../shared data missing)")
