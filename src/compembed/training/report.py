@@ -118,9 +118,19 @@ def _render(lines: list[list[str]], drop: int | None = None) -> str:
     return "\n".join(out)
 
 
-def _mean_std(values: Sequence[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.5f} ± {sd:.5f}"
+def _mean_std(values: Sequence[float], digits: int = 5) -> str:
+    """``mean ± std`` over seeds; one seed has no std."""
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f} (1 seed)"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _t_text(diffs: Sequence[float]) -> str:
+    """The paired t statistic of per-seed differences, or why there is none (one seed, or no spread)."""
+    if len(diffs) < 2:
+        return "no t: one seed"
+    sd = statistics.stdev(diffs)
+    return f"t={statistics.fmean(diffs) / (sd / math.sqrt(len(diffs))):+.1f}" if sd > 0 else "no t: no spread"
 
 
 def format_seed_table(runs: Mapping[str, Sequence[dict[str, Any]]], baseline: str | None = None,
@@ -142,12 +152,10 @@ def format_seed_table(runs: Mapping[str, Sequence[dict[str, Any]]], baseline: st
         vs = ""
         if baseline and label != baseline and baseline in runs:
             diffs = [a - b for a, b in zip(loss, losses(baseline))]
-            sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-            t = statistics.fmean(diffs) / (sd / math.sqrt(len(diffs))) if sd > 0 else float("nan")
-            vs = f"{statistics.fmean(diffs):+.5f} (t={t:+.1f}, {sum(d < 0 for d in diffs)}/{len(diffs)} lower)"
+            vs = f"{statistics.fmean(diffs):+.5f} ({_t_text(diffs)}, {sum(d < 0 for d in diffs)}/{len(diffs)} lower)"
         rates = [r["samples_per_s"] for r in rs if r.get("samples_per_s")]
         lines.append([rs[0]["arch"], label, f"{mem['embedding_parameters']:,}", f"{mem['embedding_bytes'] / 2**20:.2f}",
                       f"{mem['compression_ratio']:.2f}x", _mean_std(loss), gap,
-                      f"{statistics.fmean(aucs):.4f} ± {statistics.stdev(aucs) if len(aucs) > 1 else 0.0:.4f}", vs,
+                      _mean_std(aucs, 4), vs,
                       f"{statistics.fmean(rates):,.0f}" if rates else "-"])
     return _render(lines, drop=None if baseline else 8)
