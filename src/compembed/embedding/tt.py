@@ -222,12 +222,9 @@ class TTEmbeddingBag(BagModule):
 
     def _slices(self, core: Tensor, digits: Tensor) -> Tensor:
         """Rows ``(N, size)`` of a flat core for digits ``(N,)``; with sparse gradients, each distinct slice once."""
-        if not self.sparse or not has_values(digits):  # compiled or exported: one gradient row per id (repeats add up)
-            return F.embedding(digits, core, sparse=self.sparse)
-        present, inverse = torch.unique(digits, return_inverse=True)
-        # index_select, not [inverse]: its backward is index_add_, where indexing's is an accumulating
-        # index_put_ that sorts; measured 1.13x on the DLRM step (docs/performance.md, run L).
-        return F.embedding(present, core, sparse=True).index_select(0, inverse)
+        if not self.sparse:
+            return F.embedding(digits, core)
+        return per_distinct_id(digits, lambda present: F.embedding(present, core, sparse=True))
 
     def embed(self, input: Tensor) -> Tensor:
         """Vectors ``(*, D)`` of ids ``(*)``, before pooling."""
